@@ -1,0 +1,77 @@
+-- WIBOT schema: the spec's four tables, column for column, so a site can point these services at the
+-- database its n8n workflows already use. Idempotent: applying it twice changes nothing.
+--
+-- Dates are TIMESTAMP WITHOUT TIME ZONE (as in the spec) holding UTC. The services pin their sessions to
+-- UTC; the defaults and the trigger below use NOW() AT TIME ZONE 'UTC' so rows written by anyone else
+-- (psql, an n8n node, a session in Europe/Paris) are UTC as well.
+
+CREATE TABLE IF NOT EXISTS users (
+    user_id         SERIAL PRIMARY KEY,
+    username        VARCHAR(100) UNIQUE NOT NULL,
+    password_hash   VARCHAR(255) NOT NULL,
+    email           VARCHAR(255),
+    role            VARCHAR(50) DEFAULT 'user',
+    created_at      TIMESTAMP DEFAULT (NOW() AT TIME ZONE 'UTC'),
+    is_active       BOOLEAN DEFAULT true
+);
+
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id  UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id          INTEGER REFERENCES users(user_id),
+    title            VARCHAR(255),
+    created_at       TIMESTAMP DEFAULT (NOW() AT TIME ZONE 'UTC'),
+    updated_at       TIMESTAMP DEFAULT (NOW() AT TIME ZONE 'UTC')
+);
+
+CREATE TABLE IF NOT EXISTS messages (
+    message_id       SERIAL PRIMARY KEY,
+    conversation_id  UUID REFERENCES conversations(conversation_id) ON DELETE CASCADE,
+    user_id          INTEGER REFERENCES users(user_id),
+    role             VARCHAR(20) NOT NULL CHECK (role IN ('user', 'assistant')),
+    content          TEXT NOT NULL,
+    tokens           INTEGER DEFAULT 0,
+    attachments      JSONB,
+    created_at       TIMESTAMP DEFAULT (NOW() AT TIME ZONE 'UTC')
+);
+
+CREATE TABLE IF NOT EXISTS user_token_usage (
+    usage_id        SERIAL PRIMARY KEY,
+    user_id         INTEGER REFERENCES users(user_id),
+    month           DATE NOT NULL,
+    used_tokens     BIGINT DEFAULT 0,
+    quota_tokens    BIGINT DEFAULT 50000,
+    UNIQUE (user_id, month)
+);
+
+-- An existing database created from the spec has NOW() defaults; move them to UTC (no data changes).
+ALTER TABLE users ALTER COLUMN created_at SET DEFAULT (NOW() AT TIME ZONE 'UTC');
+ALTER TABLE conversations ALTER COLUMN created_at SET DEFAULT (NOW() AT TIME ZONE 'UTC');
+ALTER TABLE conversations ALTER COLUMN updated_at SET DEFAULT (NOW() AT TIME ZONE 'UTC');
+ALTER TABLE messages ALTER COLUMN created_at SET DEFAULT (NOW() AT TIME ZONE 'UTC');
+
+-- The spec's indexes.
+CREATE INDEX IF NOT EXISTS idx_conversations_user ON conversations(user_id, updated_at DESC);
+CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages(conversation_id, created_at DESC);
+CREATE INDEX IF NOT EXISTS idx_messages_user ON messages(user_id);
+CREATE INDEX IF NOT EXISTS idx_token_usage_user_month ON user_token_usage(user_id, month);
+
+-- Ours: a stable order for the conversation list (ties on updated_at) and its cursor, and the chat
+-- memory's "last N messages, ties broken by message_id".
+CREATE INDEX IF NOT EXISTS idx_conversations_user_page
+    ON conversations(user_id, updated_at DESC, conversation_id DESC);
+CREATE INDEX IF NOT EXISTS idx_messages_conversation_order
+    ON messages(conversation_id, created_at DESC, message_id DESC);
+
+CREATE OR REPLACE FUNCTION update_updated_at_column()
+RETURNS TRIGGER AS $$
+BEGIN
+    NEW.updated_at = NOW() AT TIME ZONE 'UTC';
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS update_conversation_timestamp ON conversations;
+CREATE TRIGGER update_conversation_timestamp
+BEFORE UPDATE ON conversations
+FOR EACH ROW
+EXECUTE FUNCTION update_updated_at_column();

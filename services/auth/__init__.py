@@ -1,0 +1,1 @@
+"""Auth service: POST /webhook/auth/login and the operators' `users` command."""

@@ -1,0 +1,11 @@
+import sys
+
+from services.auth.app import DEFAULT_PORT, create_app
+from shared.http import serve
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["users"]:
+        from services.auth.cli import main
+
+        raise SystemExit(main(sys.argv[2:]))
+    serve(create_app, service="auth", default_port=DEFAULT_PORT)

@@ -1,0 +1,77 @@
+"""`python -m services.auth users ...`: operators manage people without writing SQL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+from services.auth import users
+from services.auth.passwords import PasswordHasher
+from shared import create_pool, load_settings_or_exit
+
+
+def read_password(*, confirm: bool = True) -> str:
+    """From the terminal (asked twice) or, when piped, the first line of stdin."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Mot de passe : ")
+    if confirm and getpass.getpass("Confirmez : ") != password:
+        raise users.UserError("Les deux saisies diffèrent")
+    return password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.auth users", description="Gestion des utilisateurs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="créer un utilisateur (mot de passe demandé ou lu sur stdin)")
+    create.add_argument("username")
+    create.add_argument("--role", default="user", choices=users.ROLES)
+    create.add_argument("--email")
+    create.add_argument("--if-missing", action="store_true", help="ne rien faire si l'utilisateur existe déjà")
+    set_password = sub.add_parser("set-password", help="changer le mot de passe")
+    set_password.add_argument("username")
+    deactivate = sub.add_parser("deactivate", help="désactiver un compte (il ne peut plus se connecter)")
+    deactivate.add_argument("username")
+    sub.add_parser("list", help="lister les utilisateurs")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> str:
+    settings = load_settings_or_exit()
+    pool = await create_pool(settings, application_name="wibot-users-cli")
+    try:
+        hasher = PasswordHasher(settings.bcrypt_rounds)
+        if args.command == "create":
+            if args.if_missing and await users.user_exists(pool, args.username):
+                return f"L'utilisateur {args.username} existe déjà : rien à faire"
+            user = await users.create_user(
+                pool, hasher, username=args.username, password=read_password(), email=args.email, role=args.role
+            )
+            return f"Utilisateur créé : {user.username} (id {user.user_id}, rôle {user.role})"
+        if args.command == "set-password":
+            await users.set_password(pool, hasher, username=args.username, password=read_password())
+            return f"Mot de passe changé : {args.username}"
+        if args.command == "deactivate":
+            await users.deactivate_user(pool, username=args.username)
+            return f"Compte désactivé : {args.username}"
+        rows = await users.list_users(pool)
+        lines = [f"{'id':>5}  {'username':<24} {'role':<8} {'actif':<6} email"]
+        lines += [
+            f"{u.user_id:>5}  {u.username:<24} {u.role:<8} {'oui' if u.is_active else 'non':<6} {u.email or ''}"
+            for u in rows
+        ]
+        return "\n".join(lines)
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(asyncio.run(run(args)))
+    except users.UserError as exc:
+        print(f"Erreur : {exc}", file=sys.stderr)
+        return 1
+    return 0

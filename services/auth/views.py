@@ -1,0 +1,43 @@
+"""Workflow auth_login: validate input → get user → verify password → issue JWT → respond."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from services.auth import queries
+from services.auth.keys import HASHER
+from services.auth.passwords import PasswordHasher, fits_bcrypt
+from shared import ApiError, AppKeys, RequestKeys, Settings, issue_token, json_response, parse_body
+from shared.contracts import LoginRequest, LoginResponse, LoginUser
+
+INVALID_CREDENTIALS = "Identifiants invalides"
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await parse_body(request, LoginRequest)
+    user = await verify_credentials(request.app[AppKeys.DB], request.app[HASHER], body.username, body.password)
+    request[RequestKeys.USER_ID] = user.id
+    token = generate_token(request.app[AppKeys.SETTINGS], user)
+    return json_response(LoginResponse(token=token, user=user))
+
+
+async def verify_credentials(pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str) -> LoginUser:
+    """One 401, whatever was wrong: unknown user, inactive user, wrong password, password over 72 bytes."""
+    if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
+        raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+    row = await pool.fetchrow(queries.LOGIN_USER_SQL, username)
+    if not await hasher.verify(password, row["password_hash"] if row else None):
+        raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+    assert row is not None
+    return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user")
+
+
+def generate_token(settings: Settings, user: LoginUser) -> str:
+    return issue_token(
+        user_id=user.id,
+        username=user.username,
+        role=user.role,
+        secret=settings.jwt_secret.get_secret_value(),
+        ttl_seconds=settings.jwt_ttl_seconds,
+    )

@@ -1,0 +1,91 @@
+"""JWT issue/verify (pure functions) and the one decorator that hands a view its authenticated user."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import asyncpg
+import jwt
+from aiohttp import web
+
+from shared.errors import INVALID_TOKEN_MESSAGE, ApiError
+from shared.http import Handler
+from shared.identity import CurrentUser
+from shared.keys import AppKeys, RequestKeys
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["exp", "iat", "user_id"]
+
+# Fresh from the database on every request: a deleted, deactivated or demoted user loses access at once,
+# not 8 hours later when the token expires.
+SESSION_USER_SQL = """
+SELECT user_id, username, role
+FROM users
+WHERE user_id = $1 AND is_active IS TRUE
+"""
+
+
+def issue_token(*, user_id: int, username: str, role: str, secret: str, ttl_seconds: int, now: int | None = None) -> str:
+    """The spec's payload, exactly: {user_id, username, role, iat, exp}."""
+    issued_at = int(time.time()) if now is None else now
+    payload = {"user_id": user_id, "username": username, "role": role, "iat": issued_at, "exp": issued_at + ttl_seconds}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def invalid_token() -> ApiError:
+    return ApiError(401, INVALID_TOKEN_MESSAGE, "INVALID_TOKEN")
+
+
+def decode_token(token: str, secret: str) -> dict[str, Any]:
+    """Claims of a valid token; every way a token can be wrong is the same 401."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
+        )
+    except jwt.PyJWTError:
+        raise invalid_token() from None
+    user_id = claims.get("user_id")
+    # bool is an int in Python; a token saying user_id=true is not ours.
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+        raise invalid_token()
+    return claims
+
+
+def bearer_token(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise invalid_token()
+    return token.strip()
+
+
+async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any]) -> CurrentUser:
+    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"])
+    if row is None:
+        raise invalid_token()
+    return CurrentUser(user_id=row["user_id"], username=row["username"], role=row["role"] or "user")
+
+
+def authenticated(*, admin: bool = False) -> Any:
+    """Decorator for views: 401 unless a valid token of an active user; 403 if `admin` and not an admin."""
+
+    def decorate(view: Handler) -> Handler:
+        @functools.wraps(view)
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            settings = request.app[AppKeys.SETTINGS]
+            claims = decode_token(bearer_token(request), settings.jwt_secret.get_secret_value())
+            user = await load_session_user(request.app[AppKeys.DB], claims)
+            if admin and not user.is_admin:
+                raise ApiError(403, "Accès réservé aux administrateurs", "FORBIDDEN")
+            request[RequestKeys.USER] = user
+            request[RequestKeys.USER_ID] = user.user_id
+            return await view(request)
+
+        return wrapper
+
+    return decorate
+
+
+def current_user(request: web.Request) -> CurrentUser:
+    return request[RequestKeys.USER]

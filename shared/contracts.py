@@ -1,0 +1,142 @@
+"""The API contract in one place: request and response bodies of every route (spec: "Contrat API")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictStr
+
+
+def format_utc(value: datetime) -> str:
+    """`2024-12-25T14:30:00Z`. Naive values come from TIMESTAMP columns, which hold UTC."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+UtcDatetime = Annotated[datetime, PlainSerializer(format_utc, return_type=str)]
+UuidStr = Annotated[UUID, PlainSerializer(str, return_type=str)]
+Role = Literal["user", "assistant"]
+
+
+class Request(BaseModel):
+    # Unknown fields are ignored: the frontend evolves faster than this contract.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+class ErrorResponse(Response):
+    success: Literal[False] = False
+    error: str
+    code: str | None = Field(None, description="Machine-readable code, e.g. QUOTA_EXCEEDED; absent when none")
+
+
+# --- auth ---------------------------------------------------------------------------------------------
+
+
+class LoginRequest(Request):
+    username: StrictStr = Field(min_length=1, max_length=100)
+    # Length in characters is only a sanity bound: over 72 *bytes* is refused like a wrong password.
+    password: StrictStr = Field(min_length=1, max_length=1024)
+
+
+class LoginUser(Response):
+    id: int
+    username: str
+    role: str
+
+
+class LoginResponse(Response):
+    success: Literal[True] = True
+    token: str
+    user: LoginUser
+
+
+# --- chat ---------------------------------------------------------------------------------------------
+
+
+class FileAttachment(Request):
+    name: StrictStr = Field(min_length=1, max_length=255)
+    content: StrictStr
+
+
+class ChatRequest(Request):
+    conversation_id: UUID
+    message: StrictStr = Field(min_length=1)
+    files: list[FileAttachment] | None = None
+    mode: Literal["flash", "code", "redaction"] | None = None
+
+
+class ChatResponse(Response):
+    success: Literal[True] = True
+    response: str
+    tokens_used: int
+    tokens_remaining: int
+    conversation_id: UuidStr
+
+
+# --- conversations ------------------------------------------------------------------------------------
+
+
+class Conversation(Response):
+    conversation_id: UuidStr
+    title: str
+    updated_at: UtcDatetime
+    message_count: int
+
+
+class ConversationsResponse(Response):
+    success: Literal[True] = True
+    conversations: list[Conversation]
+
+
+class Message(Response):
+    message_id: int
+    role: Role
+    content: str
+    created_at: UtcDatetime
+
+
+class MessagesResponse(Response):
+    success: Literal[True] = True
+    messages: list[Message]
+
+
+class CreateConversationRequest(Request):
+    title: StrictStr | None = Field(None, min_length=1, max_length=255)
+    conversation_id: UUID | None = None
+
+
+class RenameConversationRequest(Request):
+    conversationId: UUID  # noqa: N815 - the frontend's field name
+    title: StrictStr = Field(min_length=1, max_length=255)
+
+
+class DeleteConversationRequest(Request):
+    conversationId: UUID  # noqa: N815 - the frontend's field name
+
+
+class ConversationResponse(Response):
+    success: Literal[True] = True
+    conversation: Conversation
+
+
+class SuccessResponse(Response):
+    success: Literal[True] = True
+
+
+class TokenUsageResponse(Response):
+    success: Literal[True] = True
+    used_tokens: int
+    quota_tokens: int
+    tokens_remaining: int
+    tokens_percentage: float
+    status: Literal["good", "medium", "critical"]

@@ -1,0 +1,70 @@
+"""asyncpg pool lifecycle and the database failures that mean "unavailable", not "bug"."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+import asyncpg
+from aiohttp import web
+
+from shared.settings import Settings
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "db" / "schema.sql"
+
+# Failures of the database connection itself: the request fails with a 503, the pool recovers by itself.
+DB_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, *, application_name: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout_s,
+        init=_init_connection,
+        # The spec's columns are TIMESTAMP WITHOUT TIME ZONE: pin the session to UTC so NOW() stores UTC
+        # whatever the server's or the database's default timezone is.
+        server_settings={"timezone": "UTC", "application_name": application_name},
+    )
+    assert pool is not None
+    return pool
+
+
+def pool_context(
+    key: web.AppKey[asyncpg.Pool], settings: Settings, *, application_name: str
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that opens the pool at start-up and closes it at shutdown."""
+
+    async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(settings, application_name=application_name)
+        app[key] = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return _pool_ctx
+
+
+def current_month(now: datetime | None = None) -> date:
+    """First day of the current UTC month (the `month` key of user_token_usage)."""
+    now = now or datetime.now(UTC)
+    return date(now.year, now.month, 1)
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    await conn.execute(SCHEMA_PATH.read_text(encoding="utf-8"))
+

@@ -1,0 +1,96 @@
+"""Configuration from the environment: one class for every service, every limit a setting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- security -------------------------------------------------------------------------------
+    jwt_secret: SecretStr = Field(description="HS256 signing key, at least 32 bytes (required)")
+    jwt_ttl_seconds: int = Field(8 * 3600, gt=0, description="Token lifetime (spec: 8 h)")
+    bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
+
+    # --- database -------------------------------------------------------------------------------
+    database_url: str | None = Field(None, description="postgresql:// DSN; overrides the POSTGRES_* variables")
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_db: str = "wibot"
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    db_pool_min: int = Field(1, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+    db_command_timeout_s: float = Field(10.0, gt=0, description="Per-statement timeout (client side)")
+
+    # --- HTTP limits ----------------------------------------------------------------------------
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")
+
+    # --- chat -----------------------------------------------------------------------------------
+    chat_message_max_chars: int = Field(32_000, gt=0)
+    chat_files_max_count: int = Field(10, ge=0)
+    chat_files_max_bytes: int = Field(2 * 1024 * 1024, ge=0, description="Total UTF-8 size of files[].content")
+    chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
+    default_quota_tokens: int = Field(50_000, ge=0)
+    system_prompt_file: Path | None = Field(None, description="Replaces the built-in WIBOT system prompt")
+
+    # --- model ----------------------------------------------------------------------------------
+    mistral_api_key: SecretStr | None = None
+    mistral_server_url: str = "https://api.mistral.ai"
+    mistral_model: str = "mistral-large-latest"
+    mistral_model_flash: str | None = None
+    mistral_model_code: str | None = None
+    mistral_model_redaction: str | None = None
+    mistral_temperature: float = Field(0.7, ge=0, le=2)
+    mistral_top_p: float = Field(1.0, gt=0, le=1)
+    mistral_max_tokens: int = Field(2000, gt=0)
+    mistral_timeout_s: float = Field(60.0, gt=0, description="One model call, retries included")
+    mistral_retry_max_elapsed_s: float = Field(20.0, ge=0, description="Stop retrying 429/5xx after this")
+    mistral_retry_initial_ms: int = Field(500, ge=0)
+
+    # --- operations -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    quota_alert_webhook_url: str | None = None
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+        return value
+
+    @property
+    def dsn(self) -> str:
+        if self.database_url:
+            return self.database_url
+        password = self.postgres_password.get_secret_value()
+        credentials = quote(self.postgres_user) + (f":{quote(password)}" if password else "")
+        return f"postgresql://{credentials}@{self.postgres_host}:{self.postgres_port}/{quote(self.postgres_db)}"
+
+    def model_for_mode(self, mode: str | None) -> str:
+        per_mode = {
+            "flash": self.mistral_model_flash,
+            "code": self.mistral_model_code,
+            "redaction": self.mistral_model_redaction,
+        }
+        return per_mode.get(mode or "") or self.mistral_model
+
+
+def load_settings_or_exit() -> Settings:
+    """Start-up helper: a readable message and exit code 2 instead of a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        print("Configuration invalide, le service refuse de démarrer:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

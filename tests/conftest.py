@@ -1,0 +1,180 @@
+"""Shared fixtures.
+
+Assumes a PostgreSQL server reachable at $DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
+with the right to CREATE DATABASE: every run creates its own throwaway database there, applies db/schema.sql,
+and drops it at the end. Each test starts from empty tables (TRUNCATE), so tests do not see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import bcrypt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from shared import Settings, apply_schema, issue_token
+from shared.logs import configure_logging
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"wibot_test_{uuid.uuid4().hex[:12]}"
+    admin_url = SERVER_URL
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_database(admin_url, name))
+        try:
+            await apply_schema(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    # INFO, once: structlog caches loggers, and tests read the access and failure lines from stdout.
+    configure_logging(level="INFO", fmt="json", service="tests")
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "jwt_secret": TEST_SECRET,
+        "database_url": database_url,
+        "bcrypt_rounds": 4,
+        "db_pool_min": 1,
+        "db_pool_max": 20,
+        "mistral_api_key": "test-key",
+        "mistral_server_url": "http://127.0.0.1:9",  # tests that call the model point it at their fake
+        "mistral_retry_initial_ms": 10,
+        "mistral_retry_max_elapsed_s": 2,
+        "mistral_timeout_s": 5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
+    await conn.execute("TRUNCATE messages, conversations, user_token_usage, users RESTART IDENTITY CASCADE")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+class Factory:
+    """Inserts rows with plain SQL, so tests state their data without going through the code under test."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def user(
+        self, username: str = "khora", password: str = "test123", *, role: str = "user", is_active: bool = True,
+        rounds: int = 4,
+    ) -> int:
+        password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+        user_id: int = await self.conn.fetchval(
+            "INSERT INTO users (username, password_hash, email, role, is_active)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING user_id",
+            username, password_hash, f"{username}@widip.fr", role, is_active,
+        )
+        return user_id
+
+    async def conversation(
+        self, user_id: int, *, conversation_id: uuid.UUID | None = None, title: str | None = "Conversation de test",
+        updated_at: str | None = None,
+    ) -> uuid.UUID:
+        cid = conversation_id or uuid.uuid4()
+        await self.conn.execute(
+            "INSERT INTO conversations (conversation_id, user_id, title, updated_at)"
+            " VALUES ($1, $2, $3, COALESCE($4::timestamp, NOW() AT TIME ZONE 'UTC'))",
+            cid, user_id, title, _ts(updated_at) if updated_at else None,
+        )
+        return cid
+
+    async def message(
+        self, conversation_id: uuid.UUID, user_id: int, role: str, content: str, *, created_at: str | None = None,
+        tokens: int = 0,
+    ) -> int:
+        message_id: int = await self.conn.fetchval(
+            "INSERT INTO messages (conversation_id, user_id, role, content, tokens, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, COALESCE($6::timestamp, NOW() AT TIME ZONE 'UTC')) RETURNING message_id",
+            conversation_id, user_id, role, content, tokens, _ts(created_at) if created_at else None,
+        )
+        return message_id
+
+    async def usage(self, user_id: int, *, used: int, quota: int = 50_000) -> None:
+        await self.conn.execute(
+            "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
+            " VALUES ($1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, $2, $3)"
+            " ON CONFLICT (user_id, month) DO UPDATE SET used_tokens = $2, quota_tokens = $3",
+            user_id, used, quota,
+        )
+
+
+def _ts(value: str) -> Any:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+@pytest.fixture
+def factory(db: asyncpg.Connection) -> Factory:
+    return Factory(db)
+
+
+def token_for(user_id: int, username: str = "khora", role: str = "user", **kwargs: Any) -> str:
+    return issue_token(user_id=user_id, username=username, role=role, secret=TEST_SECRET, ttl_seconds=3600, **kwargs)
+
+
+def bearer(user_id: int, username: str = "khora", role: str = "user") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user_id, username, role)}"}
+
+
+MakeClient = Callable[[web.Application], Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, db: asyncpg.Connection) -> MakeClient:
+    """Starts an app on a real loopback port (after the tables were emptied by `db`)."""
+
+    async def start(app: web.Application) -> TestClient:
+        client: TestClient = await aiohttp_client(app)
+        return client
+
+    return start
