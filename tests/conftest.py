@@ -178,3 +178,19 @@ def make_client(aiohttp_client: Any, db: asyncpg.Connection) -> MakeClient:
         return client
 
     return start
+
+
+@pytest.fixture
+async def fake_mistral(aiohttp_server: Any) -> Any:
+    """A real fake Mistral server on loopback; tests turn its knobs and read `.received`."""
+    from devtools.fake_mistral import FakeMistral, create_app
+
+    state = FakeMistral()
+    server = await aiohttp_server(create_app(state))
+    state.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    return state
+
+
+@pytest.fixture
+def chat_settings(database_url: str, fake_mistral: Any) -> Settings:
+    return make_settings(database_url, mistral_server_url=fake_mistral.url)

@@ -1,0 +1,1 @@
+"""Chat service: POST /webhook/wibot/chat (workflow chat_main)."""

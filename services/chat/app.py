@@ -1,0 +1,21 @@
+"""Application factory of the chat service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.chat import views
+from services.chat.keys import PROMPT_TEMPLATE
+from services.chat.llm import llm_context
+from services.chat.prompt import load_prompt_template
+from shared import Settings, base_app
+
+DEFAULT_PORT = 8002
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = base_app(settings, service="chat")
+    app[PROMPT_TEMPLATE] = load_prompt_template(settings.system_prompt_file)
+    app.cleanup_ctx.append(llm_context(settings))
+    app.router.add_post("/webhook/wibot/chat", views.chat)
+    return app

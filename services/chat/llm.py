@@ -1,0 +1,142 @@
+"""The model, through the mistralai SDK: any server speaking Mistral's API (Mistral, Azure, vLLM, Ollama)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from aiohttp import web
+from mistralai.client import Mistral
+from mistralai.client.errors import MistralError, NoResponseError
+from mistralai.client.utils import BackoffStrategy, RetryConfig
+
+from shared import ApiError, Settings, get_logger
+
+log = get_logger("wibot.llm")
+
+LLM_CLIENT = web.AppKey("llm_client", Mistral)
+
+UNAVAILABLE_MESSAGE = "Le service IA est momentanément indisponible. Réessayez dans quelques instants."
+TIMEOUT_MESSAGE = "Le service IA met trop de temps à répondre. Réessayez dans quelques instants."
+BAD_REPLY_MESSAGE = "Le service IA a renvoyé une réponse inexploitable. Réessayez dans quelques instants."
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    text: str
+    total_tokens: int  # what the user is charged: usage.total_tokens, or the spec's estimate
+    completion_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.total_tokens - self.completion_tokens
+
+
+def build_client(settings: Settings, http_client: httpx2.AsyncClient) -> Mistral:
+    api_key = settings.mistral_api_key.get_secret_value() if settings.mistral_api_key else "not-set"
+    retry = RetryConfig(
+        "backoff",
+        BackoffStrategy(
+            initial_interval=settings.mistral_retry_initial_ms,
+            max_interval=max(settings.mistral_retry_initial_ms, 5_000),
+            exponent=2.0,
+            max_elapsed_time=int(settings.mistral_retry_max_elapsed_s * 1000),
+            jitter_ms=settings.mistral_retry_initial_ms // 2,
+        ),
+        retry_connection_errors=True,
+    )
+    return Mistral(
+        api_key=api_key,
+        server_url=settings.mistral_server_url,
+        async_client=http_client,
+        retry_config=retry,
+        timeout_ms=int(settings.mistral_timeout_s * 1000),
+    )
+
+
+def llm_context(settings: Settings) -> Any:
+    async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Our own httpx client so that shutdown closes its connections (the SDK does not own it).
+        http_client = httpx2.AsyncClient(follow_redirects=True, limits=httpx2.Limits(max_connections=200))
+        app[LLM_CLIENT] = build_client(settings, http_client)
+        try:
+            yield
+        finally:
+            await http_client.aclose()
+
+    return _llm_ctx
+
+
+def estimate_tokens(characters: int) -> int:
+    """The spec's fallback when the server reports no usage: ceil(characters / 4)."""
+    return math.ceil(characters / 4)
+
+
+def _reply_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content chunks: keep the text ones
+        parts = [getattr(chunk, "text", None) for chunk in content]
+        return "".join(p for p in parts if isinstance(p, str)) or None
+    return None
+
+
+async def complete(
+    client: Mistral, settings: Settings, *, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> ModelReply:
+    """One chat completion; every failure becomes a 502/503/504 envelope the frontend can show."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.mistral_timeout_s):
+            result = await client.chat.complete_async(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=settings.mistral_temperature,
+                top_p=settings.mistral_top_p,
+                max_tokens=max_tokens,
+            )
+    except (TimeoutError, httpx2.TimeoutException) as exc:
+        log.error("model_call_failed", reason="timeout", model=model, exc=repr(exc))
+        raise ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT") from None
+    except MistralError as exc:
+        status = exc.status_code
+        log.error("model_call_failed", reason="http_error", model=model, upstream_status=status, body=exc.body[:500])
+        if status == 429 or status >= 500:
+            raise ApiError(503 if status in (429, 503) else 502, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
+        raise ApiError(502, BAD_REPLY_MESSAGE if status == 200 else UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
+    except (httpx2.HTTPError, NoResponseError, OSError) as exc:
+        log.error("model_call_failed", reason="unreachable", model=model, exc=repr(exc))
+        raise ApiError(503, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
+    except ValueError as exc:  # a reply that does not parse as a completion
+        log.error("model_call_failed", reason="malformed_reply", model=model, exc=repr(exc)[:500])
+        raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE") from None
+
+    text = _reply_text(result.choices[0].message.content) if result and result.choices else None
+    if not text:
+        log.error("model_call_failed", reason="empty_reply", model=model)
+        raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE")
+
+    reply = _with_usage(text, result.usage, messages)
+    log.info(
+        "model_call",
+        model=model,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        total_tokens=reply.total_tokens,
+        completion_tokens=reply.completion_tokens,
+    )
+    return reply
+
+
+def _with_usage(text: str, usage: Any, messages: list[dict[str, str]]) -> ModelReply:
+    completion = (usage.completion_tokens or 0) if usage else 0
+    total = (usage.total_tokens or 0) if usage else 0
+    total = max(total, completion + ((usage.prompt_tokens or 0) if usage else 0))
+    if total == 0:  # the server counted nothing: the spec's estimate over everything sent and received
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        return ModelReply(text, estimate_tokens(prompt_chars + len(text)), estimate_tokens(len(text)))
+    return ModelReply(text, total, min(completion, total))

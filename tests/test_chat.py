@@ -1,0 +1,213 @@
+"""POST /webhook/wibot/chat: the spec's workflow with its bugs fixed, against real PostgreSQL and a fake
+Mistral server on loopback reached through the real mistralai SDK."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from devtools.fake_mistral import REPLY_PREFIX
+from services.chat.app import create_app
+from services.chat.prompt import DEFAULT_SYSTEM_PROMPT
+from tests.conftest import bearer
+
+CHAT = "/webhook/wibot/chat"
+CID = "550e8400-e29b-41d4-a716-446655440000"
+
+
+@pytest.fixture
+async def client(make_client, chat_settings):
+    return await make_client(create_app(chat_settings))
+
+
+@pytest.fixture
+async def user_id(factory):
+    return await factory.user("khora", role="admin")
+
+
+async def count(db, table: str) -> int:
+    return await db.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed table names
+
+
+async def test_spec_test_3_simple_chat(client, user_id, db, fake_mistral):
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "Salut WIBOT ! Comment ça va ?"},
+                          headers=bearer(user_id))
+    body = await r.json()
+    assert r.status == 200, body
+    assert set(body) == {"success", "response", "tokens_used", "tokens_remaining", "conversation_id"}
+    assert body["success"] is True and body["conversation_id"] == CID
+    assert body["response"].startswith(REPLY_PREFIX)
+    sent = fake_mistral.received[-1]
+    assert body["tokens_used"] > 0
+    assert body["tokens_remaining"] == 50_000 - body["tokens_used"]
+    assert sent["temperature"] == 0.7 and sent["top_p"] == 1 and sent["model"] == "mistral-large-latest"
+    assert sent["max_tokens"] == 2000
+
+    conv = await db.fetchrow("SELECT user_id, title FROM conversations WHERE conversation_id = $1", uuid.UUID(CID))
+    assert dict(conv) == {"user_id": user_id, "title": "Salut WIBOT ! Comment ça va ?"}
+    rows = await db.fetch("SELECT role, content, tokens, attachments FROM messages ORDER BY message_id")
+    assert [(r["role"], r["content"]) for r in rows] == [
+        ("user", "Salut WIBOT ! Comment ça va ?"), ("assistant", body["response"])]
+    assert rows[0]["tokens"] + rows[1]["tokens"] == body["tokens_used"]
+    usage = await db.fetchrow("SELECT month, used_tokens, quota_tokens FROM user_token_usage")
+    now = datetime.now(UTC)
+    assert (usage["month"].year, usage["month"].month, usage["month"].day) == (now.year, now.month, 1)
+    assert (usage["used_tokens"], usage["quota_tokens"]) == (body["tokens_used"], 50_000)
+
+
+async def test_spec_test_4_memory_sends_history(client, user_id, fake_mistral):
+    cid = "660f9511-f3ac-52e5-b827-557766551111"
+    headers = bearer(user_id)
+    r = await client.post(CHAT, json={"conversation_id": cid, "message": "Parle-moi de PostgreSQL"}, headers=headers)
+    assert r.status == 200, await r.text()
+    first_reply = (await r.json())["response"]
+    r = await client.post(CHAT, json={"conversation_id": cid, "message": "Comment je fais un backup ?"},
+                          headers=headers)
+    assert r.status == 200, await r.text()
+    sent = fake_mistral.received[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert [m["content"] for m in sent[1:]] == ["Parle-moi de PostgreSQL", first_reply, "Comment je fais un backup ?"]
+
+
+async def test_system_prompt_is_the_spec_one_with_todays_date(client, user_id, fake_mistral):
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    system = fake_mistral.received[-1]["messages"][0]
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert system == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT.replace("{date}", today)}
+    assert system["content"].startswith("Tu es WIBOT, l'assistant IA de WIDIP")
+    assert system["content"].endswith(f"Date actuelle : {today}")
+
+
+async def test_system_prompt_file_replaces_the_default(make_client, chat_settings, user_id, fake_mistral, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text('Tu es un bot de test. {"json": true} Nous sommes le {date}.', encoding="utf-8")
+    client = await make_client(create_app(chat_settings.model_copy(update={"system_prompt_file": prompt})))
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert fake_mistral.received[-1]["messages"][0]["content"] == (
+        f'Tu es un bot de test. {{"json": true}} Nous sommes le {today}.')
+
+
+async def test_memory_is_the_last_ten_messages_in_order(client, user_id, factory, fake_mistral):
+    cid = await factory.conversation(user_id, conversation_id=uuid.UUID(CID))
+    # 14 messages; the two last share a timestamp so only message_id can order them.
+    for i in range(12):
+        await factory.message(cid, user_id, "user" if i % 2 == 0 else "assistant", f"m{i}",
+                              created_at=f"2024-12-25T10:{i:02d}:00Z")
+    await factory.message(cid, user_id, "user", "m12", created_at="2024-12-25T11:00:00Z")
+    await factory.message(cid, user_id, "assistant", "m13", created_at="2024-12-25T11:00:00Z")
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "suite"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    sent = fake_mistral.received[-1]["messages"]
+    assert [m["content"] for m in sent[1:]] == [f"m{i}" for i in range(4, 14)] + ["suite"]
+
+
+async def test_spec_test_5_files_are_appended_not_stored(client, user_id, db, fake_mistral):
+    log = "[2024-12-25 14:30:15] ERROR: Connection timeout to database\n[2024-12-25 14:30:16] ERROR: Retry failed"
+    r = await client.post(CHAT, headers=bearer(user_id), json={
+        "conversation_id": "770f9622-a4bd-43f6-a938-668877662222",
+        "message": "Analyse ce log et dis-moi ce qui ne va pas",
+        "files": [{"name": "error.log", "content": log}, {"name": "vide.txt", "content": ""}],
+    })
+    assert r.status == 200, await r.text()
+    sent = fake_mistral.received[-1]["messages"][-1]
+    assert sent == {"role": "user", "content": (
+        "Analyse ce log et dis-moi ce qui ne va pas"
+        f"\n\n--- Fichier : error.log ---\n{log}"
+        "\n\n--- Fichier : vide.txt ---\n")}
+    row = await db.fetchrow(
+        "SELECT content, attachments, jsonb_typeof(attachments) AS kind FROM messages WHERE role = 'user'")
+    assert row["content"] == "Analyse ce log et dis-moi ce qui ne va pas"
+    assert row["kind"] == "array"
+    assert json.loads(row["attachments"]) == [{"name": "error.log", "size": len(log.encode())}, {"name": "vide.txt", "size": 0}]
+    dump = await db.fetchval("SELECT string_agg(content || coalesce(attachments::text, ''), '') FROM messages")
+    assert "Connection timeout" not in dump
+
+
+async def test_spec_test_5_as_written_is_a_400_not_a_500(client, user_id, db):
+    r = await client.post(CHAT, headers=bearer(user_id), json={
+        "conversation_id": "770f9622-g4bd-63f6-c938-668877662222", "message": "Analyse ce log"})
+    assert r.status == 400, await r.text()
+    body = await r.json()
+    assert body["success"] is False and "conversation_id" in body["error"] and "UUID" in body["error"]
+    assert await count(db, "messages") == 0 and await count(db, "user_token_usage") == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "fragment"),
+    [
+        ({"message": "x"}, 400, "conversation_id"),
+        ({"conversation_id": CID}, 400, "message"),
+        ({"conversation_id": CID, "message": ""}, 400, "message"),
+        ({"conversation_id": CID, "message": "   "}, 400, "message"),
+        ({"conversation_id": CID, "message": 42}, 400, "message"),
+        ({"conversation_id": CID, "message": "x" * 33}, 400, "32 caractères"),
+        ({"conversation_id": CID, "message": "x", "files": "a.txt"}, 400, "files"),
+        ({"conversation_id": CID, "message": "x", "files": [{"name": "a"}]}, 400, "files.0.content"),
+        ({"conversation_id": CID, "message": "x", "files": [{"name": "a", "content": "b"}] * 3}, 413, "2 au maximum"),
+        ({"conversation_id": CID, "message": "x", "files": [{"name": "a", "content": "é" * 600}]}, 413, "1 Kio"),
+        ({"conversation_id": CID, "message": "x", "mode": "turbo"}, 400, "mode"),
+        ({"conversation_id": 12, "message": "x"}, 400, "conversation_id"),
+    ],
+)
+async def test_invalid_requests_are_refused_and_write_nothing(
+    make_client, chat_settings, user_id, db, payload, status, fragment
+):
+    limits = {"chat_message_max_chars": 32, "chat_files_max_count": 2, "chat_files_max_bytes": 1024}
+    client = await make_client(create_app(chat_settings.model_copy(update=limits)))
+    r = await client.post(CHAT, json=payload, headers=bearer(user_id))
+    assert r.status == status, await r.text()
+    body = await r.json()
+    assert body["success"] is False and fragment in body["error"], body
+    assert await count(db, "messages") == 0 and await count(db, "conversations") == 0
+    assert await count(db, "user_token_usage") == 0
+
+
+async def test_unknown_fields_are_ignored_and_mode_picks_the_model(make_client, chat_settings, user_id, fake_mistral):
+    models = {"mistral_model_code": "codestral-latest"}
+    client = await make_client(create_app(chat_settings.model_copy(update=models)))
+    for mode, model in [("code", "codestral-latest"), ("flash", "mistral-large-latest"), (None, "mistral-large-latest")]:
+        payload = {"conversation_id": CID, "message": "x", "mode": mode, "extra": {"any": 1}}
+        r = await client.post(CHAT, json=payload, headers=bearer(user_id))
+        assert r.status == 200, await r.text()
+        assert fake_mistral.received[-1]["model"] == model
+
+
+async def test_another_users_conversation_is_403_and_nothing_written(client, factory, db, fake_mistral):
+    owner = await factory.user("owner")
+    intruder = await factory.user("intruder")
+    cid = await factory.conversation(owner, conversation_id=uuid.UUID(CID))
+    await factory.message(cid, owner, "user", "confidentiel")
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "je lis ?"}, headers=bearer(intruder))
+    assert r.status == 403, await r.text()
+    assert await r.json() == {"success": False, "error": "Vous n'avez pas accès à cette conversation",
+                              "code": "FORBIDDEN"}
+    assert await count(db, "messages") == 1
+    assert len(fake_mistral.received) == 0
+    assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0
+
+
+async def test_missing_usage_is_estimated_from_characters(client, user_id, fake_mistral):
+    fake_mistral.omit_usage = True
+    fake_mistral.reply = "r" * 40
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "m" * 12}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    prompt_chars = sum(len(m["content"]) for m in fake_mistral.received[-1]["messages"])
+    assert (await r.json())["tokens_used"] == -(-(prompt_chars + 40) // 4)
+
+
+async def test_title_is_first_255_characters_and_updated_at_bumps(client, user_id, db):
+    message = "t" * 300
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": message}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    first = await db.fetchrow("SELECT title, updated_at FROM conversations")
+    assert first["title"] == "t" * 255
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "autre"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    second = await db.fetchrow("SELECT title, updated_at FROM conversations")
+    assert second["title"] == "t" * 255 and second["updated_at"] > first["updated_at"]

@@ -1,0 +1,56 @@
+"""Settings from the environment; a service refuses to start with a weak or missing JWT_SECRET."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from shared import Settings
+
+GOOD_SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"JWT_SECRET", "DATABASE_URL"}}
+    return subprocess.run(
+        [sys.executable, "-m", "services.auth", "--port", "0"],
+        env={**clean, **env}, capture_output=True, text=True, timeout=30, cwd=os.getcwd(),
+    )
+
+
+def test_short_secret_is_refused():
+    with pytest.raises(ValidationError, match="at least 32 bytes"):
+        Settings(_env_file=None, jwt_secret="x" * 31)  # type: ignore[call-arg]
+    assert Settings(_env_file=None, jwt_secret=GOOD_SECRET).jwt_secret.get_secret_value() == GOOD_SECRET  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("env", [{"JWT_SECRET": "too-short"}, {}])
+def test_service_refuses_to_start_and_says_why(env):
+    result = run_service(env)
+    assert result.returncode == 2, result.stderr
+    assert "JWT_SECRET" in result.stderr
+    assert "refuse de démarrer" in result.stderr
+
+
+def test_postgres_variables_build_the_dsn_and_database_url_wins(monkeypatch):
+    for key, value in {"POSTGRES_HOST": "db.internal", "POSTGRES_PORT": "6543", "POSTGRES_DB": "wibot",
+                       "POSTGRES_USER": "widip", "POSTGRES_PASSWORD": "p@ss:word"}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None, jwt_secret=GOOD_SECRET)  # type: ignore[call-arg]
+    assert settings.dsn == "postgresql://widip:p%40ss%3Aword@db.internal:6543/wibot"
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/d")
+    assert Settings(_env_file=None, jwt_secret=GOOD_SECRET).dsn == "postgresql://u@h/d"  # type: ignore[call-arg]
+
+
+def test_limits_are_settings(monkeypatch):
+    monkeypatch.setenv("CHAT_MESSAGE_MAX_CHARS", "123")
+    monkeypatch.setenv("MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("MISTRAL_MODEL_CODE", "codestral-latest")
+    settings = Settings(_env_file=None, jwt_secret=GOOD_SECRET)  # type: ignore[call-arg]
+    assert (settings.chat_message_max_chars, settings.max_body_bytes) == (123, 4096)
+    assert settings.model_for_mode("code") == "codestral-latest"
+    assert settings.model_for_mode("flash") == settings.mistral_model == "mistral-large-latest"
