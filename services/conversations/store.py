@@ -1,0 +1,94 @@
+"""Data steps of the conversations service. They raise domain errors; the views map them to HTTP."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from services.conversations import queries
+
+UNTITLED = "Nouvelle conversation"
+
+
+class ConversationNotFound(Exception):
+    pass
+
+
+class NotYourConversation(Exception):
+    pass
+
+
+class UnknownCursor(Exception):
+    pass
+
+
+async def list_conversations(
+    pool: asyncpg.Pool, *, user_id: int, limit: int, before: UUID | None
+) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(queries.LIST_CONVERSATIONS_SQL, user_id, limit, before, UNTITLED)
+        if not rows and before is not None and await conn.fetchval(queries.CURSOR_EXISTS_SQL, before, user_id) is None:
+            raise UnknownCursor
+    return list(rows)
+
+
+async def check_owner(conn: asyncpg.Connection, conversation_id: UUID, user_id: int) -> bool:
+    """True if the caller owns it, False if it does not exist; NotYourConversation otherwise."""
+    owner = await conn.fetchval(queries.CONVERSATION_OWNER_SQL, conversation_id)
+    if owner is None:
+        return False
+    if owner != user_id:
+        raise NotYourConversation
+    return True
+
+
+async def list_messages(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        if not await check_owner(conn, conversation_id, user_id):
+            return []  # the frontend invents conversation ids: an unknown one is simply empty
+        return list(await conn.fetch(queries.MESSAGES_SQL, conversation_id))
+
+
+async def fetch_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(queries.CONVERSATION_SQL, conversation_id, UNTITLED)
+    if row is None:
+        raise ConversationNotFound
+    return dict(row)
+
+
+async def create_conversation(
+    pool: asyncpg.Pool, *, user_id: int, conversation_id: UUID | None, title: str | None
+) -> dict[str, Any]:
+    """Idempotent for its owner: creating an existing conversation of yours returns it unchanged."""
+    conversation_id = conversation_id or uuid4()
+    async with pool.acquire() as conn:
+        created = await conn.fetchval(queries.CREATE_CONVERSATION_SQL, conversation_id, user_id, title)
+        if created is None:
+            await check_owner(conn, conversation_id, user_id)
+        return await fetch_conversation(conn, conversation_id)
+
+
+async def rename_conversation(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, title: str) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        if await conn.fetchval(queries.RENAME_CONVERSATION_SQL, conversation_id, user_id, title) is None:
+            await _explain_miss(conn, conversation_id, user_id)
+        return await fetch_conversation(conn, conversation_id)
+
+
+async def delete_conversation(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int) -> None:
+    async with pool.acquire() as conn:
+        if await conn.fetchval(queries.DELETE_CONVERSATION_SQL, conversation_id, user_id) is None:
+            await _explain_miss(conn, conversation_id, user_id)
+
+
+async def _explain_miss(conn: asyncpg.Connection, conversation_id: UUID, user_id: int) -> None:
+    if not await check_owner(conn, conversation_id, user_id):
+        raise ConversationNotFound
+
+
+async def month_usage(pool: asyncpg.Pool, *, user_id: int, month: date, default_quota: int) -> tuple[int, int]:
+    row = await pool.fetchrow(queries.MONTH_USAGE_SQL, user_id, month)
+    return (row["used_tokens"], row["quota_tokens"]) if row else (0, default_quota)
