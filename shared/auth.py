@@ -27,7 +27,9 @@ WHERE user_id = $1 AND is_active IS TRUE
 """
 
 
-def issue_token(*, user_id: int, username: str, role: str, secret: str, ttl_seconds: int, now: int | None = None) -> str:
+def issue_token(
+    *, user_id: int, username: str, role: str, secret: str, ttl_seconds: int, now: int | None = None
+) -> str:
     """The spec's payload, exactly: {user_id, username, role, iat, exp}."""
     issued_at = int(time.time()) if now is None else now
     payload = {"user_id": user_id, "username": username, "role": role, "iat": issued_at, "exp": issued_at + ttl_seconds}
@@ -41,9 +43,7 @@ def invalid_token() -> ApiError:
 def decode_token(token: str, secret: str) -> dict[str, Any]:
     """Claims of a valid token; every way a token can be wrong is the same 401."""
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
-        )
+        claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
     except jwt.PyJWTError:
         raise invalid_token() from None
     user_id = claims.get("user_id")

@@ -116,12 +116,12 @@ class CreateConversationRequest(Request):
 
 
 class RenameConversationRequest(Request):
-    conversationId: UUID  # noqa: N815 - the frontend's field name
+    conversationId: UUID
     title: StrictStr = Field(min_length=1, max_length=255)
 
 
 class DeleteConversationRequest(Request):
-    conversationId: UUID  # noqa: N815 - the frontend's field name
+    conversationId: UUID
 
 
 class ConversationResponse(Response):

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+
 import asyncpg
 from aiohttp import web
 
@@ -67,4 +68,3 @@ def current_month(now: datetime | None = None) -> date:
 
 async def apply_schema(conn: asyncpg.Connection) -> None:
     await conn.execute(SCHEMA_PATH.read_text(encoding="utf-8"))
-

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from shared.db import DB_UNAVAILABLE_ERRORS, pool_context
 from shared.errors import SERVER_ERROR_MESSAGE, ApiError, error_envelope
-from shared.logs import get_logger
 from shared.keys import AppKeys, RequestKeys
+from shared.logs import get_logger
 from shared.settings import Settings
 
 log = get_logger("wibot.http")

@@ -104,37 +104,64 @@ class Factory:
         self.conn = conn
 
     async def user(
-        self, username: str = "khora", password: str = "test123", *, role: str = "user", is_active: bool = True,
+        self,
+        username: str = "khora",
+        password: str = "test123",
+        *,
+        role: str = "user",
+        is_active: bool = True,
         rounds: int = 4,
     ) -> int:
         password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
         user_id: int = await self.conn.fetchval(
             "INSERT INTO users (username, password_hash, email, role, is_active)"
             " VALUES ($1, $2, $3, $4, $5) RETURNING user_id",
-            username, password_hash, f"{username}@widip.fr", role, is_active,
+            username,
+            password_hash,
+            f"{username}@widip.fr",
+            role,
+            is_active,
         )
         return user_id
 
     async def conversation(
-        self, user_id: int, *, conversation_id: uuid.UUID | None = None, title: str | None = "Conversation de test",
+        self,
+        user_id: int,
+        *,
+        conversation_id: uuid.UUID | None = None,
+        title: str | None = "Conversation de test",
         updated_at: str | None = None,
     ) -> uuid.UUID:
         cid = conversation_id or uuid.uuid4()
         await self.conn.execute(
             "INSERT INTO conversations (conversation_id, user_id, title, updated_at)"
             " VALUES ($1, $2, $3, COALESCE($4::timestamp, NOW() AT TIME ZONE 'UTC'))",
-            cid, user_id, title, _ts(updated_at) if updated_at else None,
+            cid,
+            user_id,
+            title,
+            _ts(updated_at) if updated_at else None,
         )
         return cid
 
     async def message(
-        self, conversation_id: uuid.UUID, user_id: int, role: str, content: str, *, created_at: str | None = None,
+        self,
+        conversation_id: uuid.UUID,
+        user_id: int,
+        role: str,
+        content: str,
+        *,
+        created_at: str | None = None,
         tokens: int = 0,
     ) -> int:
         message_id: int = await self.conn.fetchval(
             "INSERT INTO messages (conversation_id, user_id, role, content, tokens, created_at)"
             " VALUES ($1, $2, $3, $4, $5, COALESCE($6::timestamp, NOW() AT TIME ZONE 'UTC')) RETURNING message_id",
-            conversation_id, user_id, role, content, tokens, _ts(created_at) if created_at else None,
+            conversation_id,
+            user_id,
+            role,
+            content,
+            tokens,
+            _ts(created_at) if created_at else None,
         )
         return message_id
 
@@ -143,7 +170,9 @@ class Factory:
             "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
             " VALUES ($1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, $2, $3)"
             " ON CONFLICT (user_id, month) DO UPDATE SET used_tokens = $2, quota_tokens = $3",
-            user_id, used, quota,
+            user_id,
+            used,
+            quota,
         )
 
 

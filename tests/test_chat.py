@@ -33,8 +33,9 @@ async def count(db, table: str) -> int:
 
 
 async def test_spec_test_3_simple_chat(client, user_id, db, fake_mistral):
-    r = await client.post(CHAT, json={"conversation_id": CID, "message": "Salut WIBOT ! Comment ça va ?"},
-                          headers=bearer(user_id))
+    r = await client.post(
+        CHAT, json={"conversation_id": CID, "message": "Salut WIBOT ! Comment ça va ?"}, headers=bearer(user_id)
+    )
     body = await r.json()
     assert r.status == 200, body
     assert set(body) == {"success", "response", "tokens_used", "tokens_remaining", "conversation_id"}
@@ -50,7 +51,9 @@ async def test_spec_test_3_simple_chat(client, user_id, db, fake_mistral):
     assert dict(conv) == {"user_id": user_id, "title": "Salut WIBOT ! Comment ça va ?"}
     rows = await db.fetch("SELECT role, content, tokens, attachments FROM messages ORDER BY message_id")
     assert [(r["role"], r["content"]) for r in rows] == [
-        ("user", "Salut WIBOT ! Comment ça va ?"), ("assistant", body["response"])]
+        ("user", "Salut WIBOT ! Comment ça va ?"),
+        ("assistant", body["response"]),
+    ]
     assert rows[0]["tokens"] + rows[1]["tokens"] == body["tokens_used"]
     usage = await db.fetchrow("SELECT month, used_tokens, quota_tokens FROM user_token_usage")
     now = datetime.now(UTC)
@@ -64,8 +67,9 @@ async def test_spec_test_4_memory_sends_history(client, user_id, fake_mistral):
     r = await client.post(CHAT, json={"conversation_id": cid, "message": "Parle-moi de PostgreSQL"}, headers=headers)
     assert r.status == 200, await r.text()
     first_reply = (await r.json())["response"]
-    r = await client.post(CHAT, json={"conversation_id": cid, "message": "Comment je fais un backup ?"},
-                          headers=headers)
+    r = await client.post(
+        CHAT, json={"conversation_id": cid, "message": "Comment je fais un backup ?"}, headers=headers
+    )
     assert r.status == 200, await r.text()
     sent = fake_mistral.received[-1]["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
@@ -90,15 +94,17 @@ async def test_system_prompt_file_replaces_the_default(make_client, chat_setting
     assert r.status == 200, await r.text()
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert fake_mistral.received[-1]["messages"][0]["content"] == (
-        f'Tu es un bot de test. {{"json": true}} Nous sommes le {today}.')
+        f'Tu es un bot de test. {{"json": true}} Nous sommes le {today}.'
+    )
 
 
 async def test_memory_is_the_last_ten_messages_in_order(client, user_id, factory, fake_mistral):
     cid = await factory.conversation(user_id, conversation_id=uuid.UUID(CID))
     # 14 messages; the two last share a timestamp so only message_id can order them.
     for i in range(12):
-        await factory.message(cid, user_id, "user" if i % 2 == 0 else "assistant", f"m{i}",
-                              created_at=f"2024-12-25T10:{i:02d}:00Z")
+        await factory.message(
+            cid, user_id, "user" if i % 2 == 0 else "assistant", f"m{i}", created_at=f"2024-12-25T10:{i:02d}:00Z"
+        )
     await factory.message(cid, user_id, "user", "m12", created_at="2024-12-25T11:00:00Z")
     await factory.message(cid, user_id, "assistant", "m13", created_at="2024-12-25T11:00:00Z")
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "suite"}, headers=bearer(user_id))
@@ -109,29 +115,44 @@ async def test_memory_is_the_last_ten_messages_in_order(client, user_id, factory
 
 async def test_spec_test_5_files_are_appended_not_stored(client, user_id, db, fake_mistral):
     log = "[2024-12-25 14:30:15] ERROR: Connection timeout to database\n[2024-12-25 14:30:16] ERROR: Retry failed"
-    r = await client.post(CHAT, headers=bearer(user_id), json={
-        "conversation_id": "770f9622-a4bd-43f6-a938-668877662222",
-        "message": "Analyse ce log et dis-moi ce qui ne va pas",
-        "files": [{"name": "error.log", "content": log}, {"name": "vide.txt", "content": ""}],
-    })
+    r = await client.post(
+        CHAT,
+        headers=bearer(user_id),
+        json={
+            "conversation_id": "770f9622-a4bd-43f6-a938-668877662222",
+            "message": "Analyse ce log et dis-moi ce qui ne va pas",
+            "files": [{"name": "error.log", "content": log}, {"name": "vide.txt", "content": ""}],
+        },
+    )
     assert r.status == 200, await r.text()
     sent = fake_mistral.received[-1]["messages"][-1]
-    assert sent == {"role": "user", "content": (
-        "Analyse ce log et dis-moi ce qui ne va pas"
-        f"\n\n--- Fichier : error.log ---\n{log}"
-        "\n\n--- Fichier : vide.txt ---\n")}
+    assert sent == {
+        "role": "user",
+        "content": (
+            "Analyse ce log et dis-moi ce qui ne va pas"
+            f"\n\n--- Fichier : error.log ---\n{log}"
+            "\n\n--- Fichier : vide.txt ---\n"
+        ),
+    }
     row = await db.fetchrow(
-        "SELECT content, attachments, jsonb_typeof(attachments) AS kind FROM messages WHERE role = 'user'")
+        "SELECT content, attachments, jsonb_typeof(attachments) AS kind FROM messages WHERE role = 'user'"
+    )
     assert row["content"] == "Analyse ce log et dis-moi ce qui ne va pas"
     assert row["kind"] == "array"
-    assert json.loads(row["attachments"]) == [{"name": "error.log", "size": len(log.encode())}, {"name": "vide.txt", "size": 0}]
+    assert json.loads(row["attachments"]) == [
+        {"name": "error.log", "size": len(log.encode())},
+        {"name": "vide.txt", "size": 0},
+    ]
     dump = await db.fetchval("SELECT string_agg(content || coalesce(attachments::text, ''), '') FROM messages")
     assert "Connection timeout" not in dump
 
 
 async def test_spec_test_5_as_written_is_a_400_not_a_500(client, user_id, db):
-    r = await client.post(CHAT, headers=bearer(user_id), json={
-        "conversation_id": "770f9622-g4bd-63f6-c938-668877662222", "message": "Analyse ce log"})
+    r = await client.post(
+        CHAT,
+        headers=bearer(user_id),
+        json={"conversation_id": "770f9622-g4bd-63f6-c938-668877662222", "message": "Analyse ce log"},
+    )
     assert r.status == 400, await r.text()
     body = await r.json()
     assert body["success"] is False and "conversation_id" in body["error"] and "UUID" in body["error"]
@@ -171,7 +192,11 @@ async def test_invalid_requests_are_refused_and_write_nothing(
 async def test_unknown_fields_are_ignored_and_mode_picks_the_model(make_client, chat_settings, user_id, fake_mistral):
     models = {"mistral_model_code": "codestral-latest"}
     client = await make_client(create_app(chat_settings.model_copy(update=models)))
-    for mode, model in [("code", "codestral-latest"), ("flash", "mistral-large-latest"), (None, "mistral-large-latest")]:
+    for mode, model in [
+        ("code", "codestral-latest"),
+        ("flash", "mistral-large-latest"),
+        (None, "mistral-large-latest"),
+    ]:
         payload = {"conversation_id": CID, "message": "x", "mode": mode, "extra": {"any": 1}}
         r = await client.post(CHAT, json=payload, headers=bearer(user_id))
         assert r.status == 200, await r.text()
@@ -185,8 +210,11 @@ async def test_another_users_conversation_is_403_and_nothing_written(client, fac
     await factory.message(cid, owner, "user", "confidentiel")
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "je lis ?"}, headers=bearer(intruder))
     assert r.status == 403, await r.text()
-    assert await r.json() == {"success": False, "error": "Vous n'avez pas accès à cette conversation",
-                              "code": "FORBIDDEN"}
+    assert await r.json() == {
+        "success": False,
+        "error": "Vous n'avez pas accès à cette conversation",
+        "code": "FORBIDDEN",
+    }
     assert await count(db, "messages") == 1
     assert len(fake_mistral.received) == 0
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0

@@ -59,8 +59,9 @@ async def test_model_failure_answers_an_envelope_and_writes_nothing(
 
 
 async def test_connection_refused_is_a_503(make_client, chat_settings, factory, db):
-    settings = chat_settings.model_copy(update={
-        "mistral_server_url": f"http://127.0.0.1:{closed_port()}", "mistral_retry_max_elapsed_s": 0.2})
+    settings = chat_settings.model_copy(
+        update={"mistral_server_url": f"http://127.0.0.1:{closed_port()}", "mistral_retry_max_elapsed_s": 0.2}
+    )
     client = await make_client(create_app(settings))
     user_id = await factory.user()
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))

@@ -49,8 +49,11 @@ async def test_spec_test_8_quota_exceeded(make_client, chat_settings, user_id, f
     await factory.usage(user_id, used=51_000)
     r = await chat(client, user_id)
     assert r.status == 429, await r.text()
-    assert await r.json() == {"success": False, "error": "Quota tokens mensuel dépassé. Limite : 50,000 tokens/mois.",
-                              "code": "QUOTA_EXCEEDED"}
+    assert await r.json() == {
+        "success": False,
+        "error": "Quota tokens mensuel dépassé. Limite : 50,000 tokens/mois.",
+        "code": "QUOTA_EXCEEDED",
+    }
     assert len(fake_mistral.received) == 0
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await usage(db) == (51_000, 50_000)
@@ -71,11 +74,15 @@ async def test_first_use_of_the_month_creates_the_row_with_the_default_quota(mak
     body = await r.json()
     assert await usage(db) == (body["tokens_used"], 7_000)
     assert body["tokens_remaining"] == 7_000 - body["tokens_used"]
-    month = await db.fetchval("SELECT month = DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date FROM user_token_usage")
+    month = await db.fetchval(
+        "SELECT month = DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date FROM user_token_usage"
+    )
     assert month is True
 
 
-async def test_fifty_concurrent_chats_with_room_for_five(make_client, chat_settings, user_id, factory, db, fake_mistral):
+async def test_fifty_concurrent_chats_with_room_for_five(
+    make_client, chat_settings, user_id, factory, db, fake_mistral
+):
     client = await make_client(create_app(chat_settings.model_copy(update={"mistral_max_tokens": 100})))
     reservation = await measure_reservation(client, user_id, db, fake_mistral)
     quota = 50_000
@@ -134,8 +141,10 @@ async def test_no_database_connection_is_held_during_the_model_call(make_client,
     client = await make_client(create_app(chat_settings.model_copy(update={"db_pool_min": 1, "db_pool_max": 1})))
     first, second = await factory.user("a"), await factory.user("b")
     fake_mistral.hold = asyncio.Event()
-    tasks = [asyncio.ensure_future(chat(client, first, uuid.uuid4())),
-             asyncio.ensure_future(chat(client, second, uuid.uuid4()))]
+    tasks = [
+        asyncio.ensure_future(chat(client, first, uuid.uuid4())),
+        asyncio.ensure_future(chat(client, second, uuid.uuid4())),
+    ]
     for _ in range(500):
         if len(fake_mistral.received) == 2:
             break

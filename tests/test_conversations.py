@@ -28,15 +28,21 @@ async def khora(factory):
 
 async def seed_spec_conversation(factory, user_id):
     """The spec's test data: one conversation, six messages."""
-    cid = await factory.conversation(user_id, conversation_id=CID, title="Conversation de test",
-                                     updated_at="2024-12-24T10:00:00Z")
-    spec = [("user", "Bonjour WIBOT !", "2024-12-23T10:00:00Z"),
-            ("assistant", "Bonjour ! Comment puis-je t'aider ?", "2024-12-23T10:00:02Z"),
-            ("user", "Peux-tu m'expliquer comment fonctionne PostgreSQL ?", "2024-12-23T10:01:00Z"),
-            ("assistant", "PostgreSQL est un système de gestion de base de données relationnelle...",
-             "2024-12-23T10:01:05Z"),
-            ("user", "Et comment faire un backup ?", "2024-12-24T10:00:00Z"),
-            ("assistant", "Pour faire un backup PostgreSQL, tu peux utiliser pg_dump...", "2024-12-24T10:00:03Z")]
+    cid = await factory.conversation(
+        user_id, conversation_id=CID, title="Conversation de test", updated_at="2024-12-24T10:00:00Z"
+    )
+    spec = [
+        ("user", "Bonjour WIBOT !", "2024-12-23T10:00:00Z"),
+        ("assistant", "Bonjour ! Comment puis-je t'aider ?", "2024-12-23T10:00:02Z"),
+        ("user", "Peux-tu m'expliquer comment fonctionne PostgreSQL ?", "2024-12-23T10:01:00Z"),
+        (
+            "assistant",
+            "PostgreSQL est un système de gestion de base de données relationnelle...",
+            "2024-12-23T10:01:05Z",
+        ),
+        ("user", "Et comment faire un backup ?", "2024-12-24T10:00:00Z"),
+        ("assistant", "Pour faire un backup PostgreSQL, tu peux utiliser pg_dump...", "2024-12-24T10:00:03Z"),
+    ]
     ids = [await factory.message(cid, user_id, role, content, created_at=at) for role, content, at in spec]
     return cid, spec, ids
 
@@ -45,9 +51,17 @@ async def test_spec_test_6_get_conversations(client, khora, factory):
     await seed_spec_conversation(factory, khora)
     r = await client.get(LIST, headers=bearer(khora))
     assert r.status == 200, await r.text()
-    assert await r.json() == {"success": True, "conversations": [{
-        "conversation_id": str(CID), "title": "Conversation de test",
-        "updated_at": "2024-12-24T10:00:00Z", "message_count": 6}]}
+    assert await r.json() == {
+        "success": True,
+        "conversations": [
+            {
+                "conversation_id": str(CID),
+                "title": "Conversation de test",
+                "updated_at": "2024-12-24T10:00:00Z",
+                "message_count": 6,
+            }
+        ],
+    }
 
 
 async def test_spec_test_7_get_messages(client, khora, factory):
@@ -55,9 +69,13 @@ async def test_spec_test_7_get_messages(client, khora, factory):
     r = await client.get(f"/webhook/wibot/conversations/{CID}/messages", headers=bearer(khora))
     assert r.status == 200, await r.text()
     body = await r.json()
-    assert body == {"success": True, "messages": [
-        {"message_id": mid, "role": role, "content": content, "created_at": at}
-        for mid, (role, content, at) in zip(ids, spec, strict=True)]}
+    assert body == {
+        "success": True,
+        "messages": [
+            {"message_id": mid, "role": role, "content": content, "created_at": at}
+            for mid, (role, content, at) in zip(ids, spec, strict=True)
+        ],
+    }
     # The spec's checklist: roles exactly user|assistant, dates with Z.
     assert {m["role"] for m in body["messages"]} == {"user", "assistant"}
     assert all(DATE.match(m["created_at"]) for m in body["messages"])
@@ -68,8 +86,12 @@ async def test_spec_test_7_get_messages(client, khora, factory):
 
 async def test_messages_ties_are_ordered_by_message_id(client, khora, factory):
     cid = await factory.conversation(khora)
-    ids = [await factory.message(cid, khora, "user" if i % 2 == 0 else "assistant", f"m{i}",
-                                 created_at="2024-12-25T10:00:00Z") for i in range(4)]
+    ids = [
+        await factory.message(
+            cid, khora, "user" if i % 2 == 0 else "assistant", f"m{i}", created_at="2024-12-25T10:00:00Z"
+        )
+        for i in range(4)
+    ]
     r = await client.get(f"/webhook/wibot/conversations/{cid}/messages", headers=bearer(khora))
     assert [m["message_id"] for m in (await r.json())["messages"]] == ids
 
@@ -83,13 +105,17 @@ async def test_list_is_mine_only_most_recent_first_with_integer_counts(client, k
     r = await client.get(LIST, headers=bearer(khora))
     body = await r.json()
     assert [(c["conversation_id"], c["title"], c["message_count"]) for c in body["conversations"]] == [
-        (str(new), "récente", 1), (str(old), "ancienne", 0)]
+        (str(new), "récente", 1),
+        (str(old), "ancienne", 0),
+    ]
     assert all(isinstance(c["message_count"], int) and len(c["conversation_id"]) == 36 for c in body["conversations"])
 
 
 async def test_list_defaults_to_50_and_pages_with_a_cursor(client, khora, factory):
-    created = [await factory.conversation(khora, title=f"c{i}", updated_at=f"2024-01-01T08:{i // 60:02d}:{i % 60:02d}Z")
-               for i in range(120)]
+    created = [
+        await factory.conversation(khora, title=f"c{i}", updated_at=f"2024-01-01T08:{i // 60:02d}:{i % 60:02d}Z")
+        for i in range(120)
+    ]
     # Two conversations with the same updated_at: the cursor must neither skip nor repeat them.
     created.append(await factory.conversation(khora, title="tie", updated_at="2024-01-01T08:01:59Z"))
     r = await client.get(LIST, headers=bearer(khora))
@@ -106,8 +132,7 @@ async def test_list_defaults_to_50_and_pages_with_a_cursor(client, khora, factor
     assert sorted(seen) == sorted(str(c) for c in created) and len(seen) == len(set(seen))
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "before=not-a-uuid",
-                                   f"before={uuid.uuid4()}"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "before=not-a-uuid", f"before={uuid.uuid4()}"])
 async def test_list_rejects_bad_paging(client, khora, query):
     r = await client.get(f"{LIST}?{query}", headers=bearer(khora))
     assert r.status == 400, await r.text()
@@ -130,8 +155,14 @@ async def test_unknown_conversation_has_no_messages(client, khora):
     assert await r.json() == {"success": True, "messages": []}
 
 
-@pytest.mark.parametrize("path", ["/webhook/wibot/conversations/770f9622-g4bd-63f6-c938-668877662222/messages",
-                                  "/webhook/wibot/messages?conversationId=abc", "/webhook/wibot/messages"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webhook/wibot/conversations/770f9622-g4bd-63f6-c938-668877662222/messages",
+        "/webhook/wibot/messages?conversationId=abc",
+        "/webhook/wibot/messages",
+    ],
+)
 async def test_malformed_ids_are_400(client, khora, path):
     r = await client.get(path, headers=bearer(khora))
     assert r.status == 400, await r.text()
@@ -144,11 +175,18 @@ async def test_create_conversation(client, khora, db):
     assert r.status == 200, await r.text()
     conv = (await r.json())["conversation"]
     assert conv["title"] == "Plan de migration" and conv["message_count"] == 0 and DATE.match(conv["updated_at"])
-    assert await db.fetchval("SELECT user_id FROM conversations WHERE conversation_id = $1",
-                             uuid.UUID(conv["conversation_id"])) == khora
+    assert (
+        await db.fetchval(
+            "SELECT user_id FROM conversations WHERE conversation_id = $1", uuid.UUID(conv["conversation_id"])
+        )
+        == khora
+    )
     r = await client.post(LIST, json={"conversation_id": str(CID)}, headers=bearer(khora))
-    assert (await r.json())["conversation"] == {**(await r.json())["conversation"], "conversation_id": str(CID),
-                                                "title": "Nouvelle conversation"}
+    assert (await r.json())["conversation"] == {
+        **(await r.json())["conversation"],
+        "conversation_id": str(CID),
+        "title": "Nouvelle conversation",
+    }
     # Creating it again is harmless for its owner, forbidden to anyone else.
     again = await client.post(LIST, json={"conversation_id": str(CID), "title": "autre"}, headers=bearer(khora))
     assert (await again.json())["conversation"]["title"] == "Nouvelle conversation"
@@ -163,8 +201,9 @@ async def test_untitled_conversation_takes_its_first_chat_message_as_title(
     r = await client.post(LIST, json={"conversation_id": str(CID)}, headers=bearer(khora))
     assert r.status == 200
     assert await db.fetchval("SELECT title FROM conversations") is None  # NULL until named
-    r = await chat.post("/webhook/wibot/chat", json={"conversation_id": str(CID), "message": "Sauvegardes GLPI"},
-                        headers=bearer(khora))
+    r = await chat.post(
+        "/webhook/wibot/chat", json={"conversation_id": str(CID), "message": "Sauvegardes GLPI"}, headers=bearer(khora)
+    )
     assert r.status == 200, await r.text()
     r = await client.get(LIST, headers=bearer(khora))
     assert [(c["title"], c["message_count"]) for c in (await r.json())["conversations"]] == [("Sauvegardes GLPI", 2)]
@@ -180,8 +219,11 @@ async def test_create_over_someone_elses_id_is_403(client, khora, factory, db):
 
 async def test_rename(client, khora, factory, db):
     await seed_spec_conversation(factory, khora)
-    r = await client.patch("/webhook/wibot/conversation/rename", json={"conversationId": str(CID), "title": "Backups"},
-                           headers=bearer(khora))
+    r = await client.patch(
+        "/webhook/wibot/conversation/rename",
+        json={"conversationId": str(CID), "title": "Backups"},
+        headers=bearer(khora),
+    )
     assert r.status == 200, await r.text()
     conv = (await r.json())["conversation"]
     assert (conv["conversation_id"], conv["title"], conv["message_count"]) == (str(CID), "Backups", 6)
@@ -191,8 +233,9 @@ async def test_rename(client, khora, factory, db):
 @pytest.mark.parametrize("title", ["", "x" * 256, 42, None])
 async def test_rename_validates_the_title(client, khora, factory, title):
     await factory.conversation(khora, conversation_id=CID)
-    r = await client.patch("/webhook/wibot/conversation/rename", json={"conversationId": str(CID), "title": title},
-                           headers=bearer(khora))
+    r = await client.patch(
+        "/webhook/wibot/conversation/rename", json={"conversationId": str(CID), "title": title}, headers=bearer(khora)
+    )
     assert r.status == 400, await r.text()
 
 
@@ -200,18 +243,22 @@ async def test_delete_removes_its_messages(client, khora, factory, db):
     await seed_spec_conversation(factory, khora)
     keep = await factory.conversation(khora)
     await factory.message(keep, khora, "user", "reste")
-    r = await client.delete("/webhook/wibot/conversation/delete", json={"conversationId": str(CID)},
-                            headers=bearer(khora))
+    r = await client.delete(
+        "/webhook/wibot/conversation/delete", json={"conversationId": str(CID)}, headers=bearer(khora)
+    )
     assert r.status == 200, await r.text()
     assert await r.json() == {"success": True}
     assert await db.fetchval("SELECT count(*) FROM messages") == 1
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
 
 
-@pytest.mark.parametrize(("method", "path", "extra"), [
-    ("PATCH", "/webhook/wibot/conversation/rename", {"title": "x"}),
-    ("DELETE", "/webhook/wibot/conversation/delete", {}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "extra"),
+    [
+        ("PATCH", "/webhook/wibot/conversation/rename", {"title": "x"}),
+        ("DELETE", "/webhook/wibot/conversation/delete", {}),
+    ],
+)
 async def test_rename_or_delete_unknown_is_404_and_others_is_403(client, khora, factory, db, method, path, extra):
     r = await client.request(method, path, json={"conversationId": str(uuid.uuid4()), **extra}, headers=bearer(khora))
     assert r.status == 404, await r.text()
@@ -225,26 +272,45 @@ async def test_rename_or_delete_unknown_is_404_and_others_is_403(client, khora, 
     assert await db.fetchrow("SELECT title, (SELECT count(*) FROM messages) AS n FROM conversations") == ("à lui", 1)
 
 
-@pytest.mark.parametrize(("used", "quota", "status", "percentage"), [
-    (None, None, "good", 0.0), (12_450, 50_000, "good", 24.9), (25_000, 50_000, "medium", 50.0),
-    (40_000, 50_000, "medium", 80.0), (40_001, 50_000, "critical", 80.0), (60_000, 50_000, "critical", 120.0),
-])
+@pytest.mark.parametrize(
+    ("used", "quota", "status", "percentage"),
+    [
+        (None, None, "good", 0.0),
+        (12_450, 50_000, "good", 24.9),
+        (25_000, 50_000, "medium", 50.0),
+        (40_000, 50_000, "medium", 80.0),
+        (40_001, 50_000, "critical", 80.0),
+        (60_000, 50_000, "critical", 120.0),
+    ],
+)
 async def test_user_tokens(client, khora, factory, used, quota, status, percentage):
     if used is not None:
         await factory.usage(khora, used=used, quota=quota)
     r = await client.get("/webhook/wibot/user/tokens", headers=bearer(khora))
     assert r.status == 200, await r.text()
     used, quota = used or 0, quota or 50_000
-    assert await r.json() == {"success": True, "used_tokens": used, "quota_tokens": quota,
-                              "tokens_remaining": max(quota - used, 0), "tokens_percentage": percentage,
-                              "status": status}
+    assert await r.json() == {
+        "success": True,
+        "used_tokens": used,
+        "quota_tokens": quota,
+        "tokens_remaining": max(quota - used, 0),
+        "tokens_percentage": percentage,
+        "status": status,
+    }
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", LIST), ("POST", LIST), ("GET", f"/webhook/wibot/conversations/{CID}/messages"),
-    ("GET", f"/webhook/wibot/messages?conversationId={CID}"), ("PATCH", "/webhook/wibot/conversation/rename"),
-    ("DELETE", "/webhook/wibot/conversation/delete"), ("GET", "/webhook/wibot/user/tokens"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", LIST),
+        ("POST", LIST),
+        ("GET", f"/webhook/wibot/conversations/{CID}/messages"),
+        ("GET", f"/webhook/wibot/messages?conversationId={CID}"),
+        ("PATCH", "/webhook/wibot/conversation/rename"),
+        ("DELETE", "/webhook/wibot/conversation/delete"),
+        ("GET", "/webhook/wibot/user/tokens"),
+    ],
+)
 async def test_every_route_requires_a_token(client, method, path):
     r = await client.request(method, path, json={})
     assert r.status == 401, await r.text()
@@ -261,7 +327,9 @@ async def test_dates_leave_as_utc_even_when_the_database_speaks_paris_time(make_
         r = await client.get(LIST, headers=bearer(khora))
         assert (await r.json())["conversations"][0]["updated_at"] == "2024-12-25T14:30:00Z"
         r = await client.get(f"/webhook/wibot/conversations/{CID}/messages", headers=bearer(khora))
-        assert [m["created_at"] for m in (await r.json())["messages"]] == ["2024-07-14T12:00:00Z",
-                                                                            "2024-12-25T14:30:00Z"]
+        assert [m["created_at"] for m in (await r.json())["messages"]] == [
+            "2024-07-14T12:00:00Z",
+            "2024-12-25T14:30:00Z",
+        ]
     finally:
-        await db.execute(f"ALTER DATABASE \"{db._params.database}\" RESET timezone")
+        await db.execute(f'ALTER DATABASE "{db._params.database}" RESET timezone')

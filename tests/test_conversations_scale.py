@@ -38,11 +38,15 @@ async def test_listing_reads_only_the_pages_messages(db, factory):
     await db.execute(
         "INSERT INTO conversations (conversation_id, user_id, title, updated_at)"
         " SELECT gen_random_uuid(), $1, 'conv ' || i, TIMESTAMP '2024-01-01' + i * INTERVAL '1 minute'"
-        " FROM generate_series(1, 10000) AS i", heavy)
+        " FROM generate_series(1, 10000) AS i",
+        heavy,
+    )
     await db.execute(
         "INSERT INTO messages (conversation_id, user_id, role, content)"
         " SELECT c.conversation_id, $1, CASE WHEN j % 2 = 0 THEN 'user' ELSE 'assistant' END, 'message'"
-        " FROM conversations c CROSS JOIN generate_series(1, 50) AS j", heavy)
+        " FROM conversations c CROSS JOIN generate_series(1, 50) AS j",
+        heavy,
+    )
     await db.execute("VACUUM ANALYZE conversations")
     await db.execute("VACUUM ANALYZE messages")
     assert await db.fetchval("SELECT count(*) FROM messages") == 500_000

@@ -38,8 +38,9 @@ async def test_wrong_method_is_a_405_envelope(client):
 
 
 async def test_body_over_the_limit_is_a_413_envelope(client):
-    r = await client.post(LOGIN, data=json.dumps({"username": "x" * 2000, "password": "y"}),
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        LOGIN, data=json.dumps({"username": "x" * 2000, "password": "y"}), headers={"Content-Type": "application/json"}
+    )
     assert r.status == 413, await r.text()
     assert await r.json() == {"success": False, "error": "Requête trop volumineuse"}
 
@@ -84,7 +85,7 @@ async def test_unexpected_exception_is_a_500_envelope_without_details(client, ca
 async def test_request_id_is_echoed_or_generated(client, capsys):
     r = await client.post(LOGIN, json={}, headers={"X-Request-ID": "abc-42"})
     assert r.headers["X-Request-ID"] == "abc-42"
-    r = await client.post(LOGIN, json={}, headers={"X-Request-ID": "bad id {\"forged\": 1}"})
+    r = await client.post(LOGIN, json={}, headers={"X-Request-ID": 'bad id {"forged": 1}'})
     generated = r.headers["X-Request-ID"]
     assert len(generated) == 32 and generated != "abc-42"
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

@@ -83,22 +83,53 @@ async def test_schema_upgrades_a_database_created_from_the_spec_keeping_its_data
 
 async def test_fresh_schema_has_exactly_the_spec_columns(db):
     ours = {(r["table_name"], r["column_name"], r["data_type"]) for r in await db.fetch(COLUMNS_SQL)}
-    spec = {
-        ("users", c, t) for c, t in [("user_id", "integer"), ("username", "character varying"),
-        ("password_hash", "character varying"), ("email", "character varying"), ("role", "character varying"),
-        ("created_at", "timestamp without time zone"), ("is_active", "boolean")]
-    } | {
-        ("conversations", c, t) for c, t in [("conversation_id", "uuid"), ("user_id", "integer"),
-        ("title", "character varying"), ("created_at", "timestamp without time zone"),
-        ("updated_at", "timestamp without time zone")]
-    } | {
-        ("messages", c, t) for c, t in [("message_id", "integer"), ("conversation_id", "uuid"),
-        ("user_id", "integer"), ("role", "character varying"), ("content", "text"), ("tokens", "integer"),
-        ("attachments", "jsonb"), ("created_at", "timestamp without time zone")]
-    } | {
-        ("user_token_usage", c, t) for c, t in [("usage_id", "integer"), ("user_id", "integer"),
-        ("month", "date"), ("used_tokens", "bigint"), ("quota_tokens", "bigint")]
-    }
+    spec = (
+        {
+            ("users", c, t)
+            for c, t in [
+                ("user_id", "integer"),
+                ("username", "character varying"),
+                ("password_hash", "character varying"),
+                ("email", "character varying"),
+                ("role", "character varying"),
+                ("created_at", "timestamp without time zone"),
+                ("is_active", "boolean"),
+            ]
+        }
+        | {
+            ("conversations", c, t)
+            for c, t in [
+                ("conversation_id", "uuid"),
+                ("user_id", "integer"),
+                ("title", "character varying"),
+                ("created_at", "timestamp without time zone"),
+                ("updated_at", "timestamp without time zone"),
+            ]
+        }
+        | {
+            ("messages", c, t)
+            for c, t in [
+                ("message_id", "integer"),
+                ("conversation_id", "uuid"),
+                ("user_id", "integer"),
+                ("role", "character varying"),
+                ("content", "text"),
+                ("tokens", "integer"),
+                ("attachments", "jsonb"),
+                ("created_at", "timestamp without time zone"),
+            ]
+        }
+        | {
+            ("user_token_usage", c, t)
+            for c, t in [
+                ("usage_id", "integer"),
+                ("user_id", "integer"),
+                ("month", "date"),
+                ("used_tokens", "bigint"),
+                ("quota_tokens", "bigint"),
+            ]
+        }
+    )
     assert spec <= ours
 
 

@@ -5,20 +5,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from shared import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 GOOD_SECRET = "0123456789abcdef0123456789abcdef"
 
 
-def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_service(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # From an empty directory: a developer's .env in the checkout must not supply the secret.
     clean = {k: v for k, v in os.environ.items() if k not in {"JWT_SECRET", "DATABASE_URL"}}
     return subprocess.run(
         [sys.executable, "-m", "services.auth", "--port", "0"],
-        env={**clean, **env}, capture_output=True, text=True, timeout=30, cwd=os.getcwd(),
+        env={**clean, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
     )
 
 
@@ -29,16 +36,21 @@ def test_short_secret_is_refused():
 
 
 @pytest.mark.parametrize("env", [{"JWT_SECRET": "too-short"}, {}])
-def test_service_refuses_to_start_and_says_why(env):
-    result = run_service(env)
+def test_service_refuses_to_start_and_says_why(env, tmp_path):
+    result = run_service(env, tmp_path)
     assert result.returncode == 2, result.stderr
     assert "JWT_SECRET" in result.stderr
     assert "refuse de démarrer" in result.stderr
 
 
 def test_postgres_variables_build_the_dsn_and_database_url_wins(monkeypatch):
-    for key, value in {"POSTGRES_HOST": "db.internal", "POSTGRES_PORT": "6543", "POSTGRES_DB": "wibot",
-                       "POSTGRES_USER": "widip", "POSTGRES_PASSWORD": "p@ss:word"}.items():
+    for key, value in {
+        "POSTGRES_HOST": "db.internal",
+        "POSTGRES_PORT": "6543",
+        "POSTGRES_DB": "wibot",
+        "POSTGRES_USER": "widip",
+        "POSTGRES_PASSWORD": "p@ss:word",
+    }.items():
         monkeypatch.setenv(key, value)
     settings = Settings(_env_file=None, jwt_secret=GOOD_SECRET)  # type: ignore[call-arg]
     assert settings.dsn == "postgresql://widip:p%40ss%3Aword@db.internal:6543/wibot"

@@ -17,8 +17,15 @@ LOGIN = "/webhook/auth/login"
 async def users_cli(database_url: str, *args: str, stdin: str = "") -> tuple[int, str, str]:
     env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET, "BCRYPT_ROUNDS": "4"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.auth", "users", *args, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "services.auth",
+        "users",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout=30)
     assert proc.returncode is not None
@@ -36,12 +43,16 @@ async def login(client, username: str, password: str) -> int:
 
 
 async def test_operator_lifecycle_without_sql(client, database_url, db):
-    code, out, err = await users_cli(database_url, "create", "alice", "--role", "admin", "--email", "a@widip.fr",
-                                     stdin="s3cret-pw\n")
+    code, out, err = await users_cli(
+        database_url, "create", "alice", "--role", "admin", "--email", "a@widip.fr", stdin="s3cret-pw\n"
+    )
     assert code == 0, err
     assert "Utilisateur créé : alice" in out
     assert await db.fetchrow("SELECT role, email, is_active FROM users WHERE username = 'alice'") == (
-        "admin", "a@widip.fr", True)
+        "admin",
+        "a@widip.fr",
+        True,
+    )
     assert await login(client, "alice", "s3cret-pw") == 200
 
     code, _, err = await users_cli(database_url, "create", "alice", stdin="other-pw\n")

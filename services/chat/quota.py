@@ -40,9 +40,7 @@ class Usage:
 
 
 def quota_exceeded(quota_tokens: int) -> ApiError:
-    return ApiError(
-        429, f"Quota tokens mensuel dépassé. Limite : {quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED"
-    )
+    return ApiError(429, f"Quota tokens mensuel dépassé. Limite : {quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED")
 
 
 def estimate_prompt_tokens(contents: list[str]) -> int:

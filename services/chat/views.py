@@ -41,8 +41,14 @@ async def chat(request: web.Request) -> web.Response:
             max_tokens=reservation.max_completion_tokens,
         )
         exchange = workflow.Exchange(
-            body.conversation_id, user.user_id, body.message, files, received_at,
-            reply.text, reply.total_tokens, reply.completion_tokens,
+            body.conversation_id,
+            user.user_id,
+            body.message,
+            files,
+            received_at,
+            reply.text,
+            reply.total_tokens,
+            reply.completion_tokens,
         )
         usage = await workflow.save_exchange(pool, exchange, reservation)
     except BaseException:

@@ -29,9 +29,7 @@ def check_limits(body: ChatRequest, settings: Settings) -> list[FileAttachment]:
     if not body.message.strip():
         raise ApiError(400, "Le champ message ne peut pas être vide", "VALIDATION_ERROR")
     if len(body.message) > settings.chat_message_max_chars:
-        raise ApiError(
-            400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR"
-        )
+        raise ApiError(400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR")
     files = body.files or []
     if len(files) > settings.chat_files_max_count:
         raise ApiError(413, f"Trop de fichiers : {settings.chat_files_max_count} au maximum", "FILES_TOO_LARGE")
@@ -78,9 +76,9 @@ class Exchange:
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
     """One transaction: conversation, both messages, settled usage. All of it or none of it."""
-    attachments: list[dict[str, Any]] | None = (
-        [{"name": f.name, "size": len(f.content.encode("utf-8"))} for f in exchange.files] or None
-    )
+    attachments: list[dict[str, Any]] | None = [
+        {"name": f.name, "size": len(f.content.encode("utf-8"))} for f in exchange.files
+    ] or None
     async with pool.acquire() as conn, conn.transaction():
         upserted = await conn.fetchval(
             queries.UPSERT_CONVERSATION_SQL, exchange.conversation_id, exchange.user_id, exchange.message[:255]

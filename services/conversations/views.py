@@ -42,7 +42,7 @@ class ListQuery(Request):
 
 
 class MessagesQuery(Request):
-    conversationId: UUID  # noqa: N815 - the frontend's parameter name
+    conversationId: UUID
 
 
 class ConversationPath(Request):

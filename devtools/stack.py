@@ -1,0 +1,322 @@
+"""`make run`: the whole stack on this machine without Docker, the same topology as docker-compose.yml.
+
+    python -m devtools.stack prepare   database (local server, or a private cluster under ./.data), schema,
+                                       demo user, rendered nginx config and Procfile under ./.run
+    python -m devtools.stack run       prepare, then honcho runs every process; one Ctrl-C stops them all
+
+Ports and the gateway are configured from the environment (and .env): see .env.example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+# STACK_RUN_DIR lets the routed tests run their own stack beside a developer's `make run`.
+RUN_DIR = Path(os.environ.get("STACK_RUN_DIR", ROOT / ".run"))
+DATA_DIR = ROOT / ".data"
+TEMPLATE = ROOT / "nginx" / "wibot.conf.template"
+DEMO_USER, DEMO_PASSWORD = "khora", "test123"
+PRIVATE_PG_PORT = 5433
+
+
+@dataclass(frozen=True)
+class Topology:
+    gateway_port: int
+    auth_ports: list[int]
+    chat_ports: list[int]
+    conversations_ports: list[int]
+    fake_mistral_port: int
+    use_fake_mistral: bool
+    cors_origin_pattern: str
+    login_rate_limit: str
+    login_burst: int
+    max_body_bytes: int
+    access_log: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Topology:
+        def ports(name: str, default: str) -> list[int]:
+            return [int(p) for p in env.get(name, default).replace(",", " ").split()]
+
+        return cls(
+            gateway_port=int(env.get("GATEWAY_PORT", "5678")),
+            auth_ports=ports("AUTH_PORTS", "8001"),
+            chat_ports=ports("CHAT_PORTS", "8002"),
+            conversations_ports=ports("CONVERSATIONS_PORTS", "8003"),
+            fake_mistral_port=int(env.get("FAKE_MISTRAL_PORT", "8099")),
+            use_fake_mistral=not env.get("MISTRAL_API_KEY"),
+            cors_origin_pattern=env.get("CORS_ORIGIN_PATTERN", r"^http://localhost:3000$"),
+            login_rate_limit=env.get("LOGIN_RATE_LIMIT", "10r/s"),
+            login_burst=int(env.get("LOGIN_BURST", "20")),
+            max_body_bytes=int(env.get("MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+            access_log=env.get("NGINX_ACCESS_LOG", "/dev/stdout"),
+        )
+
+
+def load_dotenv(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def ensure_dotenv() -> None:
+    """A first run gets a .env from .env.example, with a fresh random JWT_SECRET."""
+    target = ROOT / ".env"
+    if target.exists() or os.environ.get("JWT_SECRET"):
+        return
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    text = re.sub(r"^JWT_SECRET=.*$", f"JWT_SECRET={secrets.token_urlsafe(48)}", text, flags=re.M)
+    target.write_text(text, encoding="utf-8")
+    print(f"Created {target} (random JWT_SECRET). Edit it to configure the stack.")
+
+
+def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding="utf-8")) -> str:
+    def servers(ports: list[int]) -> str:
+        return " ".join(f"server 127.0.0.1:{p};" for p in ports)
+
+    values = {
+        "AUTH_SERVERS": servers(topology.auth_ports),
+        "CHAT_SERVERS": servers(topology.chat_ports),
+        "CONVERSATIONS_SERVERS": servers(topology.conversations_ports),
+        "GATEWAY_PORT": str(topology.gateway_port),
+        "CORS_ORIGIN_PATTERN": topology.cors_origin_pattern,
+        "LOGIN_RATE_LIMIT": topology.login_rate_limit,
+        "LOGIN_BURST": str(topology.login_burst),
+        "MAX_BODY_BYTES": str(topology.max_body_bytes),
+        "NGINX_ACCESS_LOG": topology.access_log,
+    }
+    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)
+
+
+def write_nginx_main(topology: Topology, run_dir: Path) -> Path:
+    """nginx.conf for a foreground nginx with every path under run_dir (no root-owned files needed)."""
+    nginx_dir = run_dir / "nginx"
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (nginx_dir / sub).mkdir(parents=True, exist_ok=True)
+        (nginx_dir / sub).chmod(0o777)  # workers drop root privileges and must still write here
+    (nginx_dir / "wibot.conf").write_text(render_nginx(topology), encoding="utf-8")
+    main = nginx_dir / "nginx.conf"
+    main.write_text(
+        f"""daemon off;
+worker_processes 2;
+pid {nginx_dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {nginx_dir}/client_body;
+    proxy_temp_path {nginx_dir}/proxy;
+    fastcgi_temp_path {nginx_dir}/fastcgi;
+    uwsgi_temp_path {nginx_dir}/uwsgi;
+    scgi_temp_path {nginx_dir}/scgi;
+    include {nginx_dir}/wibot.conf;
+}}
+""",
+        encoding="utf-8",
+    )
+    return main
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not found:
+        sys.exit("nginx is missing: install it (Debian: apt-get install nginx-light) and run again.")
+    return found
+
+
+def procfile(topology: Topology, nginx_conf: Path, *, private_pg: str | None) -> str:
+    py = sys.executable
+    lines = []
+    if private_pg:
+        lines.append(f"postgres: {private_pg}")
+    for name, ports in (
+        ("auth", topology.auth_ports),
+        ("chat", topology.chat_ports),
+        ("conversations", topology.conversations_ports),
+    ):
+        for index, port in enumerate(ports):
+            suffix = f"{index + 1}" if len(ports) > 1 else ""
+            lines.append(f"{name}{suffix}: {py} -m services.{name} --host 127.0.0.1 --port {port}")
+    if topology.use_fake_mistral:
+        lines.append(f"fake_mistral: {py} -m devtools.fake_mistral --port {topology.fake_mistral_port}")
+    lines.append(f"nginx: {nginx_binary()} -c {nginx_conf} -p {nginx_conf.parent}")
+    return "\n".join(lines) + "\n"
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def postgres_bin(name: str) -> str:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"PostgreSQL's {name} is missing: install PostgreSQL (Debian: apt-get install postgresql).")
+    return found
+
+
+def private_cluster_command() -> str:
+    """Initialise ./.data/pg once and return the command that runs it (as a non-root user when root)."""
+    pgdata, sockets = DATA_DIR / "pg", DATA_DIR / "sockets"
+    sockets.mkdir(parents=True, exist_ok=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        owner = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(DATA_DIR, owner)
+        shutil.chown(sockets, owner)
+        as_user = ["runuser", "-u", owner, "--"]
+    if not (pgdata / "PG_VERSION").exists():
+        subprocess.run(
+            [*as_user, postgres_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+        )
+    return " ".join(
+        [
+            *as_user,
+            postgres_bin("postgres"),
+            "-D",
+            str(pgdata),
+            "-p",
+            str(PRIVATE_PG_PORT),
+            "-k",
+            str(sockets),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ]
+    )
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database if the server lacks it, apply the schema, create the demo user if missing."""
+    from services.auth import users
+    from services.auth.passwords import PasswordHasher
+    from shared import apply_schema
+
+    name = urlsplit(url).path.lstrip("/") or "wibot"
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(with_database(url, "postgres"))
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        conn = await asyncpg.connect(url)
+    try:
+        await apply_schema(conn)
+        if await conn.fetchval("SELECT 1 FROM users WHERE username = $1", DEMO_USER) is None:
+            hashed = await PasswordHasher(10).hash(DEMO_PASSWORD)
+            await conn.execute(
+                "INSERT INTO users (username, password_hash, email, role) VALUES ($1, $2, $3, 'admin')"
+                " ON CONFLICT (username) DO NOTHING",
+                DEMO_USER,
+                hashed,
+                "khora@widip.fr",
+            )
+            print(f"Demo user created: {DEMO_USER} / {DEMO_PASSWORD} (admin). Development only.")
+        assert users.ROLES  # the CLI (python -m services.auth users ...) manages everyone else
+    finally:
+        await conn.close()
+
+
+def resolve_database(env: dict[str, str]) -> tuple[str, str | None]:
+    """The DSN to use and, when no server answers, the command running a private cluster."""
+    from shared import Settings
+
+    postgres = {key.lower(): value for key, value in env.items() if key.startswith("POSTGRES_")}
+    url = env.get("DATABASE_URL") or Settings.model_validate({**postgres, "jwt_secret": "x" * 32}).dsn
+    parts = urlsplit(url)
+    if port_open(parts.hostname or "127.0.0.1", parts.port or 5432):
+        return url, None
+    print(f"No PostgreSQL at {parts.hostname}:{parts.port}: starting a private cluster under {DATA_DIR}/pg")
+    command = private_cluster_command()
+    private_url = f"postgresql://postgres@127.0.0.1:{PRIVATE_PG_PORT}/{parts.path.lstrip('/') or 'wibot'}"
+    return private_url, command
+
+
+def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    topology = Topology.from_env(env)
+    url, private_pg = resolve_database(env)
+    extra = {"DATABASE_URL": url}
+    if topology.use_fake_mistral:
+        extra["MISTRAL_SERVER_URL"] = f"http://127.0.0.1:{topology.fake_mistral_port}"
+        print("!!! No MISTRAL_API_KEY: chat answers come from the FAKE Mistral server (development stand-in).")
+    if private_pg:
+        proc = subprocess.Popen(private_pg.split())
+        try:
+            _wait_for_port(PRIVATE_PG_PORT)
+            asyncio.run(ensure_database(url))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    else:
+        asyncio.run(ensure_database(url))
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    nginx_conf = write_nginx_main(topology, RUN_DIR)
+    (RUN_DIR / "Procfile").write_text(procfile(topology, nginx_conf, private_pg=private_pg), encoding="utf-8")
+    return RUN_DIR / "Procfile", extra
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            sys.exit(f"Nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "run"
+    ensure_dotenv()
+    env = {**load_dotenv(ROOT / ".env"), **os.environ}
+    procfile_path, extra = prepare(env)
+    if command == "prepare":
+        print(f"Ready: {procfile_path}")
+        return 0
+    topology = Topology.from_env(env)
+    print(f"WIBOT on http://127.0.0.1:{topology.gateway_port}/webhook/... (Ctrl-C stops everything)")
+    # honcho applies its env file last: write one where the process environment wins over .env (as it does
+    # for pydantic-settings) and our overrides (database, fake Mistral) win over both.
+    stack_env = RUN_DIR / "stack.env"
+    dotenv = load_dotenv(ROOT / ".env")
+    merged = {**dotenv, **{k: v for k, v in os.environ.items() if k in dotenv}, **extra}
+    stack_env.write_text("".join(f"{k}={v}\n" for k, v in merged.items()), encoding="utf-8")
+    honcho = [sys.executable, "-m", "honcho", "-f", str(procfile_path), "-d", str(ROOT), "-e", str(stack_env), "start"]
+    # exec: honcho takes this process's place, so SIGTERM or Ctrl-C reaches it and it stops every process.
+    os.execve(sys.executable, honcho, {**env, **extra, "PYTHONUNBUFFERED": "1"})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,312 @@
+"""Routed tests: the real stack as `make run` starts it (devtools.stack → honcho → services + nginx + fake
+Mistral), on free ports, against the test database. Needs Debian's nginx (installed by .ci/run).
+
+Two chat processes run behind nginx here, so every routed test also exercises the scale-out topology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from devtools.stack import Topology, write_nginx_main
+from tests.conftest import TEST_SECRET, bearer
+
+ROOT = Path(__file__).resolve().parent.parent
+ORIGIN = "http://localhost:3000"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} never opened")
+
+
+@dataclass
+class Stack:
+    url: str
+    log: Path
+    chat_ports: list[int]
+
+    def log_lines(self) -> list[dict]:
+        lines = []
+        for raw in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+            _, sep, payload = raw.partition("| ")
+            if sep and payload.startswith("{"):
+                try:
+                    lines.append(json.loads(payload))
+                except json.JSONDecodeError:
+                    continue
+        return lines
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, tmp_path_factory):
+    assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), "nginx is required (apt-get install nginx-light)"
+    run_dir = tmp_path_factory.mktemp("stack")
+    gateway, auth, chat1, chat2, conversations, fake = free_ports(6)
+    env = {
+        **os.environ,
+        "JWT_SECRET": TEST_SECRET,
+        "DATABASE_URL": database_url,
+        "STACK_RUN_DIR": str(run_dir),
+        "GATEWAY_PORT": str(gateway),
+        "AUTH_PORTS": str(auth),
+        "CHAT_PORTS": f"{chat1} {chat2}",
+        "CONVERSATIONS_PORTS": str(conversations),
+        "FAKE_MISTRAL_PORT": str(fake),
+        "MISTRAL_API_KEY": "",
+        "LOGIN_RATE_LIMIT": "5r/s",
+        "LOGIN_BURST": "10",
+        "MAX_BODY_BYTES": str(1024 * 1024),
+        "BCRYPT_ROUNDS": "4",
+        "LOG_LEVEL": "INFO",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    log = run_dir / "stack.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devtools.stack", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        for port in (gateway, auth, chat1, chat2, conversations, fake):
+            wait_for_port(port)
+        yield Stack(f"http://127.0.0.1:{gateway}", log, [chat1, chat2])
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    # One Ctrl-C stopped everything: nothing listens any more.
+    for port in (gateway, auth, chat1, chat2, conversations, fake):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_spec_curl_tests_pass_through_the_gateway(stack, factory, database_url):
+    await factory.user("khora", "test123", role="admin")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(ROOT / "tests/e2e/spec_curl_tests.sh")],
+        env={**os.environ, "BASE_URL": stack.url, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all spec curl tests passed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/webhook/wibot/chat"),
+        ("GET", "/webhook/wibot/conversations"),
+        ("POST", "/webhook/wibot/conversations"),
+        ("GET", "/webhook/wibot/conversations/550e8400-e29b-41d4-a716-446655440000/messages"),
+        ("GET", "/webhook/wibot/messages?conversationId=550e8400-e29b-41d4-a716-446655440000"),
+        ("PATCH", "/webhook/wibot/conversation/rename"),
+        ("DELETE", "/webhook/wibot/conversation/delete"),
+        ("GET", "/webhook/wibot/user/tokens"),
+    ],
+)
+async def test_every_route_reaches_its_service(stack, http, db, method, path):
+    async with http.request(method, stack.url + path, json={}, headers={"Origin": ORIGIN}) as r:
+        assert r.status == 401, await r.text()
+        assert await r.json() == {"success": False, "error": "Token invalide ou expiré", "code": "INVALID_TOKEN"}
+        assert r.headers["Access-Control-Allow-Origin"] == ORIGIN  # CORS on errors too
+
+
+async def test_unknown_webhook_and_metrics_are_404_envelopes(stack, http, db):
+    for method, path in [("POST", "/webhook/wibot/xyz"), ("GET", "/metrics"), ("GET", "/")]:
+        async with http.request(method, stack.url + path) as r:
+            assert r.status == 404, await r.text()
+            assert r.content_type == "application/json"
+            assert await r.json() == {"success": False, "error": "Ressource introuvable", "code": "NOT_FOUND"}
+
+
+async def test_wrong_method_on_a_known_route_is_a_405_envelope(stack, http, db):
+    async with http.get(stack.url + "/webhook/auth/login") as r:
+        assert r.status == 405, await r.text()
+        assert (await r.json())["success"] is False
+
+
+async def test_cors_preflight_and_allow_list(stack, http, db):
+    async with http.options(
+        stack.url + "/webhook/wibot/chat",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    ) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert set(r.headers["Access-Control-Allow-Methods"].replace(" ", "").split(",")) == {
+            "GET",
+            "POST",
+            "PATCH",
+            "DELETE",
+            "OPTIONS",
+        }
+        assert {"Authorization", "Content-Type"} <= {
+            h.strip() for h in r.headers["Access-Control-Allow-Headers"].split(",")
+        }
+    async with http.options(stack.url + "/webhook/wibot/chat", headers={"Origin": "https://evil.example"}) as r:
+        assert r.status == 204
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_body_over_the_limit_is_nginx_413_in_our_envelope(stack, http, db):
+    async with http.post(
+        stack.url + "/webhook/wibot/chat",
+        data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
+        headers={"Content-Type": "application/json", "Origin": ORIGIN},
+    ) as r:
+        assert r.status == 413
+        assert await r.json() == {"success": False, "error": "Requête trop volumineuse", "code": "PAYLOAD_TOO_LARGE"}
+        assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+async def test_request_id_is_the_same_in_nginx_and_service_logs(stack, http, db):
+    async with http.post(stack.url + "/webhook/auth/login", json={}, headers={"X-Request-ID": "trace-e2e-42"}) as r:
+        assert r.status == 400
+        assert r.headers["X-Request-ID"] == "trace-e2e-42"
+    async with http.get(stack.url + "/webhook/wibot/user/tokens") as r:
+        generated = r.headers["X-Request-ID"]
+        assert len(generated) == 32
+    await asyncio.sleep(0.5)  # log lines travel through honcho
+    lines = stack.log_lines()
+    for request_id, service in [("trace-e2e-42", "auth"), (generated, "conversations")]:
+        services = {line.get("service") for line in lines if line.get("request_id") == request_id}
+        assert {"nginx", service} <= services, (request_id, services)
+
+
+async def test_two_chat_processes_share_quota_and_history(stack, http, factory, db):
+    user_id = await factory.user("scale")
+    headers = bearer(user_id)
+    conversation = str(uuid.uuid4())
+    for i in range(8):
+        payload = {"conversation_id": conversation, "message": f"message {i}"}
+        async with http.post(stack.url + "/webhook/wibot/chat", json=payload, headers=headers) as r:
+            assert r.status == 200, await r.text()
+    rows = await db.fetch("SELECT role, content FROM messages ORDER BY created_at, message_id")
+    assert [r["content"] for r in rows if r["role"] == "user"] == [f"message {i}" for i in range(8)]
+    await asyncio.sleep(0.5)
+    upstreams = {
+        line["upstream"]
+        for line in stack.log_lines()
+        if line.get("service") == "nginx" and line.get("path") == "/webhook/wibot/chat"
+    }
+    assert {f"127.0.0.1:{p}" for p in stack.chat_ports} <= upstreams  # both processes served
+
+    # Concurrent chats spread over both processes: the quota holds and the books balance.
+    used_before = await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", user_id)
+    await db.execute("UPDATE user_token_usage SET quota_tokens = $2 WHERE user_id = $1", user_id, used_before + 8000)
+
+    async def one() -> tuple[int, dict]:
+        payload = {"conversation_id": str(uuid.uuid4()), "message": "concurrent"}
+        async with http.post(stack.url + "/webhook/wibot/chat", json=payload, headers=headers) as r:
+            return r.status, await r.json()
+
+    results = await asyncio.gather(*[one() for _ in range(30)])
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses
+    used, quota = await db.fetchrow(
+        "SELECT used_tokens, quota_tokens FROM user_token_usage WHERE user_id = $1", user_id
+    )
+    assert used <= quota
+    assert used - used_before == sum(body["tokens_used"] for status, body in results if status == 200)
+
+
+async def test_login_is_rate_limited_per_ip_in_our_envelope(stack, http, factory, db):
+    await factory.user("khora", "test123")
+
+    async def attempt() -> tuple[int, dict, str | None]:
+        async with http.post(
+            stack.url + "/webhook/auth/login", json={"username": "khora", "password": "bad"}, headers={"Origin": ORIGIN}
+        ) as r:
+            return r.status, await r.json(), r.headers.get("Access-Control-Allow-Origin")
+
+    results = await asyncio.gather(*[attempt() for _ in range(40)])
+    limited = [body for status, body, _ in results if status == 429]
+    assert limited and {s for s, _, _ in results} == {401, 429}
+    assert limited[0] == {
+        "success": False,
+        "error": "Trop de tentatives. Réessayez dans quelques instants.",
+        "code": "RATE_LIMITED",
+    }
+    assert all(origin == ORIGIN for _, _, origin in results)
+
+
+async def test_upstream_down_is_a_502_envelope(tmp_path, http):
+    gateway, dead = free_ports(2)
+    topology = Topology(
+        gateway_port=gateway,
+        auth_ports=[dead],
+        chat_ports=[dead],
+        conversations_ports=[dead],
+        fake_mistral_port=dead,
+        use_fake_mistral=False,
+        cors_origin_pattern="^http://localhost:3000$",
+        login_rate_limit="10r/s",
+        login_burst=5,
+        max_body_bytes=1024,
+        access_log="/dev/null",
+    )
+    conf = write_nginx_main(topology, tmp_path)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(conf.parent)], stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_for_port, gateway)
+        async with http.get(f"http://127.0.0.1:{gateway}/webhook/wibot/conversations") as r:
+            assert r.status == 502
+            assert await r.json() == {
+                "success": False,
+                "error": "Service indisponible. Réessayez dans quelques instants.",
+                "code": "BAD_GATEWAY",
+            }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
