@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -161,7 +162,25 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
     )
     app[AppKeys.SETTINGS] = settings
     app.cleanup_ctx.append(pool_context(AppKeys.DB, settings, application_name=f"wibot-{service}"))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving (liveness)."""
+    return web.json_response({"success": True, "status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The database answers (readiness): 503 envelope otherwise, so a balancer stops sending traffic."""
+    try:
+        async with asyncio.timeout(2):
+            await request.app[AppKeys.DB].fetchval("SELECT 1")
+    except (TimeoutError, *DB_UNAVAILABLE_ERRORS) as exc:
+        log.warning("not_ready", exc=repr(exc))
+        return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
+    return web.json_response({"success": True, "status": "ready"})
 
 
 def serve(create_app: Callable[[Settings], web.Application], *, service: str, default_port: int) -> None:

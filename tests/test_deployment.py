@@ -1,0 +1,54 @@
+"""docker-compose.yml and .env.example: valid without a Docker engine, complete, consistent with Settings."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def compose_config(tmp_path) -> dict:
+    assert shutil.which("docker-compose"), "docker-compose is required (apt-get install docker-compose)"
+    for name in ("docker-compose.yml", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    shutil.copytree(ROOT / "nginx", tmp_path / "nginx")
+    shutil.copytree(ROOT / "db", tmp_path / "db")
+    result = subprocess.run(["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_is_valid_and_complete(compose_config):
+    services = compose_config["services"]
+    assert set(services) == {"postgres", "auth", "chat", "conversations", "nginx"}
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+        assert service.get("restart") == "unless-stopped", name
+    for name in ("auth", "chat", "conversations"):
+        assert services[name]["image"] == "wibot-backend:latest"  # one image
+        assert services[name]["command"][:3] == ["python", "-m", f"services.{name}"]
+    port = services["nginx"]["ports"][0]
+    published = f"{port['published']}:{port['target']}" if isinstance(port, dict) else port
+    assert published.startswith("5678:5678")
+    volumes = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services["postgres"]["volumes"]]
+    assert "/docker-entrypoint-initdb.d/001-schema.sql" in volumes
+    assert "pgdata" in compose_config["volumes"]
+
+
+def test_env_example_lists_every_setting():
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, flags=re.M))
+    settings = {name.upper() for name in Settings.model_fields}
+    assert settings <= listed, settings - listed
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in readme for name in listed), [n for n in listed if f"`{n}`" not in readme]

@@ -1,0 +1,46 @@
+"""/healthz says the process is up; /readyz tells the truth about the database."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.auth.app import create_app as auth_app
+from services.chat.app import create_app as chat_app
+from services.conversations.app import create_app as conversations_app
+
+
+@pytest.mark.parametrize("factory_fn", [auth_app, chat_app, conversations_app])
+async def test_health_and_readiness(make_client, settings, factory_fn):
+    client = await make_client(factory_fn(settings))
+    r = await client.get("/healthz")
+    assert (r.status, await r.json()) == (200, {"success": True, "status": "ok"})
+    r = await client.get("/readyz")
+    assert (r.status, await r.json()) == (200, {"success": True, "status": "ready"})
+
+
+async def test_readyz_is_503_when_the_database_is_unreachable(make_client, settings):
+    from tests.test_chat_failures import closed_port
+
+    unreachable = settings.model_copy(
+        update={"database_url": f"postgresql://postgres@127.0.0.1:{closed_port()}/wibot", "db_pool_min": 0}
+    )
+    client = await make_client(auth_app(unreachable))
+    r = await client.get("/healthz")
+    assert r.status == 200  # the process is alive...
+    r = await client.get("/readyz")
+    assert r.status == 503, await r.text()  # ...but not ready, and says so in the envelope
+    assert await r.json() == {
+        "success": False,
+        "error": "Service temporairement indisponible. Réessayez dans quelques instants.",
+        "code": "DB_UNAVAILABLE",
+    }
+    r = await client.post("/webhook/auth/login", json={"username": "khora", "password": "test123"})
+    assert r.status == 503, await r.text()
+    assert (await r.json())["code"] == "DB_UNAVAILABLE"
+
+
+async def test_service_recovers_when_its_connections_are_killed(make_client, settings, db):
+    client = await make_client(auth_app(settings))
+    await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'wibot-auth'")
+    statuses = [(await client.get("/readyz")).status for _ in range(3)]
+    assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
