@@ -75,3 +75,29 @@ CREATE TRIGGER update_conversation_timestamp
 BEFORE UPDATE ON conversations
 FOR EACH ROW
 EXECUTE FUNCTION update_updated_at_column();
+
+-- ---------------------------------------------------------------------------------------------------
+-- Beyond the spec (new tables only: the spec's tables are untouched, n8n workflows keep working).
+
+-- Tokens revoked by logout, kept until they would have expired anyway (token_sha256 = SHA-256 of the JWT).
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    token_sha256  CHAR(64) PRIMARY KEY,
+    user_id       INTEGER REFERENCES users(user_id) ON DELETE CASCADE,
+    expires_at    TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_revoked_tokens_expiry ON revoked_tokens(expires_at);
+
+-- Tokens issued before `not_before` are refused (password change; admin action).
+CREATE TABLE IF NOT EXISTS user_token_revocations (
+    user_id     INTEGER PRIMARY KEY REFERENCES users(user_id) ON DELETE CASCADE,
+    not_before  TIMESTAMP NOT NULL
+);
+
+-- Quota alerts already sent: one per user, month and threshold (80, 90, 100 %), whatever the process.
+CREATE TABLE IF NOT EXISTS quota_alerts (
+    user_id    INTEGER REFERENCES users(user_id) ON DELETE CASCADE,
+    month      DATE NOT NULL,
+    threshold  SMALLINT NOT NULL,
+    sent_at    TIMESTAMP NOT NULL DEFAULT (NOW() AT TIME ZONE 'UTC'),
+    PRIMARY KEY (user_id, month, threshold)
+);

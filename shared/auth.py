@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from typing import Any
 
@@ -18,12 +19,16 @@ from shared.keys import AppKeys, RequestKeys
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["exp", "iat", "user_id"]
 
-# Fresh from the database on every request: a deleted, deactivated or demoted user loses access at once,
-# not 8 hours later when the token expires.
+# Fresh from the database on every request, in one indexed round trip: a deleted, deactivated or demoted
+# user, a logged-out token, a token older than the last password change all lose access at once, not
+# 8 hours later when the token expires.
 SESSION_USER_SQL = """
-SELECT user_id, username, role
-FROM users
-WHERE user_id = $1 AND is_active IS TRUE
+SELECT u.user_id, u.username, u.role,
+       EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.token_sha256 = $2) AS revoked,
+       (SELECT floor(extract(epoch FROM a.not_before))::bigint FROM user_token_revocations a
+        WHERE a.user_id = u.user_id) AS not_before
+FROM users u
+WHERE u.user_id = $1 AND u.is_active IS TRUE
 """
 
 
@@ -60,11 +65,24 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
-async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any]) -> CurrentUser:
-    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"])
-    if row is None:
+def token_fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any], token: str) -> CurrentUser:
+    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"], token_fingerprint(token))
+    if row is None or row["revoked"]:
         raise invalid_token()
-    return CurrentUser(user_id=row["user_id"], username=row["username"], role=row["role"] or "user")
+    # Whole seconds (iat has no more): a token issued in the very second of a revocation stays valid.
+    if row["not_before"] is not None and claims["iat"] < row["not_before"]:
+        raise invalid_token()
+    return CurrentUser(
+        user_id=row["user_id"],
+        username=row["username"],
+        role=row["role"] or "user",
+        token_sha256=token_fingerprint(token),
+        token_expires_at=int(claims["exp"]),
+    )
 
 
 def authenticated(*, admin: bool = False) -> Any:
@@ -74,8 +92,9 @@ def authenticated(*, admin: bool = False) -> Any:
         @functools.wraps(view)
         async def wrapper(request: web.Request) -> web.StreamResponse:
             settings = request.app[AppKeys.SETTINGS]
-            claims = decode_token(bearer_token(request), settings.jwt_secret.get_secret_value())
-            user = await load_session_user(request.app[AppKeys.DB], claims)
+            token = bearer_token(request)
+            claims = decode_token(token, settings.jwt_secret.get_secret_value())
+            user = await load_session_user(request.app[AppKeys.DB], claims, token)
             if admin and not user.is_admin:
                 raise ApiError(403, "Accès réservé aux administrateurs", "FORBIDDEN")
             request[RequestKeys.USER] = user

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StrictInt, StrictStr
 
 
 def format_utc(value: datetime) -> str:
@@ -58,6 +58,67 @@ class LoginResponse(Response):
     success: Literal[True] = True
     token: str
     user: LoginUser
+
+
+class MeResponse(Response):
+    success: Literal[True] = True
+    user: LoginUser
+
+
+# --- admin --------------------------------------------------------------------------------------------
+
+AdminRole = Literal["user", "admin"]
+
+
+class AdminCreateUserRequest(Request):
+    username: StrictStr = Field(min_length=1, max_length=100)
+    password: StrictStr = Field(min_length=1, max_length=1024)
+    email: StrictStr | None = Field(None, max_length=255)
+    role: AdminRole = "user"
+    quota_tokens: StrictInt | None = Field(None, ge=0)
+
+
+class AdminUpdateUserRequest(Request):
+    user_id: StrictInt
+    quota_tokens: StrictInt | None = Field(None, ge=0)
+    add_tokens: StrictInt | None = Field(None, ge=0, description="Extra tokens for the current month")
+    role: AdminRole | None = None
+    is_active: StrictBool | None = None
+
+
+class AdminDeleteUserRequest(Request):
+    user_id: StrictInt
+
+
+class AdminUser(Response):
+    user_id: int
+    username: str
+    email: str | None
+    role: str
+    is_active: bool
+    created_at: UtcDatetime
+    used_tokens: int
+    quota_tokens: int
+
+
+class AdminUsersResponse(Response):
+    success: Literal[True] = True
+    users: list[AdminUser]
+
+
+class AdminUserResponse(Response):
+    success: Literal[True] = True
+    user: AdminUser
+
+
+class DeletedUser(Response):
+    user_id: int
+    username: str
+
+
+class AdminDeleteResponse(Response):
+    success: Literal[True] = True
+    deleted: DeletedUser
 
 
 # --- chat ---------------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ DB_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # Seen when the server kills a pooled connection while it is handed out ("cannot switch to state");
+    # the pool drops that connection and the next request gets a fresh one.
+    asyncpg.InternalClientError,
 )
 
 

@@ -41,7 +41,7 @@ _HTTP_MESSAGES = {
 
 def json_response(model: BaseModel, *, status: int = 200) -> web.Response:
     return web.Response(
-        body=model.__pydantic_serializer__.to_json(model, exclude_none=True),
+        body=model.__pydantic_serializer__.to_json(model),
         status=status,
         content_type="application/json",
         charset="utf-8",
@@ -177,7 +177,10 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(2):
             await request.app[AppKeys.DB].fetchval("SELECT 1")
-    except (TimeoutError, *DB_UNAVAILABLE_ERRORS) as exc:
+    except TimeoutError:
+        log.warning("not_ready", exc="timeout")
+        return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
+    except DB_UNAVAILABLE_ERRORS as exc:
         log.warning("not_ready", exc=repr(exc))
         return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
     return web.json_response({"success": True, "status": "ready"})

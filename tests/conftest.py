@@ -90,7 +90,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
-    await conn.execute("TRUNCATE messages, conversations, user_token_usage, users RESTART IDENTITY CASCADE")
+    await conn.execute(
+        "TRUNCATE messages, conversations, user_token_usage, revoked_tokens, user_token_revocations, quota_alerts,"
+        " users RESTART IDENTITY CASCADE"
+    )
     try:
         yield conn
     finally:

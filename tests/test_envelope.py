@@ -18,7 +18,8 @@ async def client(make_client, settings):
     app = create_app(settings.model_copy(update={"max_body_bytes": 1024}))
 
     async def boom(request: web.Request) -> web.Response:
-        raise RuntimeError("secret detail: connection string postgres://x:y@z")
+        password = "hunter2-local-variable"  # a frame local: must not reach the log
+        raise RuntimeError("secret detail: connection string postgres://x:y@z" + password[:0])
 
     app.router.add_get("/boom", boom)
     return await make_client(app)
@@ -80,6 +81,7 @@ async def test_unexpected_exception_is_a_500_envelope_without_details(client, ca
     failure = [entry for entry in lines if entry["event"] == "request_failed"]
     assert len(failure) == 1 and failure[0]["request_id"] == "req-123" and failure[0]["status"] == 500
     assert "secret detail" in json.dumps(failure[0])  # details stay in the log
+    assert "hunter2" not in json.dumps(failure[0])  # but not the frames' local variables
 
 
 async def test_request_id_is_echoed_or_generated(client, capsys):

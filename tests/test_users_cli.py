@@ -43,6 +43,8 @@ async def login(client, username: str, password: str) -> int:
 
 
 async def test_operator_lifecycle_without_sql(client, database_url, db):
+    code, _, err = await users_cli(database_url, "create", "root", "--role", "admin", stdin="root-password\n")
+    assert code == 0, err
     code, out, err = await users_cli(
         database_url, "create", "alice", "--role", "admin", "--email", "a@widip.fr", stdin="s3cret-pw\n"
     )
@@ -73,6 +75,9 @@ async def test_operator_lifecycle_without_sql(client, database_url, db):
     assert await login(client, "alice", "n3w-password") == 401
     code, out, _ = await users_cli(database_url, "list")
     assert "non" in out
+
+    code, _, err = await users_cli(database_url, "deactivate", "root")
+    assert code == 1 and "dernier administrateur actif" in err  # the CLI and the admin API share the rule
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import sys
 
 from services.auth import users
 from services.auth.passwords import PasswordHasher
-from shared import create_pool, load_settings_or_exit
+from shared import create_pool, current_month, load_settings_or_exit
 
 
 def read_password(*, confirm: bool = True) -> str:
@@ -43,20 +43,33 @@ async def run(args: argparse.Namespace) -> str:
     pool = await create_pool(settings, application_name="wibot-users-cli")
     try:
         hasher = PasswordHasher(settings.bcrypt_rounds)
+        month, default_quota = current_month(), settings.default_quota_tokens
         if args.command == "create":
-            if args.if_missing and await users.user_exists(pool, args.username):
-                return f"L'utilisateur {args.username} existe déjà : rien à faire"
-            user = await users.create_user(
-                pool, hasher, username=args.username, password=read_password(), email=args.email, role=args.role
-            )
+            try:
+                user = await users.create_user(
+                    pool,
+                    hasher,
+                    username=args.username,
+                    password=read_password(),
+                    email=args.email,
+                    role=args.role,
+                    month=month,
+                    default_quota=default_quota,
+                )
+            except users.UserExists:
+                if args.if_missing:
+                    return f"L'utilisateur {args.username} existe déjà : rien à faire"
+                raise
             return f"Utilisateur créé : {user.username} (id {user.user_id}, rôle {user.role})"
         if args.command == "set-password":
-            await users.set_password(pool, hasher, username=args.username, password=read_password())
-            return f"Mot de passe changé : {args.username}"
+            user_id = await users.user_id_by_name(pool, args.username)
+            await users.set_password(pool, hasher, user_id=user_id, password=read_password())
+            return f"Mot de passe changé : {args.username} (ses sessions ouvertes sont fermées)"
         if args.command == "deactivate":
-            await users.deactivate_user(pool, username=args.username)
+            user_id = await users.user_id_by_name(pool, args.username)
+            await users.update_user(pool, user_id=user_id, month=month, default_quota=default_quota, is_active=False)
             return f"Compte désactivé : {args.username}"
-        rows = await users.list_users(pool)
+        rows = await users.list_users(pool, month=month, default_quota=default_quota)
         lines = [f"{'id':>5}  {'username':<24} {'role':<8} {'actif':<6} email"]
         lines += [
             f"{u.user_id:>5}  {u.username:<24} {u.role:<8} {'oui' if u.is_active else 'non':<6} {u.email or ''}"

@@ -1,4 +1,4 @@
-"""SQL owned by the auth service (the users table)."""
+"""SQL owned by the auth service (users, revocations)."""
 
 LOGIN_USER_SQL = """
 SELECT user_id, username, password_hash, role
@@ -11,21 +11,58 @@ CREATE_USER_SQL = """
 INSERT INTO users (username, password_hash, email, role)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (username) DO NOTHING
-RETURNING user_id, username, email, role, is_active, created_at
+RETURNING user_id
 """
 
-SET_PASSWORD_SQL = """
-UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING user_id
+# A user as the admin API shows it: with this month's usage ($1) or the default quota ($2).
+ADMIN_USERS_SQL = """
+SELECT u.user_id, u.username, u.email, COALESCE(u.role, 'user') AS role, COALESCE(u.is_active, true) AS is_active,
+       u.created_at, COALESCE(t.used_tokens, 0) AS used_tokens, COALESCE(t.quota_tokens, $2) AS quota_tokens
+FROM users u
+LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $1
+WHERE $3::int IS NULL OR u.user_id = $3
+ORDER BY u.user_id
 """
 
-DEACTIVATE_USER_SQL = """
-UPDATE users SET is_active = false WHERE username = $1 RETURNING user_id
+USER_ID_BY_NAME_SQL = "SELECT user_id FROM users WHERE username = $1"
+
+LOCK_USER_SQL = "SELECT user_id, username, role, is_active FROM users WHERE user_id = $1 FOR UPDATE"
+
+# Locks every active admin, always in the same order (no deadlock): two admins demoting each other at once
+# cannot both succeed.
+LOCK_ACTIVE_ADMINS_SQL = """
+SELECT user_id FROM users WHERE role = 'admin' AND is_active IS TRUE ORDER BY user_id FOR UPDATE
 """
 
-LIST_USERS_SQL = """
-SELECT user_id, username, email, role, is_active, created_at
-FROM users
-ORDER BY user_id
+UPDATE_ROLE_SQL = "UPDATE users SET role = $2 WHERE user_id = $1"
+UPDATE_ACTIVE_SQL = "UPDATE users SET is_active = $2 WHERE user_id = $1"
+SET_PASSWORD_SQL = "UPDATE users SET password_hash = $2 WHERE user_id = $1"
+
+# $3: new quota (NULL keeps the current or default one $4); $5: tokens added on top, for this month.
+SET_MONTH_QUOTA_SQL = """
+INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
+VALUES ($1, $2, 0, COALESCE($3::bigint, $4::bigint) + $5::bigint)
+ON CONFLICT (user_id, month) DO UPDATE
+    SET quota_tokens = COALESCE($3::bigint, user_token_usage.quota_tokens) + $5::bigint
 """
 
-USER_EXISTS_SQL = "SELECT 1 FROM users WHERE username = $1"
+REVOKE_ALL_TOKENS_SQL = """
+INSERT INTO user_token_revocations (user_id, not_before) VALUES ($1, NOW() AT TIME ZONE 'UTC')
+ON CONFLICT (user_id) DO UPDATE SET not_before = EXCLUDED.not_before
+"""
+
+REVOKE_TOKEN_SQL = """
+INSERT INTO revoked_tokens (token_sha256, user_id, expires_at)
+VALUES ($1, $2, to_timestamp($3) AT TIME ZONE 'UTC')
+ON CONFLICT (token_sha256) DO NOTHING
+"""
+
+PURGE_EXPIRED_REVOCATIONS_SQL = "DELETE FROM revoked_tokens WHERE expires_at < NOW() AT TIME ZONE 'UTC'"
+
+DELETE_USER_MESSAGES_SQL = """
+DELETE FROM messages WHERE user_id = $1
+   OR conversation_id IN (SELECT conversation_id FROM conversations WHERE user_id = $1)
+"""
+DELETE_USER_CONVERSATIONS_SQL = "DELETE FROM conversations WHERE user_id = $1"
+DELETE_USER_USAGE_SQL = "DELETE FROM user_token_usage WHERE user_id = $1"
+DELETE_USER_SQL = "DELETE FROM users WHERE user_id = $1 RETURNING user_id, username"

@@ -1,9 +1,9 @@
-"""Managing people without SQL: the steps behind the `users` command (and, later, the admin API)."""
+"""Managing people: the steps behind both the `users` command and the admin API (one implementation)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -15,7 +15,24 @@ MIN_PASSWORD_CHARS = 6
 
 
 class UserError(Exception):
-    """A management request that cannot be carried out; the message is for the operator."""
+    """A management request that cannot be carried out; the message (French) is for the operator."""
+
+    status = 400
+
+
+class UserNotFound(UserError):
+    status = 404
+
+
+class UserExists(UserError):
+    status = 409
+
+
+class LastAdmin(UserError):
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("Impossible : c'est le dernier administrateur actif")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +43,8 @@ class UserRecord:
     role: str
     is_active: bool
     created_at: datetime
+    used_tokens: int
+    quota_tokens: int
 
 
 def check_new_password(password: str) -> None:
@@ -33,6 +52,27 @@ def check_new_password(password: str) -> None:
         raise UserError(f"Le mot de passe doit contenir au moins {MIN_PASSWORD_CHARS} caractères")
     if not fits_bcrypt(password):
         raise UserError(f"Le mot de passe ne peut pas dépasser {BCRYPT_MAX_BYTES} octets")
+
+
+async def list_users(pool: asyncpg.Pool, *, month: date, default_quota: int) -> list[UserRecord]:
+    rows = await pool.fetch(queries.ADMIN_USERS_SQL, month, default_quota, None)
+    return [UserRecord(**dict(row)) for row in rows]
+
+
+async def get_user(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, *, month: date, default_quota: int
+) -> UserRecord:
+    row = await conn.fetchrow(queries.ADMIN_USERS_SQL, month, default_quota, user_id)
+    if row is None:
+        raise UserNotFound(f"Utilisateur inconnu : {user_id}")
+    return UserRecord(**dict(row))
+
+
+async def user_id_by_name(pool: asyncpg.Pool, username: str) -> int:
+    user_id: int | None = await pool.fetchval(queries.USER_ID_BY_NAME_SQL, username)
+    if user_id is None:
+        raise UserNotFound(f"Utilisateur inconnu : {username}")
+    return user_id
 
 
 async def create_user(
@@ -43,6 +83,9 @@ async def create_user(
     password: str,
     email: str | None = None,
     role: str = "user",
+    quota_tokens: int | None = None,
+    month: date,
+    default_quota: int,
 ) -> UserRecord:
     username = username.strip()
     if not 1 <= len(username) <= 100:
@@ -50,28 +93,78 @@ async def create_user(
     if role not in ROLES:
         raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
     check_new_password(password)
-    password_hash = await hasher.hash(password)
-    row = await pool.fetchrow(queries.CREATE_USER_SQL, username, password_hash, email, role)
-    if row is None:
-        raise UserError(f"L'utilisateur {username} existe déjà")
-    return UserRecord(**dict(row))
+    password_hash = await hasher.hash(password)  # before the transaction: no connection held while hashing
+    async with pool.acquire() as conn, conn.transaction():
+        user_id = await conn.fetchval(queries.CREATE_USER_SQL, username, password_hash, email, role)
+        if user_id is None:
+            raise UserExists(f"L'utilisateur {username} existe déjà")
+        if quota_tokens is not None:
+            await conn.execute(queries.SET_MONTH_QUOTA_SQL, user_id, month, quota_tokens, default_quota, 0)
+        return await get_user(conn, user_id, month=month, default_quota=default_quota)
 
 
-async def set_password(pool: asyncpg.Pool, hasher: PasswordHasher, *, username: str, password: str) -> None:
+async def set_password(pool: asyncpg.Pool, hasher: PasswordHasher, *, user_id: int, password: str) -> None:
+    """New password; every token issued before it stops working."""
     check_new_password(password)
     password_hash = await hasher.hash(password)
-    if await pool.fetchval(queries.SET_PASSWORD_SQL, username, password_hash) is None:
-        raise UserError(f"Utilisateur inconnu : {username}")
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(queries.LOCK_USER_SQL, user_id) is None:
+            raise UserNotFound(f"Utilisateur inconnu : {user_id}")
+        await conn.execute(queries.SET_PASSWORD_SQL, user_id, password_hash)
+        await conn.execute(queries.REVOKE_ALL_TOKENS_SQL, user_id)
 
 
-async def deactivate_user(pool: asyncpg.Pool, *, username: str) -> None:
-    if await pool.fetchval(queries.DEACTIVATE_USER_SQL, username) is None:
-        raise UserError(f"Utilisateur inconnu : {username}")
+async def _lock_user(conn: asyncpg.Connection, user_id: int, *, keep_an_admin: bool) -> asyncpg.Record:
+    """Lock the user (admins first, in id order); with keep_an_admin, refuse to remove the last active one."""
+    admins = [row["user_id"] for row in await conn.fetch(queries.LOCK_ACTIVE_ADMINS_SQL)]
+    user = await conn.fetchrow(queries.LOCK_USER_SQL, user_id)
+    if user is None:
+        raise UserNotFound(f"Utilisateur inconnu : {user_id}")
+    if keep_an_admin and admins == [user_id]:
+        raise LastAdmin
+    return user
 
 
-async def list_users(pool: asyncpg.Pool) -> list[UserRecord]:
-    return [UserRecord(**dict(row)) for row in await pool.fetch(queries.LIST_USERS_SQL)]
+async def update_user(
+    pool: asyncpg.Pool,
+    *,
+    user_id: int,
+    month: date,
+    default_quota: int,
+    quota_tokens: int | None = None,
+    add_tokens: int | None = None,
+    role: str | None = None,
+    is_active: bool | None = None,
+) -> UserRecord:
+    if role is not None and role not in ROLES:
+        raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_user(conn, user_id, keep_an_admin=role == "user" or is_active is False)
+        if role is not None:
+            await conn.execute(queries.UPDATE_ROLE_SQL, user_id, role)
+        if is_active is not None:
+            await conn.execute(queries.UPDATE_ACTIVE_SQL, user_id, is_active)
+            if not is_active:
+                await conn.execute(queries.REVOKE_ALL_TOKENS_SQL, user_id)
+        if quota_tokens is not None or add_tokens:
+            await conn.execute(
+                queries.SET_MONTH_QUOTA_SQL, user_id, month, quota_tokens, default_quota, add_tokens or 0
+            )
+        return await get_user(conn, user_id, month=month, default_quota=default_quota)
 
 
-async def user_exists(pool: asyncpg.Pool, username: str) -> bool:
-    return await pool.fetchval(queries.USER_EXISTS_SQL, username) is not None
+async def delete_user(pool: asyncpg.Pool, *, user_id: int) -> tuple[int, str]:
+    """The user, their conversations, messages and usage, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_user(conn, user_id, keep_an_admin=True)
+        await conn.execute(queries.DELETE_USER_MESSAGES_SQL, user_id)
+        await conn.execute(queries.DELETE_USER_CONVERSATIONS_SQL, user_id)
+        await conn.execute(queries.DELETE_USER_USAGE_SQL, user_id)
+        deleted = await conn.fetchrow(queries.DELETE_USER_SQL, user_id)
+    return deleted["user_id"], deleted["username"]
+
+
+async def revoke_token(pool: asyncpg.Pool, *, token_sha256: str, user_id: int, expires_at: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.PURGE_EXPIRED_REVOCATIONS_SQL)
+        await conn.execute(queries.REVOKE_TOKEN_SQL, token_sha256, user_id, expires_at)

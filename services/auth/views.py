@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from services.auth import queries
+from services.auth import queries, users
 from services.auth.keys import HASHER
 from services.auth.passwords import PasswordHasher, fits_bcrypt
-from shared import ApiError, AppKeys, RequestKeys, Settings, issue_token, json_response, parse_body
-from shared.contracts import LoginRequest, LoginResponse, LoginUser
+from shared import (
+    ApiError,
+    AppKeys,
+    RequestKeys,
+    Settings,
+    authenticated,
+    current_user,
+    issue_token,
+    json_response,
+    parse_body,
+)
+from shared.contracts import LoginRequest, LoginResponse, LoginUser, MeResponse, SuccessResponse
 
 INVALID_CREDENTIALS = "Identifiants invalides"
 
@@ -41,3 +51,19 @@ def generate_token(settings: Settings, user: LoginUser) -> str:
         secret=settings.jwt_secret.get_secret_value(),
         ttl_seconds=settings.jwt_ttl_seconds,
     )
+
+
+@authenticated()
+async def me(request: web.Request) -> web.Response:
+    user = current_user(request)
+    return json_response(MeResponse(user=LoginUser(id=user.user_id, username=user.username, role=user.role)))
+
+
+@authenticated()
+async def logout(request: web.Request) -> web.Response:
+    """Revokes the token this request came with (other sessions of the user stay open)."""
+    user = current_user(request)
+    await users.revoke_token(
+        request.app[AppKeys.DB], token_sha256=user.token_sha256, user_id=user.user_id, expires_at=user.token_expires_at
+    )
+    return json_response(SuccessResponse())
