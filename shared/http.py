@@ -18,6 +18,7 @@ from shared.db import DB_UNAVAILABLE_ERRORS, pool_context
 from shared.errors import SERVER_ERROR_MESSAGE, ApiError, error_envelope
 from shared.keys import AppKeys, RequestKeys
 from shared.logs import get_logger
+from shared.metrics import metrics, observe_request
 from shared.settings import Settings
 
 log = get_logger("wibot.http")
@@ -67,12 +68,14 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        observe_request(request.app[AppKeys.SERVICE], request, status, elapsed)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
             user_id=request.get(RequestKeys.USER_ID),
         )
 
@@ -161,9 +164,11 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[AppKeys.SETTINGS] = settings
+    app[AppKeys.SERVICE] = service
     app.cleanup_ctx.append(pool_context(AppKeys.DB, settings, application_name=f"wibot-{service}"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

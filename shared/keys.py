@@ -12,6 +12,7 @@ from shared.settings import Settings
 class AppKeys:
     DB = web.AppKey("db", asyncpg.Pool)
     SETTINGS = web.AppKey("settings", Settings)
+    SERVICE = web.AppKey("service", str)
 
 
 class RequestKeys:

@@ -149,6 +149,12 @@ async def test_spec_curl_tests_pass_through_the_gateway(stack, factory, database
         ("PATCH", "/webhook/wibot/conversation/rename"),
         ("DELETE", "/webhook/wibot/conversation/delete"),
         ("GET", "/webhook/wibot/user/tokens"),
+        ("GET", "/webhook/auth/me"),
+        ("POST", "/webhook/auth/logout"),
+        ("GET", "/webhook/wibot/admin/users"),
+        ("POST", "/webhook/wibot/admin/users"),
+        ("PUT", "/webhook/wibot/admin/users"),
+        ("DELETE", "/webhook/wibot/admin/users"),
     ],
 )
 async def test_every_route_reaches_its_service(stack, http, db, method, path):

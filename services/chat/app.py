@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.chat import views
+from services.chat.alerts import alerts_context
 from services.chat.keys import PROMPT_TEMPLATE
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompt_template
@@ -17,5 +18,6 @@ def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="chat")
     app[PROMPT_TEMPLATE] = load_prompt_template(settings.system_prompt_file)
     app.cleanup_ctx.append(llm_context(settings))
+    app.cleanup_ctx.append(alerts_context(settings))
     app.router.add_post("/webhook/wibot/chat", views.chat)
     return app

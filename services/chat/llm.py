@@ -16,6 +16,7 @@ from mistralai.client.errors import MistralError, NoResponseError
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
 from shared import ApiError, Settings, get_logger
+from shared.metrics import MODEL_CALL_FAILURES, MODEL_CALL_SECONDS
 
 log = get_logger("wibot.llm")
 
@@ -101,35 +102,52 @@ async def complete(
                 max_tokens=max_tokens,
             )
     except (TimeoutError, httpx2.TimeoutException) as exc:
-        log.error("model_call_failed", reason="timeout", model=model, exc=repr(exc))
-        raise ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT") from None
+        raise _failure("timeout", model, started, exc, 504, TIMEOUT_MESSAGE, "LLM_TIMEOUT") from None
     except MistralError as exc:
         status = exc.status_code
-        log.error("model_call_failed", reason="http_error", model=model, upstream_status=status, body=exc.body[:500])
         if status == 429 or status >= 500:
-            raise ApiError(503 if status in (429, 503) else 502, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
-        raise ApiError(502, BAD_REPLY_MESSAGE if status == 200 else UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
+            http_status = 503 if status in (429, 503) else 502
+            raise _failure(f"http_{status}", model, started, exc, http_status, UNAVAILABLE_MESSAGE) from None
+        message = BAD_REPLY_MESSAGE if status == 200 else UNAVAILABLE_MESSAGE  # 200: a reply that did not parse
+        raise _failure(f"http_{status}", model, started, exc, 502, message) from None
     except (httpx2.HTTPError, NoResponseError, OSError) as exc:
-        log.error("model_call_failed", reason="unreachable", model=model, exc=repr(exc))
-        raise ApiError(503, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE") from None
-    except ValueError as exc:  # a reply that does not parse as a completion
-        log.error("model_call_failed", reason="malformed_reply", model=model, exc=repr(exc)[:500])
-        raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE") from None
+        raise _failure("unreachable", model, started, exc, 503, UNAVAILABLE_MESSAGE) from None
+    except ValueError as exc:
+        raise _failure("malformed_reply", model, started, exc, 502, BAD_REPLY_MESSAGE) from None
 
     text = _reply_text(result.choices[0].message.content) if result and result.choices else None
     if not text:
-        log.error("model_call_failed", reason="empty_reply", model=model)
-        raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE")
+        raise _failure("empty_reply", model, started, None, 502, BAD_REPLY_MESSAGE)
 
     reply = _with_usage(text, result.usage, messages)
+    elapsed = time.perf_counter() - started
+    MODEL_CALL_SECONDS.labels(model).observe(elapsed)
     log.info(
         "model_call",
         model=model,
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        duration_ms=round(elapsed * 1000, 1),
         total_tokens=reply.total_tokens,
         completion_tokens=reply.completion_tokens,
     )
     return reply
+
+
+def _failure(
+    reason: str,
+    model: str,
+    started: float,
+    exc: BaseException | None,
+    status: int,
+    message: str,
+    code: str = "LLM_UNAVAILABLE",
+) -> ApiError:
+    """Count, log (once, with the upstream's words) and turn into the envelope the frontend shows."""
+    elapsed = time.perf_counter() - started
+    MODEL_CALL_SECONDS.labels(model).observe(elapsed)
+    MODEL_CALL_FAILURES.labels(reason).inc()
+    detail = exc.body[:500] if isinstance(exc, MistralError) else repr(exc)[:500]
+    log.error("model_call_failed", reason=reason, model=model, duration_ms=round(elapsed * 1000, 1), detail=detail)
+    return ApiError(status, message, code)
 
 
 def _with_usage(text: str, usage: Any, messages: list[dict[str, str]]) -> ModelReply:

@@ -11,6 +11,7 @@ import asyncpg
 
 from services.chat import queries
 from shared import ApiError
+from shared.metrics import QUOTA_REJECTIONS
 
 # Below this many tokens of room for the reply, calling the model is pointless: answer 429 instead.
 MIN_COMPLETION_TOKENS = 16
@@ -40,6 +41,7 @@ class Usage:
 
 
 def quota_exceeded(quota_tokens: int) -> ApiError:
+    QUOTA_REJECTIONS.inc()
     return ApiError(429, f"Quota tokens mensuel dépassé. Limite : {quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED")
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.chat import llm, quota, workflow
+from services.chat import alerts, llm, quota, workflow
 from services.chat.keys import PROMPT_TEMPLATE
 from services.chat.prompt import render_system_prompt
 from shared import AppKeys, authenticated, current_month, current_user, json_response, parse_body
 from shared.contracts import ChatRequest, ChatResponse
+from shared.metrics import TOKENS_SPENT
 
 
 @authenticated()
@@ -54,6 +55,15 @@ async def chat(request: web.Request) -> web.Response:
     except BaseException:
         await quota.refund(pool, reservation)
         raise
+    TOKENS_SPENT.inc(reply.total_tokens)
+    await alerts.notify_quota_thresholds(
+        pool,
+        request.app[alerts.ALERT_SENDER],
+        user_id=user.user_id,
+        username=user.username,
+        month=reservation.month,
+        usage=usage,
+    )
     return json_response(
         ChatResponse(
             response=reply.text,

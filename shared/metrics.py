@@ -1,0 +1,44 @@
+"""Prometheus metrics of a service: requests by route and status, latency, model calls, tokens spent.
+
+Served at GET /metrics by every service (nginx does not expose it outside).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+REQUESTS = Counter("wibot_http_requests_total", "HTTP requests", ["service", "route", "method", "status"])
+REQUEST_SECONDS = Histogram(
+    "wibot_http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 90),
+)
+MODEL_CALL_SECONDS = Histogram(
+    "wibot_model_call_duration_seconds",
+    "Model call latency, retries included",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 60, 90),
+)
+MODEL_CALL_FAILURES = Counter("wibot_model_call_failures_total", "Failed model calls", ["reason"])
+TOKENS_SPENT = Counter("wibot_tokens_spent_total", "Tokens charged to users (usage.total_tokens or estimate)")
+QUOTA_REJECTIONS = Counter("wibot_quota_rejections_total", "Chats refused for an exhausted quota")
+
+
+def route_label(request: web.Request) -> str:
+    """The route's pattern, never the raw path: ids in paths would explode the label set."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def observe_request(service: str, request: web.Request, status: int, seconds: float) -> None:
+    route = route_label(request)
+    REQUESTS.labels(service, route, request.method, str(status)).inc()
+    REQUEST_SECONDS.labels(service, route, request.method).observe(seconds)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest(REGISTRY))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
