@@ -1,26 +1,89 @@
-"""Application factory of the auth service."""
+"""Application factory of the auth service (it also serves the OpenAPI document and the docs page)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from services.auth import admin, views
+from services.auth import admin, docs, views
 from services.auth.keys import HASHER
 from services.auth.passwords import PasswordHasher
 from shared import Settings, base_app
+from shared.contracts import (
+    AdminCreateUserRequest,
+    AdminDeleteResponse,
+    AdminDeleteUserRequest,
+    AdminUpdateUserRequest,
+    AdminUserResponse,
+    AdminUsersResponse,
+    LoginRequest,
+    LoginResponse,
+    MeResponse,
+    SuccessResponse,
+)
+from shared.openapi import Route, add_routes
 
 DEFAULT_PORT = 8001
+ADMIN_USERS = "/webhook/wibot/admin/users"
+
+ROUTES = [
+    Route(
+        "POST",
+        "/webhook/auth/login",
+        views.login,
+        "Connexion : renvoie un JWT (8 h)",
+        LoginResponse,
+        request=LoginRequest,
+        errors=(400, 401, 413, 429),
+        authenticated=False,
+        tags=("auth",),
+    ),
+    Route("GET", "/webhook/auth/me", views.me, "L'utilisateur du token", MeResponse, tags=("auth",)),
+    Route("POST", "/webhook/auth/logout", views.logout, "Révoque le token utilisé", SuccessResponse, tags=("auth",)),
+    Route(
+        "GET",
+        ADMIN_USERS,
+        admin.list_users,
+        "Liste des utilisateurs (admin)",
+        AdminUsersResponse,
+        errors=(403,),
+        tags=("admin",),
+    ),
+    Route(
+        "POST",
+        ADMIN_USERS,
+        admin.create_user,
+        "Crée un utilisateur (admin)",
+        AdminUserResponse,
+        request=AdminCreateUserRequest,
+        errors=(400, 403, 409),
+        tags=("admin",),
+    ),
+    Route(
+        "PUT",
+        ADMIN_USERS,
+        admin.update_user,
+        "Modifie quota, rôle, activation (admin)",
+        AdminUserResponse,
+        request=AdminUpdateUserRequest,
+        errors=(400, 403, 404, 409),
+        tags=("admin",),
+    ),
+    Route(
+        "DELETE",
+        ADMIN_USERS,
+        admin.delete_user,
+        "Supprime un utilisateur et ses données (admin)",
+        AdminDeleteResponse,
+        request=AdminDeleteUserRequest,
+        errors=(400, 403, 404, 409),
+        tags=("admin",),
+    ),
+]
 
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="auth")
     app[HASHER] = PasswordHasher(settings.bcrypt_rounds)
-    app.router.add_post("/webhook/auth/login", views.login)
-    app.router.add_get("/webhook/auth/me", views.me)
-    app.router.add_post("/webhook/auth/logout", views.logout)
-    admin_users = app.router.add_resource("/webhook/wibot/admin/users")
-    admin_users.add_route("GET", admin.list_users)
-    admin_users.add_route("POST", admin.create_user)
-    admin_users.add_route("PUT", admin.update_user)
-    admin_users.add_route("DELETE", admin.delete_user)
+    add_routes(app, ROUTES)
+    docs.add_docs_routes(app)
     return app

@@ -10,8 +10,23 @@ from services.chat.keys import PROMPT_TEMPLATE
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompt_template
 from shared import Settings, base_app
+from shared.contracts import ChatRequest, ChatResponse
+from shared.openapi import Route, add_routes
 
 DEFAULT_PORT = 8002
+
+ROUTES = [
+    Route(
+        "POST",
+        "/webhook/wibot/chat",
+        views.chat,
+        "Envoie un message à WIBOT (mémoire, fichiers, quota)",
+        ChatResponse,
+        request=ChatRequest,
+        errors=(400, 403, 413, 429, 502, 503, 504),
+        tags=("chat",),
+    ),
+]
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -19,5 +34,5 @@ def create_app(settings: Settings) -> web.Application:
     app[PROMPT_TEMPLATE] = load_prompt_template(settings.system_prompt_file)
     app.cleanup_ctx.append(llm_context(settings))
     app.cleanup_ctx.append(alerts_context(settings))
-    app.router.add_post("/webhook/wibot/chat", views.chat)
+    add_routes(app, ROUTES)
     return app

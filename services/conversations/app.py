@@ -6,17 +6,93 @@ from aiohttp import web
 
 from services.conversations import views
 from shared import Settings, base_app
+from shared.contracts import (
+    ConversationResponse,
+    ConversationsResponse,
+    CreateConversationRequest,
+    DeleteConversationRequest,
+    MessagesResponse,
+    RenameConversationRequest,
+    SuccessResponse,
+    TokenUsageResponse,
+)
+from shared.openapi import Route, add_routes
 
 DEFAULT_PORT = 8003
+TAGS = ("conversations",)
+
+ROUTES = [
+    Route(
+        "GET",
+        "/webhook/wibot/conversations",
+        views.list_conversations,
+        "Conversations, les plus récentes d'abord",
+        ConversationsResponse,
+        query=views.ListQuery,
+        errors=(400,),
+        tags=TAGS,
+    ),
+    Route(
+        "POST",
+        "/webhook/wibot/conversations",
+        views.create_conversation,
+        "Crée une conversation",
+        ConversationResponse,
+        request=CreateConversationRequest,
+        errors=(400, 403),
+        tags=TAGS,
+    ),
+    Route(
+        "GET",
+        "/webhook/wibot/conversations/{conversation_id}/messages",
+        views.conversation_messages,
+        "Messages d'une conversation, dans l'ordre",
+        MessagesResponse,
+        errors=(400, 403),
+        tags=TAGS,
+    ),
+    Route(
+        "GET",
+        "/webhook/wibot/messages",
+        views.messages_by_query,
+        "Messages d'une conversation (autre forme)",
+        MessagesResponse,
+        query=views.MessagesQuery,
+        errors=(400, 403),
+        tags=TAGS,
+    ),
+    Route(
+        "PATCH",
+        "/webhook/wibot/conversation/rename",
+        views.rename_conversation,
+        "Renomme une conversation",
+        ConversationResponse,
+        request=RenameConversationRequest,
+        errors=(400, 403, 404),
+        tags=TAGS,
+    ),
+    Route(
+        "DELETE",
+        "/webhook/wibot/conversation/delete",
+        views.delete_conversation,
+        "Supprime une conversation et ses messages",
+        SuccessResponse,
+        request=DeleteConversationRequest,
+        errors=(400, 403, 404),
+        tags=TAGS,
+    ),
+    Route(
+        "GET",
+        "/webhook/wibot/user/tokens",
+        views.user_tokens,
+        "Consommation de tokens du mois",
+        TokenUsageResponse,
+        tags=TAGS,
+    ),
+]
 
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="conversations")
-    app.router.add_get("/webhook/wibot/conversations", views.list_conversations)
-    app.router.add_post("/webhook/wibot/conversations", views.create_conversation)
-    app.router.add_get("/webhook/wibot/conversations/{conversation_id}/messages", views.conversation_messages)
-    app.router.add_get("/webhook/wibot/messages", views.messages_by_query)
-    app.router.add_patch("/webhook/wibot/conversation/rename", views.rename_conversation)
-    app.router.add_delete("/webhook/wibot/conversation/delete", views.delete_conversation)
-    app.router.add_get("/webhook/wibot/user/tokens", views.user_tokens)
+    add_routes(app, ROUTES)
     return app
