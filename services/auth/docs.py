@@ -1,13 +1,14 @@
-"""GET /webhook/openapi.json (built from the route tables and contracts) and GET /docs (Swagger UI, its
-assets served from the swagger-ui-bundle package: no CDN, works on a closed network)."""
+"""GET /webhook/openapi.json (built from the route tables and contracts) and GET /docs (Swagger UI 5, its
+assets served from the swagger-ui-py package: no CDN, works on a closed network)."""
 
 from __future__ import annotations
 
 import functools
 import json
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle
 from aiohttp import web
 
 OPENAPI_PATH = "/webhook/openapi.json"
@@ -58,4 +59,4 @@ async def docs_page(request: web.Request) -> web.Response:
 def add_docs_routes(app: web.Application) -> None:
     app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_get(DOCS_PATH, docs_page)
-    app.router.add_static(ASSETS_PATH, swagger_ui_bundle.swagger_ui_path)
+    app.router.add_static(ASSETS_PATH, Path(str(files("swagger_ui") / "static")))
