@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint fmt clean
+.PHONY: install run test lint fmt bench clean
 
 install: $(VENV)/.installed
 
@@ -30,3 +30,7 @@ fmt: install
 
 clean:
 	rm -rf .run $(VENV) *.egg-info
+
+# Benchmark through nginx (needs wrk: apt-get install wrk). Writes bench/out/results.json and bench/RESULTS.md.
+bench: install
+	$(PY) -m bench.run --markdown bench/RESULTS.md

@@ -1,0 +1,51 @@
+"""The benchmark's ceiling: bare aiohttp handlers behind the same nginx.
+
+    GET /bench/ceiling   SELECT 1 on an asyncpg pool: what any route that touches the database can hope for
+    GET /bench/jwt       JWT decode only (no database)
+    GET /bench/session   JWT decode + the per-request session/revocation query (shared.auth)
+The last two give the cost of the token-revocation check.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from shared import AppKeys, Settings, decode_token, load_settings_or_exit
+from shared.auth import bearer_token, load_session_user
+from shared.db import pool_context
+
+
+async def ceiling(request: web.Request) -> web.Response:
+    value = await request.app[AppKeys.DB].fetchval("SELECT 1")
+    return web.json_response({"success": True, "value": value})
+
+
+async def jwt_only(request: web.Request) -> web.Response:
+    claims = decode_token(bearer_token(request), request.app[AppKeys.SETTINGS].jwt_secret.get_secret_value())
+    return web.json_response({"success": True, "user_id": claims["user_id"]})
+
+
+async def session(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    claims = decode_token(token, request.app[AppKeys.SETTINGS].jwt_secret.get_secret_value())
+    user = await load_session_user(request.app[AppKeys.DB], claims, token)
+    return web.json_response({"success": True, "user_id": user.user_id})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[AppKeys.SETTINGS] = settings
+    app.cleanup_ctx.append(pool_context(AppKeys.DB, settings, application_name="wibot-bench-ceiling"))
+    app.router.add_get("/bench/ceiling", ceiling)
+    app.router.add_get("/bench/jwt", jwt_only)
+    app.router.add_get("/bench/session", session)
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(create_app(load_settings_or_exit()), host="127.0.0.1", port=args.port, access_log=None, print=None)
