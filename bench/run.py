@@ -63,30 +63,39 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
 
 # --- data ---------------------------------------------------------------------------------------------
 
+
 async def seed(url: str, *, heavy_conversations: int, password_hash: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
     try:
         await apply_schema(conn)
         await conn.execute(
             "INSERT INTO users (username, password_hash, role) VALUES ('khora', $1, 'admin'), ('heavy', $1, 'user'),"
-            " ('light', $1, 'user')", password_hash)
+            " ('light', $1, 'user')",
+            password_hash,
+        )
         await conn.execute(
             "INSERT INTO users (username, password_hash) SELECT 'user' || i, $1 FROM generate_series(1, 50) AS i",
-            password_hash)
+            password_hash,
+        )
         ids = {r["username"]: r["user_id"] for r in await conn.fetch("SELECT user_id, username FROM users")}
 
         async def conversations(user_id: int, count: int, messages_each: str) -> None:
             await conn.execute(
                 "INSERT INTO conversations (conversation_id, user_id, title, updated_at)"
                 " SELECT gen_random_uuid(), $1, 'Conversation ' || i,"
-                " NOW() AT TIME ZONE 'UTC' - i * INTERVAL '1 minute' FROM generate_series(1, $2) AS i", user_id, count)
+                " NOW() AT TIME ZONE 'UTC' - i * INTERVAL '1 minute' FROM generate_series(1, $2) AS i",
+                user_id,
+                count,
+            )
             await conn.execute(
                 "INSERT INTO messages (conversation_id, user_id, role, content, tokens, created_at)"
                 " SELECT c.conversation_id, c.user_id, CASE WHEN j % 2 = 1 THEN 'user' ELSE 'assistant' END,"
                 " repeat('Contenu de message réaliste pour le benchmark. ', 4), 40,"
                 " c.updated_at - (100 - j) * INTERVAL '1 second'"
                 f" FROM conversations c CROSS JOIN LATERAL generate_series(1, {messages_each}) AS j"
-                " WHERE c.user_id = $1", user_id)
+                " WHERE c.user_id = $1",
+                user_id,
+            )
 
         await conversations(ids["heavy"], heavy_conversations, "50")
         await conversations(ids["light"], 10, "50")
@@ -94,14 +103,17 @@ async def seed(url: str, *, heavy_conversations: int, password_hash: str) -> dic
             await conversations(ids[f"user{i}"], 50, "2 + (abs(hashtext(c.conversation_id::text)) % 39)")
         await conn.execute(
             "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
-            " SELECT user_id, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 0, 1000000000000 FROM users")
+            " SELECT user_id, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 0, 1000000000000 FROM users"
+        )
         await conn.execute("VACUUM ANALYZE")
         counts = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM conversations) AS conversations, (SELECT count(*) FROM messages) AS messages")
+            "SELECT (SELECT count(*) FROM conversations) AS conversations, (SELECT count(*) FROM messages) AS messages"
+        )
         ids["_conversations"], ids["_messages"] = counts["conversations"], counts["messages"]
         heavy_conv = await conn.fetchval(
             "SELECT conversation_id FROM conversations WHERE user_id = $1 ORDER BY updated_at DESC LIMIT 1",
-            ids["heavy"])
+            ids["heavy"],
+        )
         ids["_heavy_conversation"] = str(heavy_conv)  # type: ignore[assignment]
         return ids
     finally:
@@ -138,8 +150,20 @@ class Result:
 
 def wrk_command(base: str, scenario: Scenario, concurrency: int, seconds: float) -> tuple[list[str], dict[str, str]]:
     threads = max(1, min(2, concurrency))
-    command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
-               "--timeout", "30s", "-s", str(LUA), base + scenario.path]
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(LUA),
+        base + scenario.path,
+    ]
     env = {**os.environ, "WRK_METHOD": scenario.method}
     if scenario.body is not None:
         env["WRK_BODY"] = scenario.body
@@ -159,14 +183,22 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 async def run_wrk(base: str, scenario: Scenario, concurrency: int, seconds: float) -> Result:
     command, env = wrk_command(base, scenario, concurrency, seconds)
-    proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     data = parse_wrk(out.decode())
     seconds_run = data["duration_us"] / 1e6
-    return Result(scenario.name, concurrency, round(data["requests"] / seconds_run, 1), round(data["p50_ms"], 2),
-                  round(data["p95_ms"], 2), round(data["p99_ms"], 2), data["non_2xx"] + data["socket_errors"],
-                  data["requests"])
+    return Result(
+        scenario.name,
+        concurrency,
+        round(data["requests"] / seconds_run, 1),
+        round(data["p50_ms"], 2),
+        round(data["p95_ms"], 2),
+        round(data["p99_ms"], 2),
+        data["non_2xx"] + data["socket_errors"],
+        data["requests"],
+    )
 
 
 def peak_rss_mb(pids: dict[str, int]) -> dict[str, float]:
@@ -201,26 +233,46 @@ async def recreate_database(server_url: str, name: str) -> str:
 
 def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:
     gateway, auth, chat, conversations, fake, ceiling = free_ports(6)
-    os.environ.update({
-        "JWT_SECRET": SECRET, "DATABASE_URL": database_url, "MISTRAL_API_KEY": "",
-        "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake}", "LOG_LEVEL": "WARNING", "DB_POOL_MAX": "20",
-        "FAKE_MISTRAL_LATENCY_MS": os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0"),
-    })
-    topology = Topology(gateway_port=gateway, auth_ports=[auth], chat_ports=[chat], conversations_ports=[conversations],
-                        fake_mistral_port=fake, use_fake_mistral=True, cors_origin_pattern="^http://localhost:3000$",
-                        login_rate_limit="100000r/s", login_burst=100000, max_body_bytes=4 * 1024 * 1024,
-                        access_log="/dev/null")
+    os.environ.update(
+        {
+            "JWT_SECRET": SECRET,
+            "DATABASE_URL": database_url,
+            "MISTRAL_API_KEY": "",
+            "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake}",
+            "LOG_LEVEL": "WARNING",
+            "DB_POOL_MAX": "20",
+            "FAKE_MISTRAL_LATENCY_MS": os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0"),
+        }
+    )
+    topology = Topology(
+        gateway_port=gateway,
+        auth_ports=[auth],
+        chat_ports=[chat],
+        conversations_ports=[conversations],
+        fake_mistral_port=fake,
+        use_fake_mistral=True,
+        cors_origin_pattern="^http://localhost:3000$",
+        login_rate_limit="100000r/s",
+        login_burst=100000,
+        max_body_bytes=4 * 1024 * 1024,
+        access_log="/dev/null",
+    )
     conf = write_nginx_main(topology, run_dir)
     site = conf.parent / "wibot.conf"
     # The ceiling app joins the same nginx under /bench/ (only in the benchmark).
-    site.write_text(site.read_text().replace(
-        "    location / {", f"    location /bench/ {{ proxy_pass http://127.0.0.1:{ceiling}; }}\n\n    location / {{"))
+    site.write_text(
+        site.read_text().replace(
+            "    location / {",
+            f"    location /bench/ {{ proxy_pass http://127.0.0.1:{ceiling}; }}\n\n    location / {{",
+        )
+    )
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for line in procfile(topology, conf, private_pg=None).splitlines():
         name, _, command = line.partition(": ")
         processes[name] = subprocess.Popen(shlex.split(command), cwd=ROOT, stdout=subprocess.DEVNULL)
-    processes["ceiling"] = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "--port", str(ceiling)],
-                                            cwd=ROOT, stdout=subprocess.DEVNULL)
+    processes["ceiling"] = subprocess.Popen(
+        [sys.executable, "-m", "bench.ceiling", "--port", str(ceiling)], cwd=ROOT, stdout=subprocess.DEVNULL
+    )
     for port in (gateway, auth, chat, conversations, fake, ceiling):
         wait_for_port(port)
     return f"http://127.0.0.1:{gateway}", processes, [auth, chat, conversations]
@@ -243,8 +295,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import bcrypt
 
     started = time.monotonic()
-    ids = await seed(database_url, heavy_conversations=args.heavy_conversations,
-                     password_hash=bcrypt.hashpw(b"test123", bcrypt.gensalt(10)).decode())
+    ids = await seed(
+        database_url,
+        heavy_conversations=args.heavy_conversations,
+        password_hash=bcrypt.hashpw(b"test123", bcrypt.gensalt(10)).decode(),
+    )
     seed_seconds = round(time.monotonic() - started, 1)
     run_dir = Path(args.out) / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +328,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for concurrency in scenario.concurrency:
                 result = await run_wrk(base, scenario, concurrency, args.seconds)
                 results.append(result)
-                print(f"{scenario.name:<30} c={concurrency:<3} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>8.2f}"
-                      f"  p95 {result.p95_ms:>8.2f}  p99 {result.p99_ms:>8.2f} ms  errors {result.errors}", flush=True)
+                print(
+                    f"{scenario.name:<30} c={concurrency:<3} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>8.2f}"
+                    f"  p95 {result.p95_ms:>8.2f}  p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
+                    flush=True,
+                )
         # Listing while a login storm saturates bcrypt: its p99 against the idle listing at the same concurrency.
         storm = Scenario("login storm", "/webhook/auth/login", "POST", login_body)
         listing = Scenario("list during login storm", "/webhook/wibot/conversations", token=light)
@@ -290,7 +348,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     ceiling = {r.concurrency: r.rps for r in results if r.scenario.startswith("ceiling")}
     for result in results:
-        if result.concurrency in ceiling and ceiling[result.concurrency]:
+        if ceiling.get(result.concurrency):
             result.ratio_to_ceiling = round(result.rps / ceiling[result.concurrency], 3)
     return summarize(results, rss, ids, seed_seconds, args)
 
@@ -299,30 +357,60 @@ def find(results: list[Result], scenario: str, concurrency: int) -> Result:
     return next(r for r in results if r.scenario == scenario and r.concurrency == concurrency)
 
 
-def summarize(results: list[Result], rss: dict[str, float], ids: dict[str, Any], seed_seconds: float,
-              args: argparse.Namespace) -> dict[str, Any]:
+def summarize(
+    results: list[Result], rss: dict[str, float], ids: dict[str, Any], seed_seconds: float, args: argparse.Namespace
+) -> dict[str, Any]:
     chat = find(results, "chat, 0 ms model", 16)
     ceiling = find(results, "ceiling (SELECT 1)", 16)
-    list_heavy, list_light = find(results, "list, 10,000 conversations", 16), find(results, "list, 10 conversations", 16)
+    list_heavy = find(results, "list, 10,000 conversations", 16)
+    list_light = find(results, "list, 10 conversations", 16)
     storm, idle = find(results, "list during login storm", 16), list_light
     jwt_only, session = find(results, "jwt decode only", 16), find(results, "jwt + revocation check", 16)
     login = max((r for r in results if r.scenario == "login"), key=lambda r: r.rps)
     targets = [
-        ("chat overhead p50 at c=16 (0 ms model), minus ceiling p50", f"{chat.p50_ms - ceiling.p50_ms:.2f} ms",
-         "≤ 2 ms", chat.p50_ms - ceiling.p50_ms <= 2),
-        ("chat overhead p99 at c=16, minus ceiling p99", f"{chat.p99_ms - ceiling.p99_ms:.2f} ms", "≤ 10 ms",
-         chat.p99_ms - ceiling.p99_ms <= 10),
-        ("listing throughput / ceiling (c=16, 10,000 conv.)", f"{list_heavy.ratio_to_ceiling}", "≥ 0.5",
-         (list_heavy.ratio_to_ceiling or 0) >= 0.5),
-        ("listing p50: 10,000 conv. / 10 conv. (c=16)", f"{list_heavy.p50_ms / max(list_light.p50_ms, 1e-6):.2f}×",
-         "≤ 1.5×", list_heavy.p50_ms <= 1.5 * list_light.p50_ms),
-        ("listing p99 during a login storm / idle (c=16)", f"{storm.p99_ms / max(idle.p99_ms, 1e-6):.2f}×", "< 2×",
-         storm.p99_ms < 2 * idle.p99_ms),
+        (
+            "chat overhead p50 at c=16 (0 ms model), minus ceiling p50",
+            f"{chat.p50_ms - ceiling.p50_ms:.2f} ms",
+            "≤ 2 ms",
+            chat.p50_ms - ceiling.p50_ms <= 2,
+        ),
+        (
+            "chat overhead p99 at c=16, minus ceiling p99",
+            f"{chat.p99_ms - ceiling.p99_ms:.2f} ms",
+            "≤ 10 ms",
+            chat.p99_ms - ceiling.p99_ms <= 10,
+        ),
+        (
+            "listing throughput / ceiling (c=16, 10,000 conv.)",
+            f"{list_heavy.ratio_to_ceiling}",
+            "≥ 0.5",
+            (list_heavy.ratio_to_ceiling or 0) >= 0.5,
+        ),
+        (
+            "listing p50: 10,000 conv. / 10 conv. (c=16)",
+            f"{list_heavy.p50_ms / max(list_light.p50_ms, 1e-6):.2f}×",
+            "≤ 1.5×",
+            list_heavy.p50_ms <= 1.5 * list_light.p50_ms,
+        ),
+        (
+            "listing p99 during a login storm / idle (c=16)",
+            f"{storm.p99_ms / max(idle.p99_ms, 1e-6):.2f}×",
+            "< 2×",
+            storm.p99_ms < 2 * idle.p99_ms,
+        ),
         ("login throughput (best concurrency)", f"{login.rps:.1f}/s", "≥ 25/s", login.rps >= 25),
-        ("peak RSS per service", ", ".join(f"{k} {v} MB" for k, v in rss.items()), "≤ 80 MB",
-         all(v <= 80 for v in rss.values())),
-        ("revocation check cost (c=16): throughput with / without", f"{session.rps / max(jwt_only.rps, 1e-6):.2f}",
-         "(reported)", True),
+        (
+            "peak RSS per service",
+            ", ".join(f"{k} {v} MB" for k, v in rss.items()),
+            "≤ 80 MB",
+            all(v <= 80 for v in rss.values()),
+        ),
+        (
+            "revocation check cost (c=16): throughput with / without",
+            f"{session.rps / max(jwt_only.rps, 1e-6):.2f}",
+            "(reported)",
+            True,
+        ),
     ]
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -339,31 +427,39 @@ def summarize(results: list[Result], rss: dict[str, float], ids: dict[str, Any],
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines = [
-        "# Benchmark results", "",
-        f"- Date: {report['date']}", f"- Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']},"
+        "# Benchmark results",
+        "",
+        f"- Date: {report['date']}",
+        f"- Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']},"
         f" Python {report['machine']['python']}",
         f"- Command: `{report['command']}` ({report['seconds_per_run']} s per run, model latency"
         f" {report['model_latency_ms']} ms)",
         f"- Data: {report['data']['conversations']:,} conversations, {report['data']['messages']:,} messages"
-        f" (seeded in {report['data']['seed_seconds']} s)", "",
+        f" (seeded in {report['data']['seed_seconds']} s)",
+        "",
         "All routes go through nginx. `ratio` = throughput / the ceiling's (bare aiohttp `SELECT 1` behind the same"
-        " nginx) at the same concurrency, measured in the same run.", "",
+        " nginx) at the same concurrency, measured in the same run.",
+        "",
         "| Scenario | c | req/s | ratio | p50 ms | p95 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["results"]:
         ratio = "" if r["ratio_to_ceiling"] is None else f"{r['ratio_to_ceiling']:.3f}"
-        lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {ratio} | {r['p50_ms']} | {r['p95_ms']}"
-                     f" | {r['p99_ms']} | {r['errors']} |")
+        lines.append(
+            f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {ratio} | {r['p50_ms']} | {r['p95_ms']}"
+            f" | {r['p99_ms']} | {r['errors']} |"
+        )
     lines += ["", "## Targets", "", "| Target | Measured | Goal | Met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |"
-              for t in report["targets"]]
+    lines += [
+        f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |" for t in report["targets"]
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--heavy-conversations", type=int, default=10_000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))

@@ -239,3 +239,17 @@ async def test_title_is_first_255_characters_and_updated_at_bumps(client, user_i
     assert r.status == 200, await r.text()
     second = await db.fetchrow("SELECT title, updated_at FROM conversations")
     assert second["title"] == "t" * 255 and second["updated_at"] > first["updated_at"]
+
+
+def test_sdk_model_classes_are_built_once():
+    from mistralai.client.utils import serializers
+
+    from services.chat import sdk_models
+
+    assert sdk_models.install() is True
+    first = serializers.create_model("Unmarshaller", body=(int, ...), __config__={"populate_by_name": True})
+    again = serializers.create_model("Unmarshaller", body=(int, ...), __config__={"populate_by_name": True})
+    assert first is again and first(body=3).body == 3
+    # Anything the cache cannot key falls back to the SDK's own behaviour.
+    other = serializers.create_model("Other", body=(list[int], ...), __config__={"json_schema_extra": {"a": [1]}})
+    assert other(body=[1]).body == [1]

@@ -15,10 +15,12 @@ from mistralai.client import Mistral
 from mistralai.client.errors import MistralError, NoResponseError
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
+from services.chat import sdk_models
 from shared import ApiError, Settings, get_logger
 from shared.metrics import MODEL_CALL_FAILURES, MODEL_CALL_SECONDS
 
 log = get_logger("wibot.llm")
+sdk_models.install()
 
 LLM_CLIENT = web.AppKey("llm_client", Mistral)
 
