@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint fmt bench clean
+.PHONY: install run test lint fmt bench security fuzz clean
 
 install: $(VENV)/.installed
 
@@ -34,3 +34,11 @@ clean:
 # Benchmark through nginx (needs wrk: apt-get install wrk). Writes bench/out/results.json and bench/RESULTS.md.
 bench: install
 	$(PY) -m bench.run --markdown bench/RESULTS.md
+
+# Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
+security: install
+	$(PY) -m pytest -q tests/test_security.py tests/test_faults.py tests/test_chat_failures.py tests/test_fuzz.py
+
+# Schemathesis against our OpenAPI document through nginx: FUZZ_EXAMPLES cases per operation.
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-400} $(PY) -m pytest -q tests/test_fuzz.py

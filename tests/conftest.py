@@ -226,3 +226,14 @@ async def fake_mistral(aiohttp_server: Any) -> Any:
 @pytest.fixture
 def chat_settings(database_url: str, fake_mistral: Any) -> Settings:
     return make_settings(database_url, mistral_server_url=fake_mistral.url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.figures import FIGURES, LABELS
+
+    if not FIGURES:
+        return
+    terminalreporter.section("security figures")
+    for key, label in LABELS:
+        if key in FIGURES:
+            terminalreporter.write_line(f"{label:<40} {FIGURES[key]}")

@@ -23,6 +23,10 @@ def closed_port() -> int:
 
 
 async def assert_nothing_written(db) -> None:
+    from tests.figures import FIGURES
+
+    FIGURES["faults_injected"] += 1
+    FIGURES["rows_lost"] += await db.fetchval("SELECT count(*) FROM messages")
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0

@@ -1,0 +1,136 @@
+"""Integrity under load and under faults: concurrent chats, clients that leave, database connections killed.
+
+Assumes conftest's real PostgreSQL and fake Mistral. Figures go to `make security`'s summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from services.chat.app import create_app as chat_app
+from services.conversations.app import create_app as conversations_app
+from tests.conftest import bearer
+from tests.figures import FIGURES
+
+CHAT = "/webhook/wibot/chat"
+
+
+async def books_balance(db) -> None:
+    """Every conversation holds complete exchanges, and usage equals the tokens stored with the messages."""
+    half_written = await db.fetchval(
+        "SELECT count(*) FROM (SELECT conversation_id FROM messages GROUP BY conversation_id"
+        " HAVING count(*) FILTER (WHERE role = 'user') <> count(*) FILTER (WHERE role = 'assistant')) AS odd"
+    )
+    FIGURES["rows_lost"] += half_written
+    assert half_written == 0
+    per_user = await db.fetch(
+        "SELECT u.user_id, coalesce(t.used_tokens, 0) AS used,"
+        " (SELECT coalesce(sum(tokens), 0) FROM messages m WHERE m.user_id = u.user_id) AS stored"
+        " FROM users u LEFT JOIN user_token_usage t ON t.user_id = u.user_id"
+    )
+    leaked = [(r["user_id"], r["used"], r["stored"]) for r in per_user if r["used"] != r["stored"]]
+    FIGURES["rows_lost"] += len(leaked)
+    assert not leaked, leaked
+
+
+async def test_200_concurrent_chats_across_20_users(make_client, chat_settings, factory, db, fake_mistral):
+    client = await make_client(chat_app(chat_settings.model_copy(update={"db_pool_max": 10})))
+    users = [await factory.user(f"user{i}") for i in range(20)]
+    fake_mistral.latency_s = 0.02
+
+    async def chat(user_id: int) -> tuple[int, dict]:
+        payload = {"conversation_id": str(uuid.uuid4()), "message": f"charge {user_id}"}
+        r = await client.post(CHAT, json=payload, headers=bearer(user_id))
+        return r.status, await r.json()
+
+    results = await asyncio.gather(*[chat(users[i % 20]) for i in range(200)])
+    assert [status for status, _ in results] == [200] * 200
+    assert await db.fetchval("SELECT count(*) FROM messages") == 400
+    recorded = await db.fetchval("SELECT sum(used_tokens) FROM user_token_usage")
+    assert recorded == sum(body["tokens_used"] for _, body in results)
+    await books_balance(db)
+
+
+async def test_client_leaving_mid_chat_leaves_no_half_exchange_or_reservation(
+    make_client, chat_settings, factory, db, fake_mistral
+):
+    client = await make_client(chat_app(chat_settings))
+    user_id = await factory.user()
+    fake_mistral.hold = asyncio.Event()
+    request = asyncio.ensure_future(
+        client.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id))
+    )
+    for _ in range(200):
+        if fake_mistral.received:
+            break
+        await asyncio.sleep(0.01)
+    request.cancel()  # the client hangs up while the model is working
+    FIGURES["faults_injected"] += 1
+    fake_mistral.hold.set()
+    await asyncio.sleep(0.5)  # the server finishes (or abandons) the exchange on its own
+    assert await db.fetchval("SELECT count(*) FROM messages") in (0, 2)
+    await books_balance(db)
+
+
+async def test_killed_database_connections_fail_cleanly_and_recover(
+    make_client, chat_settings, factory, db, fake_mistral
+):
+    chat = await make_client(chat_app(chat_settings))
+    conversations = await make_client(conversations_app(chat_settings))
+    users = [await factory.user(f"user{i}") for i in range(5)]
+    fake_mistral.latency_s = 0.05
+
+    async def one(i: int) -> int:
+        user_id = users[i % 5]
+        if i % 3 == 0:
+            r = await conversations.get("/webhook/wibot/conversations", headers=bearer(user_id))
+        else:
+            r = await chat.post(
+                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+            )
+        body = await r.json()
+        if r.status != 200:
+            assert (r.status, body["code"]) == (503, "DB_UNAVAILABLE"), body
+        return r.status
+
+    async def killer() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name IN ('wibot-chat', 'wibot-conversations')"
+            )
+            FIGURES["faults_injected"] += 1
+
+    statuses, _ = await asyncio.gather(asyncio.gather(*[one(i) for i in range(60)]), killer())
+    assert set(statuses) <= {200, 503}
+    await books_balance(db)
+    # Recovered without a restart.
+    r = await chat.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(users[0]))
+    assert r.status == 200, await r.text()
+    r = await chat.get("/readyz")
+    assert r.status == 200
+
+
+@pytest.mark.parametrize("knobs", [{"failures": [500] * 1000}, {"garbage": True}, {"latency_s": 2.0}])
+async def test_model_faults_under_concurrency_refund_every_reservation(
+    make_client, chat_settings, factory, db, fake_mistral, knobs
+):
+    settings = chat_settings.model_copy(update={"mistral_timeout_s": 0.5, "mistral_retry_max_elapsed_s": 0.2})
+    client = await make_client(chat_app(settings))
+    user_id = await factory.user()
+    for name, value in knobs.items():
+        setattr(fake_mistral, name, value)
+    results = await asyncio.gather(
+        *[
+            client.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id))
+            for _ in range(10)
+        ]
+    )
+    FIGURES["faults_injected"] += len(results)
+    assert {r.status for r in results} <= {502, 503, 504}
+    assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
