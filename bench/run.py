@@ -453,6 +453,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines += [
         f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |" for t in report["targets"]
     ]
+    analysis = ROOT / "bench" / "ANALYSIS.md"
+    if analysis.exists():
+        lines += ["", analysis.read_text(encoding="utf-8")]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -68,6 +68,9 @@ class MeResponse(Response):
 # --- admin --------------------------------------------------------------------------------------------
 
 AdminRole = Literal["user", "admin"]
+# users.user_id is a SERIAL (int4); quotas are BIGINT but a trillion tokens a month is already absurd.
+UserId = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
+TokenCount = Annotated[StrictInt, Field(ge=0, le=1_000_000_000_000)]
 
 
 class AdminCreateUserRequest(Request):
@@ -75,19 +78,19 @@ class AdminCreateUserRequest(Request):
     password: StrictStr = Field(min_length=1, max_length=1024)
     email: StrictStr | None = Field(None, max_length=255)
     role: AdminRole = "user"
-    quota_tokens: StrictInt | None = Field(None, ge=0)
+    quota_tokens: TokenCount | None = None
 
 
 class AdminUpdateUserRequest(Request):
-    user_id: StrictInt
-    quota_tokens: StrictInt | None = Field(None, ge=0)
-    add_tokens: StrictInt | None = Field(None, ge=0, description="Extra tokens for the current month")
+    user_id: UserId
+    quota_tokens: TokenCount | None = None
+    add_tokens: TokenCount | None = Field(None, description="Extra tokens for the current month")
     role: AdminRole | None = None
     is_active: StrictBool | None = None
 
 
 class AdminDeleteUserRequest(Request):
-    user_id: StrictInt
+    user_id: UserId
 
 
 class AdminUser(Response):

@@ -222,3 +222,21 @@ async def test_password_change_and_deactivation_revoke_every_token(client, admin
     r = await client.put(ADMIN, headers=bearer(admin_id, role="admin"), json={"user_id": bob, "is_active": False})
     assert r.status == 200, await r.text()
     assert (await client.get("/webhook/auth/me", headers=auth(token_after))).status == 401
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"user_id": 10**15},
+        {"user_id": 0},
+        {"user_id": 2, "quota_tokens": 10**19},
+        {"user_id": 2, "add_tokens": 10**13},
+        {"user_id": "2"},
+        {"user_id": True},
+    ],
+)
+async def test_admin_update_bounds_numbers_instead_of_failing_in_sql(client, admin_id, payload):
+    # Found by the fuzzer: user_id past int4 reached PostgreSQL and came back as a 500.
+    r = await client.put(ADMIN, headers=bearer(admin_id, role="admin"), json=payload)
+    assert r.status == 400, await r.text()
+    assert (await r.json())["code"] == "VALIDATION_ERROR"

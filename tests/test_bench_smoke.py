@@ -1,0 +1,47 @@
+"""The benchmark harness works end to end (a short run: 1 s per scenario, small data). Figures not asserted:
+performance targets live in bench/, never in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_bench_harness_runs_and_reports(tmp_path, database_url):
+    env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
+    command = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--seconds",
+        "1",
+        "--heavy-conversations",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--markdown",
+        str(tmp_path / "RESULTS.md"),
+    ]
+    result = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    scenarios = {r["scenario"] for r in report["results"]}
+    assert {
+        "ceiling (SELECT 1)",
+        "login",
+        "chat, 0 ms model",
+        "list, 10,000 conversations",
+        "list during login storm",
+        "jwt + revocation check",
+    } <= scenarios
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["results"]), report["results"]
+    assert set(report["peak_rss_mb"]) == {"auth", "chat", "conversations"}
+    assert "| Scenario |" in (tmp_path / "RESULTS.md").read_text()
