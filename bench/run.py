@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,37 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from devtools.stack import Topology, procfile, write_nginx_main
+from devtools.stack import Topology, free_ports, procfile, wait_for_port, with_database, write_nginx_main
 from shared import apply_schema, issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "wrk_report.lua"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CONCURRENCY = (1, 16, 64)
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -215,10 +193,6 @@ def peak_rss_mb(pids: dict[str, int]) -> dict[str, float]:
 
 
 # --- orchestration ------------------------------------------------------------------------------------
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def recreate_database(server_url: str, name: str) -> str:

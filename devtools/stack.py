@@ -278,7 +278,7 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     if private_pg:
         proc = subprocess.Popen(private_pg.split())
         try:
-            _wait_for_port(PRIVATE_PG_PORT)
+            wait_for_port(PRIVATE_PG_PORT)
             asyncio.run(ensure_database(url))
         finally:
             proc.terminate()
@@ -291,12 +291,23 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     return RUN_DIR / "Procfile", extra
 
 
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback right now (the routed tests and the benchmark run beside `make run`)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [int(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not port_open("127.0.0.1", port):
         if time.monotonic() > deadline:
-            sys.exit(f"Nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-        time.sleep(0.2)
+            raise TimeoutError(f"Nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def main(argv: list[str]) -> int:

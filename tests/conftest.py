@@ -12,7 +12,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import bcrypt
@@ -20,16 +19,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from devtools.stack import with_database
 from shared import Settings, apply_schema, issue_token
 from shared.logs import configure_logging
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +38,7 @@ def database_url() -> Iterator[str]:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        conn = await asyncpg.connect(_with_database(admin_url, name))
+        conn = await asyncpg.connect(with_database(admin_url, name))
         try:
             await apply_schema(conn)
         finally:
@@ -60,7 +55,7 @@ def database_url() -> Iterator[str]:
     # INFO, once: structlog caches loggers, and tests read the access and failure lines from stdout.
     configure_logging(level="INFO", fmt="json", service="tests")
     try:
-        yield _with_database(admin_url, name)
+        yield with_database(admin_url, name)
     finally:
         asyncio.run(drop())
 

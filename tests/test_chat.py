@@ -253,3 +253,23 @@ def test_sdk_model_classes_are_built_once():
     # Anything the cache cannot key falls back to the SDK's own behaviour.
     other = serializers.create_model("Other", body=(list[int], ...), __config__={"json_schema_extra": {"a": [1]}})
     assert other(body=[1]).body == [1]
+
+
+async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(
+    client, factory, db, fake_mistral
+):
+    import asyncio
+
+    me, other = await factory.user("me"), await factory.user("other")
+    fake_mistral.hold = asyncio.Event()
+    pending = asyncio.ensure_future(
+        client.post(CHAT, json={"conversation_id": CID, "message": "à moi ?"}, headers=bearer(me)))
+    while not fake_mistral.received:
+        await asyncio.sleep(0.01)
+    await factory.conversation(other, conversation_id=uuid.UUID(CID), title="à l'autre")  # the race
+    fake_mistral.hold.set()
+    r = await pending
+    assert r.status == 403, await r.text()
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert await db.fetchval("SELECT title FROM conversations") == "à l'autre"
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", me) == 0  # refunded

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
+from devtools.stack import free_ports
 from services.chat.app import create_app
 from tests.conftest import bearer
 
@@ -17,9 +16,7 @@ BAD_REPLY = "Le service IA a renvoyé une réponse inexploitable. Réessayez dan
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]  # free a moment ago: nothing listens there
 
 
 async def assert_nothing_written(db) -> None:

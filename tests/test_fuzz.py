@@ -1,6 +1,6 @@
 """Schemathesis against our own OpenAPI document, over HTTP through nginx, with a valid admin token.
 
-FUZZ_EXAMPLES (default 5: a smoke run in `make test`) sets the examples per operation; `make fuzz` runs 150
+FUZZ_EXAMPLES (default 5: a smoke run in `make test`) sets the examples per operation; `make fuzz` runs 300
 (over 5,000 cases). Logout is left out: it would revoke the token the fuzzer is using.
 Checks: no 5xx, and every response conforms to the documented schema.
 """

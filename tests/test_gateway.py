@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,31 +23,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from devtools.stack import Topology, write_nginx_main
+from devtools.stack import Topology, free_ports, wait_for_port, write_nginx_main
 from tests.conftest import TEST_SECRET, bearer
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://localhost:3000"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} never opened")
 
 
 @dataclass

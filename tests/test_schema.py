@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from devtools.stack import with_database
 from shared import apply_schema, create_pool
 from shared.contracts import format_utc
 from tests.conftest import SERVER_URL, make_settings
@@ -49,7 +49,7 @@ async def scratch_db():
     name = f"wibot_scratch_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(SERVER_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
+    url = with_database(SERVER_URL, name)
     try:
         yield name, url
     finally:

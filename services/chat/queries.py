@@ -1,28 +1,36 @@
 """SQL owned by the chat service."""
 
-CONVERSATION_OWNER_SQL = "SELECT user_id FROM conversations WHERE conversation_id = $1"
-
-# The spec's query returns the FIRST 10 messages; memory wants the LAST N, given back in chronological order.
-LAST_MESSAGES_SQL = """
-SELECT role, content
-FROM (
-    SELECT message_id, role, content, created_at
-    FROM messages
-    WHERE conversation_id = $1
-    ORDER BY created_at DESC, message_id DESC
-    LIMIT $2
-) AS last_messages
-ORDER BY created_at, message_id
+# Owner and memory in one round trip. No row: the conversation does not exist yet. The spec's query returns
+# the FIRST 10 messages; memory wants the LAST N ($3), given back in chronological order (ties: message_id).
+# Messages are only read when the caller ($2) owns the conversation.
+MEMORY_SQL = """
+SELECT c.user_id AS owner, last_messages.role, last_messages.content
+FROM conversations c
+LEFT JOIN LATERAL (
+    SELECT m.message_id, m.role, m.content, m.created_at
+    FROM messages m
+    WHERE m.conversation_id = c.conversation_id AND c.user_id = $2
+    ORDER BY m.created_at DESC, m.message_id DESC
+    LIMIT $3
+) AS last_messages ON true
+WHERE c.conversation_id = $1
+ORDER BY last_messages.created_at, last_messages.message_id
 """
 
-ENSURE_USAGE_ROW_SQL = """
-INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
-VALUES ($1, $2, 0, $3)
-ON CONFLICT (user_id, month) DO NOTHING
-"""
-
-READ_USAGE_SQL = """
-SELECT used_tokens, quota_tokens FROM user_token_usage WHERE user_id = $1 AND month = $2
+# This month's row, created with the default quota ($3) on first use; one round trip either way. Two first
+# uses racing: the loser's INSERT does nothing and its snapshot saw no row, so it gets no row and reads again.
+READ_OR_CREATE_USAGE_SQL = """
+WITH existing AS (
+    SELECT used_tokens, quota_tokens FROM user_token_usage WHERE user_id = $1 AND month = $2
+), created AS (
+    INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
+    SELECT $1, $2, 0, $3 WHERE NOT EXISTS (SELECT 1 FROM existing)
+    ON CONFLICT (user_id, month) DO NOTHING
+    RETURNING used_tokens, quota_tokens
+)
+SELECT used_tokens, quota_tokens FROM existing
+UNION ALL
+SELECT used_tokens, quota_tokens FROM created
 """
 
 # One conditional UPDATE: the row lock makes concurrent reservations queue, and each re-checks the condition
@@ -40,29 +48,38 @@ SET used_tokens = GREATEST(used_tokens - $3, 0)
 WHERE user_id = $1 AND month = $2
 """
 
-# Replace the reservation ($3) by the real usage ($4); past the reservation, charge only what the quota
-# still holds, so used_tokens never exceeds quota_tokens.
-SETTLE_TOKENS_SQL = """
-UPDATE user_token_usage
-SET used_tokens = used_tokens - $3 + LEAST($4, $3 + GREATEST(quota_tokens - used_tokens, 0))
-WHERE user_id = $1 AND month = $2
-RETURNING used_tokens, quota_tokens
-"""
-
-# The spec's upsert lets anyone append to anyone's conversation; the WHERE makes it a no-op (no row
-# returned) when the conversation belongs to someone else.
-UPSERT_CONVERSATION_SQL = """
-INSERT INTO conversations (conversation_id, user_id, title, created_at, updated_at)
-VALUES ($1, $2, $3, NOW() AT TIME ZONE 'UTC', NOW() AT TIME ZONE 'UTC')
-ON CONFLICT (conversation_id) DO UPDATE
-    SET updated_at = NOW() AT TIME ZONE 'UTC',
-        title = COALESCE(conversations.title, EXCLUDED.title)
-    WHERE conversations.user_id = EXCLUDED.user_id
-RETURNING conversation_id
-"""
-
-INSERT_EXCHANGE_SQL = """
-INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at)
-VALUES ($1, $2, 'user', $3, $4, $5, $6),
-       ($1, $2, 'assistant', $7, $8, NULL, NOW() AT TIME ZONE 'UTC')
+# save_exchange, in ONE statement (one round trip, one implicit transaction: all of it or none of it):
+#   1. upsert the conversation; the spec's upsert let anyone append to anyone's conversation, the WHERE makes
+#      it a no-op (no row) when the conversation belongs to someone else;
+#   2. insert the user message ($3, tokens $4, attachments $5, received at $6) and the assistant's ($7, $8),
+#      only if 1 returned a row;
+#   3. settle the usage: replace the reservation ($10) by the real usage ($11); past the reservation, charge
+#      only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if 1 returned a row.
+# `owned` is false when the conversation is someone else's: nothing was written, the caller refunds.
+SAVE_EXCHANGE_SQL = """
+WITH conversation AS (
+    INSERT INTO conversations (conversation_id, user_id, title, created_at, updated_at)
+    VALUES ($1, $2, $9, NOW() AT TIME ZONE 'UTC', NOW() AT TIME ZONE 'UTC')
+    ON CONFLICT (conversation_id) DO UPDATE
+        SET updated_at = NOW() AT TIME ZONE 'UTC',
+            title = COALESCE(conversations.title, EXCLUDED.title)
+        WHERE conversations.user_id = EXCLUDED.user_id
+    RETURNING conversation_id
+), exchange AS (
+    INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at)
+    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp FROM conversation
+    UNION ALL
+    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC' FROM conversation
+    RETURNING message_id
+), settled AS (
+    UPDATE user_token_usage
+    SET used_tokens = used_tokens - $10::bigint + LEAST($11::bigint, $10::bigint + GREATEST(quota_tokens - used_tokens, 0))
+    WHERE user_id = $2 AND month = $12::date AND EXISTS (SELECT 1 FROM conversation)
+    RETURNING used_tokens, quota_tokens
+)
+SELECT EXISTS (SELECT 1 FROM conversation) AS owned,
+       (SELECT count(*) FROM exchange) AS messages_written,
+       settled.used_tokens, settled.quota_tokens
+FROM (SELECT 1) AS one
+LEFT JOIN settled ON true
 """

@@ -53,9 +53,11 @@ async def reserve_quota(
     pool: asyncpg.Pool, *, user_id: int, month: date, prompt_tokens: int, max_tokens: int, default_quota: int
 ) -> Reservation:
     """Hold prompt + reply budget atomically, or raise the 429. The reply budget shrinks to what remains."""
-    await pool.execute(queries.ENSURE_USAGE_ROW_SQL, user_id, month, default_quota)
+    usage = Usage(0, default_quota)
     for _ in range(MAX_RESERVE_ATTEMPTS):
-        row = await pool.fetchrow(queries.READ_USAGE_SQL, user_id, month)
+        row = await pool.fetchrow(queries.READ_OR_CREATE_USAGE_SQL, user_id, month, default_quota)
+        if row is None:  # lost a first-use race: the row exists now
+            continue
         usage = Usage(row["used_tokens"], row["quota_tokens"])
         completion_budget = min(max_tokens, usage.remaining - prompt_tokens)
         if completion_budget < MIN_COMPLETION_TOKENS:
@@ -72,10 +74,3 @@ async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:
     await asyncio.shield(
         pool.execute(queries.REFUND_TOKENS_SQL, reservation.user_id, reservation.month, reservation.tokens)
     )
-
-
-async def settle(conn: asyncpg.Connection, reservation: Reservation, tokens_used: int) -> Usage:
-    row = await conn.fetchrow(
-        queries.SETTLE_TOKENS_SQL, reservation.user_id, reservation.month, reservation.tokens, tokens_used
-    )
-    return Usage(row["used_tokens"], row["quota_tokens"])

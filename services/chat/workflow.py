@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from services.chat import queries
-from services.chat.quota import Reservation, Usage, settle
+from services.chat.quota import Reservation, Usage
 from shared import FORBIDDEN_CONVERSATION_MESSAGE, ApiError, Settings
 from shared.contracts import ChatRequest, FileAttachment
 
@@ -42,14 +41,10 @@ def check_limits(body: ChatRequest, settings: Settings) -> list[FileAttachment]:
 
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> list[dict[str, str]]:
     """The last `window` messages, oldest first; 403 if the conversation is someone else's."""
-    async with pool.acquire() as conn:
-        owner = await conn.fetchval(queries.CONVERSATION_OWNER_SQL, conversation_id)
-        if owner is None:
-            return []
-        if owner != user_id:
-            raise forbidden()
-        rows = await conn.fetch(queries.LAST_MESSAGES_SQL, conversation_id, window)
-    return [{"role": row["role"], "content": row["content"]} for row in rows]
+    rows = await pool.fetch(queries.MEMORY_SQL, conversation_id, user_id, window)
+    if rows and rows[0]["owner"] != user_id:
+        raise forbidden()
+    return [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
 
 
 def prepare_context(
@@ -75,28 +70,26 @@ class Exchange:
 
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
-    """One transaction: conversation, both messages, settled usage. All of it or none of it."""
-    attachments: list[dict[str, Any]] | None = [
-        {"name": f.name, "size": len(f.content.encode("utf-8"))} for f in exchange.files
-    ] or None
-    async with pool.acquire() as conn, conn.transaction():
-        upserted = await conn.fetchval(
-            queries.UPSERT_CONVERSATION_SQL, exchange.conversation_id, exchange.user_id, exchange.message[:255]
-        )
-        if upserted is None:  # created by someone else while the model was answering
-            raise forbidden()
-        await conn.execute(
-            queries.INSERT_EXCHANGE_SQL,
-            exchange.conversation_id,
-            exchange.user_id,
-            exchange.message,
-            exchange.total_tokens - exchange.completion_tokens,
-            attachments,
-            exchange.received_at,
-            exchange.reply,
-            exchange.completion_tokens,
-        )
-        return await settle(conn, reservation, exchange.total_tokens)
+    """Conversation, both messages and the settled usage: one statement, all of it or none of it."""
+    attachments = [{"name": f.name, "size": len(f.content.encode("utf-8"))} for f in exchange.files] or None
+    row = await pool.fetchrow(
+        queries.SAVE_EXCHANGE_SQL,
+        exchange.conversation_id,
+        exchange.user_id,
+        exchange.message,
+        exchange.total_tokens - exchange.completion_tokens,
+        attachments,
+        exchange.received_at,
+        exchange.reply,
+        exchange.completion_tokens,
+        exchange.message[:255],
+        reservation.tokens,
+        exchange.total_tokens,
+        reservation.month,
+    )
+    if not row["owned"]:  # created by someone else while the model was answering
+        raise forbidden()
+    return Usage(row["used_tokens"], row["quota_tokens"])
 
 
 def utc_now() -> datetime:
