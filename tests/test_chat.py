@@ -255,15 +255,14 @@ def test_sdk_model_classes_are_built_once():
     assert other(body=[1]).body == [1]
 
 
-async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(
-    client, factory, db, fake_mistral
-):
+async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(client, factory, db, fake_mistral):
     import asyncio
 
     me, other = await factory.user("me"), await factory.user("other")
     fake_mistral.hold = asyncio.Event()
     pending = asyncio.ensure_future(
-        client.post(CHAT, json={"conversation_id": CID, "message": "à moi ?"}, headers=bearer(me)))
+        client.post(CHAT, json={"conversation_id": CID, "message": "à moi ?"}, headers=bearer(me))
+    )
     while not fake_mistral.received:
         await asyncio.sleep(0.01)
     await factory.conversation(other, conversation_id=uuid.UUID(CID), title="à l'autre")  # the race

@@ -73,7 +73,8 @@ WITH conversation AS (
     RETURNING message_id
 ), settled AS (
     UPDATE user_token_usage
-    SET used_tokens = used_tokens - $10::bigint + LEAST($11::bigint, $10::bigint + GREATEST(quota_tokens - used_tokens, 0))
+    SET used_tokens = used_tokens - $10::bigint
+                      + LEAST($11::bigint, $10::bigint + GREATEST(quota_tokens - used_tokens, 0))
     WHERE user_id = $2 AND month = $12::date AND EXISTS (SELECT 1 FROM conversation)
     RETURNING used_tokens, quota_tokens
 )
