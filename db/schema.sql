@@ -101,3 +101,15 @@ CREATE TABLE IF NOT EXISTS quota_alerts (
     sent_at    TIMESTAMP NOT NULL DEFAULT (NOW() AT TIME ZONE 'UTC'),
     PRIMARY KEY (user_id, month, threshold)
 );
+
+-- Tokens held for chats whose model call is in flight. A reservation is settled (deleted) by the exchange's
+-- save or refunded (deleted) on failure, each at most once; one left behind by a crashed process is
+-- refunded by the chat service's sweeper after a timeout.
+CREATE TABLE IF NOT EXISTS token_reservations (
+    reservation_id  UUID PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    month           DATE NOT NULL,
+    tokens          BIGINT NOT NULL,
+    created_at      TIMESTAMP NOT NULL DEFAULT (NOW() AT TIME ZONE 'UTC')
+);
+CREATE INDEX IF NOT EXISTS idx_token_reservations_created ON token_reservations(created_at);

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     chat_files_max_bytes: int = Field(2 * 1024 * 1024, ge=0, description="Total UTF-8 size of files[].content")
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
+    reservation_stale_after_s: float = Field(
+        300.0, gt=0, description="A quota reservation older than this belongs to a dead request: refunded"
+    )
     system_prompt_file: Path | None = Field(None, description="Replaces the built-in WIBOT system prompt")
 
     # --- model ----------------------------------------------------------------------------------

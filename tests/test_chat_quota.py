@@ -152,3 +152,55 @@ async def test_no_database_connection_is_held_during_the_model_call(make_client,
     assert len(fake_mistral.received) == 2
     fake_mistral.hold.set()
     assert [r.status for r in await asyncio.gather(*tasks)] == [200, 200]
+
+
+async def test_stale_reservations_of_dead_requests_are_refunded(make_client, chat_settings, factory, db):
+    from services.chat.quota import sweep_stale_reservations
+    from shared import create_pool
+
+    alive, dead = await factory.user("alive"), await factory.user("dead")
+    await factory.usage(alive, used=1_000)
+    await factory.usage(dead, used=3_500)
+    # A process died mid-chat 10 minutes ago holding 2,500 tokens of `dead`; `alive` holds 700 right now.
+    await db.execute(
+        "INSERT INTO token_reservations (reservation_id, user_id, month, tokens, created_at) VALUES"
+        " (gen_random_uuid(), $1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 2500,"
+        "  NOW() AT TIME ZONE 'UTC' - INTERVAL '10 minutes'),"
+        " (gen_random_uuid(), $2, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 700, NOW() AT TIME ZONE 'UTC')",
+        dead,
+        alive,
+    )
+    pool = await create_pool(chat_settings, application_name="test-sweeper")
+    try:
+        assert await sweep_stale_reservations(pool, older_than_s=300) == 2500
+        assert await sweep_stale_reservations(pool, older_than_s=300) == 0  # once only
+    finally:
+        await pool.close()
+    used = dict(await db.fetch("SELECT user_id, used_tokens FROM user_token_usage"))
+    assert used == {alive: 1_000, dead: 1_000}
+    assert await db.fetchval("SELECT count(*) FROM token_reservations") == 1
+
+
+async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_settings, factory, db, fake_mistral):
+    import asyncio
+
+    from services.chat import quota
+    from shared import create_pool
+
+    user_id = await factory.user()
+    pool = await create_pool(chat_settings, application_name="test-refund")
+    try:
+        reservation = await quota.reserve_quota(
+            pool,
+            user_id=user_id,
+            month=(await db.fetchval("SELECT DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date")),
+            prompt_tokens=100,
+            max_tokens=400,
+            default_quota=50_000,
+        )
+        assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 500
+        await asyncio.gather(quota.refund(pool, reservation), quota.refund(pool, reservation))
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 0
+    assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 from aiohttp import web
 
-from services.chat import views
+from services.chat import quota, views
 from services.chat.alerts import alerts_context
 from services.chat.keys import PROMPT_TEMPLATE
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompt_template
-from shared import Settings, base_app
+from shared import AppKeys, Settings, base_app, get_logger
 from shared.contracts import ChatRequest, ChatResponse
 from shared.openapi import Route, add_routes
+
+log = get_logger("wibot.chat")
 
 DEFAULT_PORT = 8002
 
@@ -34,5 +41,39 @@ def create_app(settings: Settings) -> web.Application:
     app[PROMPT_TEMPLATE] = load_prompt_template(settings.system_prompt_file)
     app.cleanup_ctx.append(llm_context(settings))
     app.cleanup_ctx.append(alerts_context(settings))
+    app.cleanup_ctx.append(reservation_sweeper(settings))
     add_routes(app, ROUTES)
+    app.on_shutdown.append(_finish_refunds)
     return app
+
+
+async def _finish_refunds(app: web.Application) -> None:
+    await quota.wait_for_deferred_refunds()
+
+
+SWEEP_EVERY_S = 60.0
+
+
+def reservation_sweeper(settings: Settings) -> Any:
+    """Every minute, any chat process refunds reservations left behind by a process that died."""
+
+    async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(SWEEP_EVERY_S)
+                try:
+                    await quota.sweep_stale_reservations(
+                        app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s
+                    )
+                except Exception:  # never let the sweeper die: the next round retries
+                    log.exception("reservation_sweep_failed")
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return _sweeper_ctx

@@ -35,17 +35,45 @@ SELECT used_tokens, quota_tokens FROM created
 
 # One conditional UPDATE: the row lock makes concurrent reservations queue, and each re-checks the condition
 # against the committed value, so the quota cannot be overspent (../shared/FACTS.md: the measured race).
+# The reservation ($4, chosen by the caller) is recorded in the same statement, so that settling or
+# refunding it later happens exactly once, even when an answer from the database is lost on the way.
 RESERVE_TOKENS_SQL = """
-UPDATE user_token_usage
-SET used_tokens = used_tokens + $3
-WHERE user_id = $1 AND month = $2 AND used_tokens + $3 <= quota_tokens
-RETURNING used_tokens, quota_tokens
+WITH reserved AS (
+    UPDATE user_token_usage
+    SET used_tokens = used_tokens + $3
+    WHERE user_id = $1 AND month = $2 AND used_tokens + $3 <= quota_tokens
+    RETURNING user_id, month
+)
+INSERT INTO token_reservations (reservation_id, user_id, month, tokens)
+SELECT $4, user_id, month, $3 FROM reserved
+RETURNING reservation_id
 """
 
+# Idempotent: a reservation already settled, refunded or never recorded changes nothing.
 REFUND_TOKENS_SQL = """
-UPDATE user_token_usage
-SET used_tokens = GREATEST(used_tokens - $3, 0)
-WHERE user_id = $1 AND month = $2
+WITH released AS (
+    DELETE FROM token_reservations WHERE reservation_id = $1 RETURNING user_id, month, tokens
+)
+UPDATE user_token_usage u
+SET used_tokens = GREATEST(u.used_tokens - released.tokens, 0)
+FROM released
+WHERE u.user_id = released.user_id AND u.month = released.month
+"""
+
+# Reservations older than $1 seconds belong to requests that died with their process: give them back.
+SWEEP_STALE_RESERVATIONS_SQL = """
+WITH stale AS (
+    DELETE FROM token_reservations
+    WHERE created_at < (NOW() AT TIME ZONE 'UTC') - make_interval(secs => $1)
+    RETURNING user_id, month, tokens
+), per_user AS (
+    SELECT user_id, month, sum(tokens) AS tokens FROM stale GROUP BY user_id, month
+)
+UPDATE user_token_usage u
+SET used_tokens = GREATEST(u.used_tokens - per_user.tokens, 0)
+FROM per_user
+WHERE u.user_id = per_user.user_id AND u.month = per_user.month
+RETURNING u.user_id, per_user.tokens
 """
 
 # save_exchange, in ONE statement (one round trip, one implicit transaction: all of it or none of it):
@@ -53,8 +81,9 @@ WHERE user_id = $1 AND month = $2
 #      it a no-op (no row) when the conversation belongs to someone else;
 #   2. insert the user message ($3, tokens $4, attachments $5, received at $6) and the assistant's ($7, $8),
 #      only if 1 returned a row;
-#   3. settle the usage: replace the reservation ($10) by the real usage ($11); past the reservation, charge
-#      only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if 1 returned a row.
+#   3. settle the usage: release the reservation ($10) and charge the real usage ($11) instead; past the
+#      reservation, charge only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if
+#      1 returned a row. A reservation already swept away (a very slow model) counts as 0 held.
 # `owned` is false when the conversation is someone else's: nothing was written, the caller refunds.
 SAVE_EXCHANGE_SQL = """
 WITH conversation AS (
@@ -71,10 +100,15 @@ WITH conversation AS (
     UNION ALL
     SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC' FROM conversation
     RETURNING message_id
+), released AS (
+    DELETE FROM token_reservations
+    WHERE reservation_id = $10 AND EXISTS (SELECT 1 FROM conversation)
+    RETURNING tokens
 ), settled AS (
     UPDATE user_token_usage
-    SET used_tokens = used_tokens - $10::bigint
-                      + LEAST($11::bigint, $10::bigint + GREATEST(quota_tokens - used_tokens, 0))
+    SET used_tokens = used_tokens - held.tokens
+                      + LEAST($11::bigint, held.tokens + GREATEST(quota_tokens - used_tokens, 0))
+    FROM (SELECT COALESCE((SELECT tokens FROM released), 0) AS tokens) AS held
     WHERE user_id = $2 AND month = $12::date AND EXISTS (SELECT 1 FROM conversation)
     RETURNING used_tokens, quota_tokens
 )

@@ -1,4 +1,9 @@
-"""Monthly token quota: reserve before the model call, settle after, refund on failure."""
+"""Monthly token quota: reserve before the model call, settle after, refund on failure.
+
+Each reservation is a row (token_reservations) written in the same statement as the quota update, so that
+settling (save_exchange) or refunding it happens exactly once, even when the database's answer is lost
+(a restart, a killed connection): a refund of an unknown or already-settled reservation changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ import asyncio
 import math
 from dataclasses import dataclass
 from datetime import date
+from uuid import UUID, uuid4
 
 import asyncpg
 
 from services.chat import queries
-from shared import ApiError
+from shared import DB_UNAVAILABLE_ERRORS, ApiError, get_logger
 from shared.metrics import QUOTA_REJECTIONS
+
+log = get_logger("wibot.quota")
 
 # Below this many tokens of room for the reply, calling the model is pointless: answer 429 instead.
 MIN_COMPLETION_TOKENS = 16
@@ -24,6 +32,7 @@ MAX_RESERVE_ATTEMPTS = 20
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    reservation_id: UUID
     user_id: int
     month: date
     tokens: int  # held on the user's quota until settled or refunded
@@ -62,15 +71,66 @@ async def reserve_quota(
         completion_budget = min(max_tokens, usage.remaining - prompt_tokens)
         if completion_budget < MIN_COMPLETION_TOKENS:
             raise quota_exceeded(usage.quota_tokens)
-        tokens = prompt_tokens + completion_budget
-        if await pool.fetchrow(queries.RESERVE_TOKENS_SQL, user_id, month, tokens) is not None:
-            return Reservation(user_id, month, tokens, completion_budget)
+        reservation = Reservation(uuid4(), user_id, month, prompt_tokens + completion_budget, completion_budget)
+        try:
+            recorded = await pool.fetchval(
+                queries.RESERVE_TOKENS_SQL, user_id, month, reservation.tokens, reservation.reservation_id
+            )
+        except (TimeoutError, *DB_UNAVAILABLE_ERRORS):
+            # The answer was lost, not necessarily the reservation: give it back if it was made.
+            await refund(pool, reservation)
+            raise
+        if recorded is not None:
+            return reservation
         # Someone else took the room between our read and our update: read again.
     raise quota_exceeded(usage.quota_tokens)
 
 
 async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:
-    # Shielded: a cancelled request (client gone) must still give its reservation back.
-    await asyncio.shield(
-        pool.execute(queries.REFUND_TOKENS_SQL, reservation.user_id, reservation.month, reservation.tokens)
-    )
+    """Give the reservation back. If the database is unreachable right now (that may be why we refund), retry
+    in the background until it answers: a reservation must not stay charged to the user."""
+    try:
+        # Shielded: a cancelled request (client gone) must still give its reservation back.
+        await asyncio.shield(_refund_once(pool, reservation))
+    except (TimeoutError, *DB_UNAVAILABLE_ERRORS) as exc:
+        log.warning("refund_deferred", user_id=reservation.user_id, tokens=reservation.tokens, exc=repr(exc))
+        task = asyncio.get_running_loop().create_task(_refund_later(pool, reservation))
+        _deferred_refunds.add(task)
+        task.add_done_callback(_deferred_refunds.discard)
+
+
+_deferred_refunds: set[asyncio.Task[None]] = set()
+REFUND_RETRY_FOR_S = 600.0
+
+
+async def _refund_once(pool: asyncpg.Pool, reservation: Reservation) -> None:
+    await pool.execute(queries.REFUND_TOKENS_SQL, reservation.reservation_id)
+
+
+async def _refund_later(pool: asyncpg.Pool, reservation: Reservation) -> None:
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + REFUND_RETRY_FOR_S, 0.2
+    while loop.time() < deadline:
+        await asyncio.sleep(delay)
+        try:
+            await _refund_once(pool, reservation)
+        except (TimeoutError, *DB_UNAVAILABLE_ERRORS):
+            delay = min(delay * 2, 5.0)
+            continue
+        log.info("refund_recovered", user_id=reservation.user_id, tokens=reservation.tokens)
+        return
+    log.error("refund_lost", user_id=reservation.user_id, tokens=reservation.tokens, month=str(reservation.month))
+
+
+async def wait_for_deferred_refunds(within_s: float = 5.0) -> None:
+    """At shutdown: give pending refunds a last chance."""
+    if _deferred_refunds:
+        await asyncio.wait(_deferred_refunds, timeout=within_s)
+
+
+async def sweep_stale_reservations(pool: asyncpg.Pool, *, older_than_s: float) -> int:
+    """Refund reservations whose request died with its process (crash, kill -9); returns tokens given back."""
+    rows = await pool.fetch(queries.SWEEP_STALE_RESERVATIONS_SQL, older_than_s)
+    for row in rows:
+        log.warning("stale_reservation_refunded", user_id=row["user_id"], tokens=row["tokens"])
+    return sum(row["tokens"] for row in rows)

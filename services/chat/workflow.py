@@ -83,7 +83,7 @@ async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Res
         exchange.reply,
         exchange.completion_tokens,
         exchange.message[:255],
-        reservation.tokens,
+        reservation.reservation_id,
         exchange.total_tokens,
         reservation.month,
     )
