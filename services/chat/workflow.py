@@ -1,8 +1,8 @@
-"""Workflow chat_main, one step per node of the n8n diagram it replaces.
+"""Workflow chat_main, one step per node of the n8n diagram it replaces (`run_chat` reads top to bottom).
 
-verify token → validate → load memory (ownership) → prepare context → reserve quota → call model
-→ save exchange → respond. The quota is reserved once the prompt is known (its size is part of the
-estimate); no database connection is held while the model works.
+verify token (the view's decorator) → validate → load memory (ownership) → prepare context → reserve quota
+→ call model → save exchange → respond. The quota is reserved once the prompt is known (its size is part of
+the estimate); no database connection is held while the model works.
 """
 
 from __future__ import annotations
@@ -12,11 +12,74 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
+from mistralai.client import Mistral
 
-from services.chat import queries
+from services.chat import alerts, llm, queries, quota
+from services.chat.prompt import render_system_prompt
 from services.chat.quota import Reservation, Usage
-from shared import FORBIDDEN_CONVERSATION_MESSAGE, ApiError, Settings
-from shared.contracts import ChatRequest, FileAttachment
+from shared import FORBIDDEN_CONVERSATION_MESSAGE, ApiError, CurrentUser, Settings, current_month
+from shared.contracts import ChatRequest, ChatResponse, FileAttachment
+from shared.metrics import TOKENS_SPENT
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDeps:
+    """What the workflow works with, taken from the application once per request."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    llm_client: Mistral
+    prompt_template: str
+    alert_sender: alerts.AlertSender
+
+
+async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, received_at: datetime) -> ChatResponse:
+    settings, pool = deps.settings, deps.pool
+    files = check_limits(body, settings)
+    history = await load_memory(
+        pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
+    )
+    messages = prepare_context(render_system_prompt(deps.prompt_template), history, body.message, files)
+    reservation = await quota.reserve_quota(
+        pool,
+        user_id=user.user_id,
+        month=current_month(),
+        prompt_tokens=quota.estimate_prompt_tokens([m["content"] for m in messages]),
+        max_tokens=settings.mistral_max_tokens,
+        default_quota=settings.default_quota_tokens,
+    )
+    try:
+        reply = await llm.complete(
+            deps.llm_client,
+            settings,
+            model=settings.model_for_mode(body.mode),
+            messages=messages,
+            max_tokens=reservation.max_completion_tokens,
+        )
+        exchange = Exchange(
+            body.conversation_id,
+            user.user_id,
+            body.message,
+            files,
+            received_at,
+            reply.text,
+            reply.total_tokens,
+            reply.completion_tokens,
+        )
+        usage = await save_exchange(pool, exchange, reservation)
+    except BaseException:  # the model failed, the save failed, or the client left: give the tokens back
+        await quota.refund(pool, reservation)
+        raise
+    TOKENS_SPENT.inc(reply.total_tokens)
+    await alerts.notify_quota_thresholds(
+        pool, deps.alert_sender, user_id=user.user_id, username=user.username, month=reservation.month, usage=usage
+    )
+    return ChatResponse(
+        response=reply.text,
+        tokens_used=reply.total_tokens,
+        tokens_remaining=usage.remaining,
+        conversation_id=body.conversation_id,
+    )
 
 
 def forbidden() -> ApiError:
