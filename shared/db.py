@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
@@ -10,7 +11,10 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from shared.logs import get_logger
 from shared.settings import Settings
+
+log = get_logger("wibot.db")
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "db" / "schema.sql"
 
@@ -47,13 +51,28 @@ async def create_pool(settings: Settings, *, application_name: str) -> asyncpg.P
     return pool
 
 
+async def create_pool_when_ready(settings: Settings, *, application_name: str) -> asyncpg.Pool:
+    """At start-up the database may still be starting (make run, docker compose): wait for it a while."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + settings.db_startup_wait_s, 0.2
+    while True:
+        try:
+            return await create_pool(settings, application_name=application_name)
+        except DB_UNAVAILABLE_ERRORS as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("database_not_ready", exc=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def pool_context(
     key: web.AppKey[asyncpg.Pool], settings: Settings, *, application_name: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup_ctx that opens the pool at start-up and closes it at shutdown."""
 
     async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings, application_name=application_name)
+        pool = await create_pool_when_ready(settings, application_name=application_name)
         app[key] = pool
         try:
             yield

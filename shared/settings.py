@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0, description="Per-statement timeout (client side)")
+    db_startup_wait_s: float = Field(30.0, ge=0, description="How long a starting service waits for the database")
 
     # --- HTTP limits ----------------------------------------------------------------------------
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")

@@ -131,3 +131,23 @@ async def test_postgres_restart_under_load(private_cluster, make_client, fake_mi
         await books_balance(conn)
     finally:
         await conn.close()
+
+
+async def test_a_service_started_before_its_database_waits_for_it(private_cluster):
+    from shared.db import create_pool_when_ready
+
+    server_url, ctl = private_cluster
+    await asyncio.to_thread(ctl, "-m", "fast", "stop")
+    settings = make_settings(server_url, db_startup_wait_s=30)
+    waiting = asyncio.ensure_future(create_pool_when_ready(settings, application_name="test-startup"))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # still waiting, not crashed
+    await asyncio.to_thread(ctl, "start")
+    pool = await asyncio.wait_for(waiting, timeout=30)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+    gave_up = make_settings(f"postgresql://postgres@127.0.0.1:{free_ports(1)[0]}/x", db_startup_wait_s=0.3)
+    with pytest.raises(OSError):
+        await create_pool_when_ready(gave_up, application_name="test-startup")
