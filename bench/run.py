@@ -247,8 +247,12 @@ def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subpro
     processes["ceiling"] = subprocess.Popen(
         [sys.executable, "-m", "bench.ceiling", "--port", str(ceiling)], cwd=ROOT, stdout=subprocess.DEVNULL
     )
-    for port in (gateway, auth, chat, conversations, fake, ceiling):
-        wait_for_port(port)
+    try:
+        for port in (gateway, auth, chat, conversations, fake, ceiling):
+            wait_for_port(port)
+    except TimeoutError:
+        stop_stack(processes)
+        raise
     return f"http://127.0.0.1:{gateway}", processes, [auth, chat, conversations]
 
 
@@ -275,7 +279,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         password_hash=bcrypt.hashpw(b"test123", bcrypt.gensalt(10)).decode(),
     )
     seed_seconds = round(time.monotonic() - started, 1)
-    run_dir = Path(args.out) / "run"
+    run_dir = Path(args.out).resolve() / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     base, processes, _ = start_stack(database_url, run_dir)
     pids = {name: proc.pid for name, proc in processes.items() if name in {"auth", "chat", "conversations"}}
