@@ -43,4 +43,4 @@ security: install
 
 # Schemathesis against our OpenAPI document through nginx: FUZZ_EXAMPLES cases per operation.
 fuzz: install
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(PY) -m pytest -q tests/test_fuzz.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-800} $(PY) -m pytest -q tests/test_fuzz.py

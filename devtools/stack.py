@@ -226,7 +226,7 @@ async def ensure_database(url: str) -> None:
     """Create the database if the server lacks it, apply the schema, create the demo user if missing."""
     from services.auth import users
     from services.auth.passwords import PasswordHasher
-    from shared import apply_schema
+    from shared import apply_schema, current_month
 
     name = urlsplit(url).path.lstrip("/") or "wibot"
     try:
@@ -238,19 +238,26 @@ async def ensure_database(url: str) -> None:
         conn = await asyncpg.connect(url)
     try:
         await apply_schema(conn)
-        if await conn.fetchval("SELECT 1 FROM users WHERE username = $1", DEMO_USER) is None:
-            hashed = await PasswordHasher(10).hash(DEMO_PASSWORD)
-            await conn.execute(
-                "INSERT INTO users (username, password_hash, email, role) VALUES ($1, $2, $3, 'admin')"
-                " ON CONFLICT (username) DO NOTHING",
-                DEMO_USER,
-                hashed,
-                "khora@widip.fr",
-            )
-            print(f"Demo user created: {DEMO_USER} / {DEMO_PASSWORD} (admin). Development only.")
-        assert users.ROLES  # the CLI (python -m services.auth users ...) manages everyone else
     finally:
         await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    assert pool is not None
+    try:  # the same step as `python -m services.auth users create`
+        await users.create_user(
+            pool,
+            PasswordHasher(10),
+            username=DEMO_USER,
+            password=DEMO_PASSWORD,
+            email="khora@widip.fr",
+            role="admin",
+            month=current_month(),
+            default_quota=50_000,
+        )
+        print(f"Demo user created: {DEMO_USER} / {DEMO_PASSWORD} (admin). Development only.")
+    except users.UserExists:
+        pass
+    finally:
+        await pool.close()
 
 
 def resolve_database(env: dict[str, str]) -> tuple[str, str | None]:

@@ -1,6 +1,6 @@
 """Schemathesis against our own OpenAPI document, over HTTP through nginx, with a valid admin token.
 
-FUZZ_EXAMPLES (default 5: a smoke run in `make test`) sets the examples per operation; `make fuzz` runs 300
+FUZZ_EXAMPLES (default 5: a smoke run in `make test`) sets the examples per operation; `make fuzz` runs 800
 (over 5,000 cases). Logout is left out: it would revoke the token the fuzzer is using. The admin operations
 that can demote, deactivate or delete the fuzzer's own user run in a second pass, after the others, so that
 they cannot turn the rest of the run into a wall of 401s. Checks: no 5xx, responses conform to the schema.

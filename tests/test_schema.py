@@ -176,3 +176,24 @@ def test_format_utc_converts_aware_values_and_keeps_naive_utc():
     paris = datetime(2024, 12, 25, 15, 30, 0, tzinfo=ZoneInfo("Europe/Paris"))
     assert format_utc(paris) == "2024-12-25T14:30:00Z"
     assert format_utc(datetime(2024, 12, 25, 14, 30, 0, 999_999)) == "2024-12-25T14:30:00Z"
+
+
+async def test_make_run_prepares_a_fresh_database_with_the_demo_user(scratch_db):
+    import bcrypt
+
+    from devtools.stack import ensure_database
+
+    _, url = scratch_db
+    missing = url + "_new"  # a database the server does not have yet: created, then prepared
+    await ensure_database(missing)
+    await ensure_database(missing)  # twice is harmless
+    conn = await asyncpg.connect(missing)
+    try:
+        rows = await conn.fetch("SELECT username, role, is_active, password_hash FROM users")
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(SERVER_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{missing.rsplit("/", 1)[1]}" WITH (FORCE)')
+        await admin.close()
+    assert [(r["username"], r["role"], r["is_active"]) for r in rows] == [("khora", "admin", True)]
+    assert bcrypt.checkpw(b"test123", rows[0]["password_hash"].encode())
