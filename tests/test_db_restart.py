@@ -22,7 +22,7 @@ from services.conversations.app import create_app as conversations_app
 from shared import apply_schema
 from tests.conftest import bearer, make_settings
 from tests.figures import FIGURES
-from tests.test_faults import books_balance
+from tests.test_faults import books_balance, mixed_request
 
 
 def as_postgres(command: list[str]) -> list[str]:
@@ -84,19 +84,7 @@ async def test_postgres_restart_under_load(private_cluster, make_client, fake_mi
     fake_mistral.latency_s = 0.05
 
     async def one(i: int) -> int:
-        user_id = users[i % 4]
-        if i % 3 == 0:
-            r = await conversations.get("/webhook/wibot/conversations", headers=bearer(user_id))
-        else:
-            r = await chat.post(
-                "/webhook/wibot/chat",
-                json={"conversation_id": str(uuid.uuid4()), "message": "x"},
-                headers=bearer(user_id),
-            )
-        body = await r.json()
-        if r.status != 200:
-            assert (r.status, body["code"]) == (503, "DB_UNAVAILABLE"), body
-        return r.status
+        return await mixed_request(chat, conversations, users[i % 4], listing=i % 3 == 0)
 
     async def restart() -> list[int]:
         await asyncio.sleep(0.15)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,19 @@ async def books_balance(db) -> None:
     leaked = [(r["user_id"], r["used"], r["stored"]) for r in per_user if r["used"] != r["stored"]]
     FIGURES["rows_lost"] += len(leaked)
     assert not leaked, leaked
+
+
+async def mixed_request(chat: Any, conversations: Any, user_id: int, *, listing: bool) -> int:
+    """A listing or a chat; during a database outage only a 503 DB_UNAVAILABLE envelope is acceptable."""
+    if listing:
+        r = await conversations.get("/webhook/wibot/conversations", headers=bearer(user_id))
+    else:
+        payload = {"conversation_id": str(uuid.uuid4()), "message": "x"}
+        r = await chat.post(CHAT, json=payload, headers=bearer(user_id))
+    body = await r.json()
+    if r.status != 200:
+        assert (r.status, body["code"]) == (503, "DB_UNAVAILABLE"), body
+    return r.status
 
 
 async def test_200_concurrent_chats_across_20_users(make_client, chat_settings, factory, db, fake_mistral):
@@ -84,17 +98,7 @@ async def test_killed_database_connections_fail_cleanly_and_recover(
     fake_mistral.latency_s = 0.05
 
     async def one(i: int) -> int:
-        user_id = users[i % 5]
-        if i % 3 == 0:
-            r = await conversations.get("/webhook/wibot/conversations", headers=bearer(user_id))
-        else:
-            r = await chat.post(
-                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
-            )
-        body = await r.json()
-        if r.status != 200:
-            assert (r.status, body["code"]) == (503, "DB_UNAVAILABLE"), body
-        return r.status
+        return await mixed_request(chat, conversations, users[i % 5], listing=i % 3 == 0)
 
     async def killer() -> None:
         for _ in range(3):
