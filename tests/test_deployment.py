@@ -52,3 +52,17 @@ def test_env_example_lists_every_setting():
     assert settings <= listed, settings - listed
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert all(f"`{name}`" in readme for name in listed), [n for n in listed if f"`{n}`" not in readme]
+
+
+def test_rendered_gateway_config_matches_the_services_limits():
+    from devtools.stack import Topology, render_nginx
+
+    topology = Topology.from_env({"MAX_BODY_BYTES": "1234567", "CHAT_PORTS": "9001 9002"})
+    config = render_nginx(topology)
+    assert "${" not in config  # every placeholder filled
+    assert config.count("client_max_body_size 1234567;") == 1
+    chat = config[config.index("location = /webhook/wibot/chat {"):]
+    chat = chat[: chat.index("}")]
+    assert "proxy_read_timeout 90s;" in chat  # the model may take its time; nginx waits as long as the spec's 90 s
+    assert "server 127.0.0.1:9001; server 127.0.0.1:9002;" in config  # several chat processes behind one upstream
+    assert Settings.model_fields["max_body_bytes"].default == Topology.from_env({}).max_body_bytes
