@@ -61,7 +61,7 @@ def test_rendered_gateway_config_matches_the_services_limits():
     config = render_nginx(topology)
     assert "${" not in config  # every placeholder filled
     assert config.count("client_max_body_size 1234567;") == 1
-    chat = config[config.index("location = /webhook/wibot/chat {"):]
+    chat = config[config.index("location = /webhook/wibot/chat {") :]
     chat = chat[: chat.index("}")]
     assert "proxy_read_timeout 90s;" in chat  # the model may take its time; nginx waits as long as the spec's 90 s
     assert "server 127.0.0.1:9001; server 127.0.0.1:9002;" in config  # several chat processes behind one upstream
