@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +30,7 @@ from tests.conftest import TEST_SECRET, bearer
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://localhost:3000"
+CHAT_PATH = "/webhook/wibot/chat"
 
 
 @dataclass
@@ -35,6 +38,15 @@ class Stack:
     url: str
     log: Path
     chat_ports: list[int]
+
+    async def wait_for(self, extract: Any, done: Any, within_s: float = 10.0) -> Any:
+        """Log lines travel through honcho: poll until `done(extract(lines))` or the timeout."""
+        deadline = time.monotonic() + within_s
+        while True:
+            found = extract(self.log_lines())
+            if done(found) or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
 
     def log_lines(self) -> list[dict]:
         lines = []
@@ -202,10 +214,12 @@ async def test_request_id_is_the_same_in_nginx_and_service_logs(stack, http, db)
     async with http.get(stack.url + "/webhook/wibot/user/tokens") as r:
         generated = r.headers["X-Request-ID"]
         assert len(generated) == 32
-    await asyncio.sleep(0.5)  # log lines travel through honcho
-    lines = stack.log_lines()
     for request_id, service in [("trace-e2e-42", "auth"), (generated, "conversations")]:
-        services = {line.get("service") for line in lines if line.get("request_id") == request_id}
+
+        def services_logging(lines: list[dict], request_id: str = request_id) -> set:
+            return {line.get("service") for line in lines if line.get("request_id") == request_id}
+
+        services = await stack.wait_for(services_logging, lambda found, s=service: {"nginx", s} <= found)
         assert {"nginx", service} <= services, (request_id, services)
 
 
@@ -219,12 +233,12 @@ async def test_two_chat_processes_share_quota_and_history(stack, http, factory, 
             assert r.status == 200, await r.text()
     rows = await db.fetch("SELECT role, content FROM messages ORDER BY created_at, message_id")
     assert [r["content"] for r in rows if r["role"] == "user"] == [f"message {i}" for i in range(8)]
-    await asyncio.sleep(0.5)
-    upstreams = {
-        line["upstream"]
-        for line in stack.log_lines()
-        if line.get("service") == "nginx" and line.get("path") == "/webhook/wibot/chat"
-    }
+
+    def chat_upstreams(lines: list[dict]) -> set:
+        return {line["upstream"] for line in lines if line.get("service") == "nginx" and line.get("path") == CHAT_PATH}
+
+    expected = {f"127.0.0.1:{p}" for p in stack.chat_ports}
+    upstreams = await stack.wait_for(chat_upstreams, lambda found: expected <= found)
     assert {f"127.0.0.1:{p}" for p in stack.chat_ports} <= upstreams  # both processes served
 
     # Concurrent chats spread over both processes: the quota holds and the books balance.
