@@ -47,6 +47,8 @@ class Topology:
     login_burst: int
     max_body_bytes: int
     access_log: str
+    proxy_timeout: str = "30s"
+    chat_proxy_timeout: str = "90s"
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Topology:
@@ -65,6 +67,8 @@ class Topology:
             login_burst=int(env.get("LOGIN_BURST", "20")),
             max_body_bytes=int(env.get("MAX_BODY_BYTES", str(4 * 1024 * 1024))),
             access_log=env.get("NGINX_ACCESS_LOG", "/dev/stdout"),
+            proxy_timeout=env.get("PROXY_TIMEOUT", "30s"),
+            chat_proxy_timeout=env.get("CHAT_PROXY_TIMEOUT", "90s"),
         )
 
 
@@ -104,6 +108,8 @@ def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding
         "LOGIN_BURST": str(topology.login_burst),
         "MAX_BODY_BYTES": str(topology.max_body_bytes),
         "NGINX_ACCESS_LOG": topology.access_log,
+        "PROXY_TIMEOUT": topology.proxy_timeout,
+        "CHAT_PROXY_TIMEOUT": topology.chat_proxy_timeout,
     }
     return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)
 

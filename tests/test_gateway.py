@@ -339,3 +339,41 @@ async def test_docs_page_renders_the_api_in_headless_chromium(stack, http, db):
     # Swagger UI rendered the operations (it is JavaScript: the raw page does not contain them).
     assert "/webhook/auth/login" in dom and "opblock" in dom, dom[:2000]
     assert "Unable to render" not in dom
+
+
+async def test_upstream_too_slow_is_a_504_envelope(tmp_path, http):
+    gateway, silent = free_ports(2)
+    release = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # reads nothing, says nothing until the test is over
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", silent)
+    topology = Topology.from_env(
+        {
+            "GATEWAY_PORT": str(gateway),
+            "CONVERSATIONS_PORTS": str(silent),
+            "PROXY_TIMEOUT": "1s",
+            "NGINX_ACCESS_LOG": "/dev/null",
+        }
+    )
+    conf = write_nginx_main(topology, tmp_path)
+    proc = subprocess.Popen(
+        [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(conf.parent)], stderr=subprocess.DEVNULL
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, gateway)
+        async with http.get(f"http://127.0.0.1:{gateway}/webhook/wibot/conversations") as r:
+            assert r.status == 504
+            assert await r.json() == {
+                "success": False,
+                "code": "GATEWAY_TIMEOUT",
+                "error": "Le service a mis trop de temps à répondre. Réessayez.",
+            }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        release.set()
+        server.close()
+        await server.wait_closed()
