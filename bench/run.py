@@ -218,18 +218,18 @@ def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subpro
             "FAKE_MISTRAL_LATENCY_MS": os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0"),
         }
     )
-    topology = Topology(
-        gateway_port=gateway,
-        auth_ports=[auth],
-        chat_ports=[chat],
-        conversations_ports=[conversations],
-        fake_mistral_port=fake,
-        use_fake_mistral=True,
-        cors_origin_pattern="^http://localhost:3000$",
-        login_rate_limit="100000r/s",
-        login_burst=100000,
-        max_body_bytes=4 * 1024 * 1024,
-        access_log="/dev/null",
+    topology = Topology.from_env(
+        {
+            "GATEWAY_PORT": str(gateway),
+            "AUTH_PORTS": str(auth),
+            "CHAT_PORTS": str(chat),
+            "CONVERSATIONS_PORTS": str(conversations),
+            "FAKE_MISTRAL_PORT": str(fake),
+            # The benchmark drives logins on purpose: no rate limit, no access log to write.
+            "LOGIN_RATE_LIMIT": "100000r/s",
+            "LOGIN_BURST": "100000",
+            "NGINX_ACCESS_LOG": "/dev/null",
+        }
     )
     conf = write_nginx_main(topology, run_dir)
     site = conf.parent / "wibot.conf"

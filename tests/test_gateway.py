@@ -7,6 +7,7 @@ Two chat processes run behind nginx here, so every routed test also exercises th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,36 +282,34 @@ async def test_login_is_rate_limited_per_ip_in_our_envelope(stack, http, factory
     assert all(origin == ORIGIN for _, _, origin in results)
 
 
-async def test_upstream_down_is_a_502_envelope(tmp_path, http):
-    gateway, dead = free_ports(2)
-    topology = Topology(
-        gateway_port=gateway,
-        auth_ports=[dead],
-        chat_ports=[dead],
-        conversations_ports=[dead],
-        fake_mistral_port=dead,
-        use_fake_mistral=False,
-        cors_origin_pattern="^http://localhost:3000$",
-        login_rate_limit="10r/s",
-        login_burst=5,
-        max_body_bytes=1024,
-        access_log="/dev/null",
-    )
+@contextlib.asynccontextmanager
+async def lone_nginx(tmp_path: Path, **env: str) -> AsyncIterator[str]:
+    """Only nginx, with the project's config rendered from `env`, in front of whatever the test provides."""
+    gateway = free_ports(1)[0]
+    topology = Topology.from_env({"GATEWAY_PORT": str(gateway), "NGINX_ACCESS_LOG": "/dev/null", **env})
     conf = write_nginx_main(topology, tmp_path)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(conf.parent)], stderr=subprocess.DEVNULL)
     try:
         await asyncio.to_thread(wait_for_port, gateway)
-        async with http.get(f"http://127.0.0.1:{gateway}/webhook/wibot/conversations") as r:
-            assert r.status == 502
-            assert await r.json() == {
-                "success": False,
-                "error": "Service indisponible. Réessayez dans quelques instants.",
-                "code": "BAD_GATEWAY",
-            }
+        yield f"http://127.0.0.1:{gateway}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_upstream_down_is_a_502_envelope(tmp_path, http):
+    dead = str(free_ports(1)[0])
+    async with (
+        lone_nginx(tmp_path, CONVERSATIONS_PORTS=dead) as url,
+        http.get(url + "/webhook/wibot/conversations") as r,
+    ):
+        assert r.status == 502
+        assert await r.json() == {
+            "success": False,
+            "error": "Service indisponible. Réessayez dans quelques instants.",
+            "code": "BAD_GATEWAY",
+        }
 
 
 async def test_docs_page_renders_the_api_in_headless_chromium(stack, http, db):
@@ -342,7 +342,7 @@ async def test_docs_page_renders_the_api_in_headless_chromium(stack, http, db):
 
 
 async def test_upstream_too_slow_is_a_504_envelope(tmp_path, http):
-    gateway, silent = free_ports(2)
+    silent = free_ports(1)[0]
     release = asyncio.Event()
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -350,21 +350,11 @@ async def test_upstream_too_slow_is_a_504_envelope(tmp_path, http):
         writer.close()
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", silent)
-    topology = Topology.from_env(
-        {
-            "GATEWAY_PORT": str(gateway),
-            "CONVERSATIONS_PORTS": str(silent),
-            "PROXY_TIMEOUT": "1s",
-            "NGINX_ACCESS_LOG": "/dev/null",
-        }
-    )
-    conf = write_nginx_main(topology, tmp_path)
-    proc = subprocess.Popen(
-        [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(conf.parent)], stderr=subprocess.DEVNULL
-    )
     try:
-        await asyncio.to_thread(wait_for_port, gateway)
-        async with http.get(f"http://127.0.0.1:{gateway}/webhook/wibot/conversations") as r:
+        async with (
+            lone_nginx(tmp_path, CONVERSATIONS_PORTS=str(silent), PROXY_TIMEOUT="1s") as url,
+            http.get(url + "/webhook/wibot/conversations") as r,
+        ):
             assert r.status == 504
             assert await r.json() == {
                 "success": False,
@@ -372,8 +362,6 @@ async def test_upstream_too_slow_is_a_504_envelope(tmp_path, http):
                 "error": "Le service a mis trop de temps à répondre. Réessayez.",
             }
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         release.set()
         server.close()
         await server.wait_closed()
