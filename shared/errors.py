@@ -18,9 +18,6 @@ class ApiError(Exception):
         self.message = message
         self.code = code
 
-    def envelope(self) -> dict[str, Any]:
-        return error_envelope(self.message, self.code)
-
 
 def error_envelope(message: str, code: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"success": False, "error": message}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from services.auth import admin, docs, views
@@ -83,7 +85,8 @@ ROUTES = [
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="auth")
-    app[HASHER] = PasswordHasher(settings.bcrypt_rounds)
+    app[HASHER] = hasher = PasswordHasher(settings.bcrypt_rounds)
+    app.on_cleanup.append(lambda _app: asyncio.to_thread(hasher.close))
     add_routes(app, ROUTES)
     docs.add_docs_routes(app)
     return app
