@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint fmt bench security fuzz clean
+.PHONY: install migrate schema run test lint fmt bench security fuzz clean
 
 install: $(VENV)/.installed
 
@@ -12,6 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Applies pending db/migrations to DATABASE_URL (or POSTGRES_*, .env) and prints what it applied.
+migrate: install
+	$(PY) -m shared.migrate
+
+# Regenerates db/schema.sql (the readable whole of the schema) from a freshly migrated throwaway database.
+schema: install
+	$(PY) -m devtools.schema_dump
 
 run: install
 	$(PY) -m devtools.stack run

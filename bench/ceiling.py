@@ -37,7 +37,7 @@ async def session(request: web.Request) -> web.Response:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[AppKeys.SETTINGS] = settings
-    app.cleanup_ctx.append(pool_context(AppKeys.DB, settings, application_name="wibot-bench-ceiling"))
+    app.cleanup_ctx.append(pool_context(settings, application_name="wibot-bench-ceiling"))
     app.router.add_get("/bench/ceiling", ceiling)
     app.router.add_get("/bench/jwt", jwt_only)
     app.router.add_get("/bench/session", session)

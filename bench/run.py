@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 
 from devtools.stack import Topology, free_ports, procfile, wait_for_port, with_database, write_nginx_main
-from shared import apply_schema, issue_token
+from shared import apply_migrations, issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "wrk_report.lua"
@@ -43,9 +43,9 @@ CONCURRENCY = (1, 16, 64)
 
 
 async def seed(url: str, *, heavy_conversations: int, password_hash: str) -> dict[str, int]:
+    await asyncio.to_thread(apply_migrations, url)
     conn = await asyncpg.connect(url)
     try:
-        await apply_schema(conn)
         await conn.execute(
             "INSERT INTO users (username, password_hash, role) VALUES ('khora', $1, 'admin'), ('heavy', $1, 'user'),"
             " ('light', $1, 'user')",

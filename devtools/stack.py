@@ -229,10 +229,10 @@ def _user_exists(name: str) -> bool:
 
 
 async def ensure_database(url: str) -> None:
-    """Create the database if the server lacks it, apply the schema, create the demo user if missing."""
+    """Create the database if the server lacks it, migrate it (as `make migrate`), create the demo user if missing."""
     from services.auth import users
     from services.auth.passwords import PasswordHasher
-    from shared import apply_schema, current_month
+    from shared import apply_migrations, current_month
 
     name = urlsplit(url).path.lstrip("/") or "wibot"
     try:
@@ -242,10 +242,9 @@ async def ensure_database(url: str) -> None:
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.close()
         conn = await asyncpg.connect(url)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
+    await conn.close()
+    for migration_id in await asyncio.to_thread(apply_migrations, url):
+        print(f"Migration applied: {migration_id}")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     assert pool is not None
     try:  # the same step as `python -m services.auth users create`

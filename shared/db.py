@@ -6,17 +6,16 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 
+from shared.keys import AppKeys, SchemaCheck
 from shared.logs import get_logger
+from shared.migrations import ensure_database_current
 from shared.settings import Settings
 
 log = get_logger("wibot.db")
-
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "db" / "schema.sql"
 
 # Failures of the database connection itself: the request fails with a 503, the pool recovers by itself.
 DB_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -66,14 +65,23 @@ async def create_pool_when_ready(settings: Settings, *, application_name: str) -
             delay = min(delay * 2, 2.0)
 
 
-def pool_context(
-    key: web.AppKey[asyncpg.Pool], settings: Settings, *, application_name: str
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx that opens the pool at start-up and closes it at shutdown."""
+def pool_context(settings: Settings, *, application_name: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that opens the pool at start-up (refusing a database that is behind) and closes it."""
 
     async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool_when_ready(settings, application_name=application_name)
-        app[key] = pool
+        schema = SchemaCheck()
+        try:
+            await ensure_database_current(pool)
+            schema.current = True
+        except DB_UNAVAILABLE_ERRORS as exc:
+            # A lazy pool (DB_POOL_MIN=0) starts without the database: /readyz checks once it answers.
+            log.warning("schema_check_deferred", exc=repr(exc))
+        except BaseException:
+            await pool.close()
+            raise
+        app[AppKeys.DB] = pool
+        app[AppKeys.SCHEMA] = schema
         try:
             yield
         finally:
@@ -86,7 +94,3 @@ def current_month(now: datetime | None = None) -> date:
     """First day of the current UTC month (the `month` key of user_token_usage)."""
     now = now or datetime.now(UTC)
     return date(now.year, now.month, 1)
-
-
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    await conn.execute(SCHEMA_PATH.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from shared.errors import SERVER_ERROR_MESSAGE, ApiError, error_envelope
 from shared.keys import AppKeys, RequestKeys
 from shared.logs import get_logger
 from shared.metrics import metrics, observe_request
+from shared.migrations import missing_migrations
 from shared.settings import Settings
 
 log = get_logger("wibot.http")
@@ -31,6 +32,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 DB_UNAVAILABLE_MESSAGE = "Service temporairement indisponible. Réessayez dans quelques instants."
+SCHEMA_BEHIND_MESSAGE = "Base de données à mettre à jour : lancez `make migrate`."
 
 # aiohttp raises these itself (router, body size); the client must still get our envelope, in French.
 _HTTP_MESSAGES = {
@@ -165,7 +167,7 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
     )
     app[AppKeys.SETTINGS] = settings
     app[AppKeys.SERVICE] = service
-    app.cleanup_ctx.append(pool_context(AppKeys.DB, settings, application_name=f"wibot-{service}"))
+    app.cleanup_ctx.append(pool_context(settings, application_name=f"wibot-{service}"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -178,24 +180,32 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers (readiness): 503 envelope otherwise, so a balancer stops sending traffic."""
+    """The database answers and has our migrations (readiness): 503 envelope otherwise."""
+    schema = request.app[AppKeys.SCHEMA]
     try:
         async with asyncio.timeout(2):
             await request.app[AppKeys.DB].fetchval("SELECT 1")
+            missing = [] if schema.current else await missing_migrations(request.app[AppKeys.DB])
     except TimeoutError:
         log.warning("not_ready", exc="timeout")
         return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
     except DB_UNAVAILABLE_ERRORS as exc:
         log.warning("not_ready", exc=repr(exc))
         return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
+    if missing:
+        log.error("not_ready", reason="database_behind", missing=missing, fix="make migrate")
+        return envelope_response(503, SCHEMA_BEHIND_MESSAGE, "SCHEMA_BEHIND")
+    schema.current = True
     return web.json_response({"success": True, "status": "ready"})
 
 
 def serve(create_app: Callable[[Settings], web.Application], *, service: str, default_port: int) -> None:
     """`python -m services.<name> [--host H] [--port P]`: one service, alone, in the foreground."""
     import argparse
+    import sys
 
     from shared.logs import configure_logging
+    from shared.migrations import DatabaseBehind
     from shared.settings import load_settings_or_exit
 
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}", description=f"WIBOT {service} service")
@@ -205,4 +215,9 @@ def serve(create_app: Callable[[Settings], web.Application], *, service: str, de
     settings = load_settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=service)
     log.info("service_starting", service=service, host=args.host, port=args.port)
-    web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+    try:
+        web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+    except DatabaseBehind as exc:
+        log.error("database_behind", missing=exc.missing)
+        print(f"{service}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 from aiohttp import web
 
@@ -9,8 +11,16 @@ from shared.identity import CurrentUser
 from shared.settings import Settings
 
 
+@dataclass
+class SchemaCheck:
+    """Whether the database was seen with every migration this code needs (checked at start, else by /readyz)."""
+
+    current: bool = False
+
+
 class AppKeys:
     DB = web.AppKey("db", asyncpg.Pool)
+    SCHEMA = web.AppKey("schema", SchemaCheck)
     SETTINGS = web.AppKey("settings", Settings)
     SERVICE = web.AppKey("service", str)
 

@@ -13,15 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIN_JWT_SECRET_BYTES = 32
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """Where the database is: all `make migrate` needs (no JWT secret required to upgrade a schema)."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    # --- security -------------------------------------------------------------------------------
-    jwt_secret: SecretStr = Field(description="HS256 signing key, at least 32 bytes (required)")
-    jwt_ttl_seconds: int = Field(8 * 3600, gt=0, description="Token lifetime (spec: 8 h)")
-    bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
-
-    # --- database -------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="postgresql:// DSN; overrides the POSTGRES_* variables")
     postgres_host: str = "127.0.0.1"
     postgres_port: int = 5432
@@ -32,6 +28,21 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0, description="Per-statement timeout (client side)")
     db_startup_wait_s: float = Field(30.0, ge=0, description="How long a starting service waits for the database")
+
+    @property
+    def dsn(self) -> str:
+        if self.database_url:
+            return self.database_url
+        password = self.postgres_password.get_secret_value()
+        credentials = quote(self.postgres_user) + (f":{quote(password)}" if password else "")
+        return f"postgresql://{credentials}@{self.postgres_host}:{self.postgres_port}/{quote(self.postgres_db)}"
+
+
+class Settings(DatabaseSettings):
+    # --- security -------------------------------------------------------------------------------
+    jwt_secret: SecretStr = Field(description="HS256 signing key, at least 32 bytes (required)")
+    jwt_ttl_seconds: int = Field(8 * 3600, gt=0, description="Token lifetime (spec: 8 h)")
+    bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
 
     # --- HTTP limits ----------------------------------------------------------------------------
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")
@@ -72,14 +83,6 @@ class Settings(BaseSettings):
         if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
             raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
         return value
-
-    @property
-    def dsn(self) -> str:
-        if self.database_url:
-            return self.database_url
-        password = self.postgres_password.get_secret_value()
-        credentials = quote(self.postgres_user) + (f":{quote(password)}" if password else "")
-        return f"postgresql://{credentials}@{self.postgres_host}:{self.postgres_port}/{quote(self.postgres_db)}"
 
     def model_for_mode(self, mode: str | None) -> str:
         per_mode = {

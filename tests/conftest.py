@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 Assumes a PostgreSQL server reachable at $DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
-with the right to CREATE DATABASE: every run creates its own throwaway database there, applies db/schema.sql,
+with the right to CREATE DATABASE: every run creates its own throwaway database there, migrates it (make migrate),
 and drops it at the end. Each test starts from empty tables (TRUNCATE), so tests do not see each other.
 """
 
@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from devtools.stack import with_database
-from shared import Settings, apply_schema, issue_token
+from shared import Settings, apply_migrations, issue_token
 from shared.logs import configure_logging
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -38,11 +38,8 @@ def database_url() -> Iterator[str]:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        conn = await asyncpg.connect(with_database(admin_url, name))
-        try:
-            await apply_schema(conn)
-        finally:
-            await conn.close()
+        # The same step as `make migrate`.
+        await asyncio.to_thread(apply_migrations, with_database(admin_url, name))
 
     async def drop() -> None:
         conn = await asyncpg.connect(admin_url)

@@ -19,7 +19,7 @@ from devtools.stack import free_ports, postgres_bin, wait_for_port, with_databas
 from services.chat import quota
 from services.chat.app import create_app as chat_app
 from services.conversations.app import create_app as conversations_app
-from shared import apply_schema
+from shared import apply_migrations
 from tests.conftest import bearer, make_settings
 from tests.figures import FIGURES
 from tests.test_faults import books_balance, mixed_request
@@ -68,8 +68,8 @@ async def test_postgres_restart_under_load(private_cluster, make_client, fake_mi
     await admin.execute("CREATE DATABASE wibot")
     await admin.close()
     url = with_database(server_url, "wibot")
+    await asyncio.to_thread(apply_migrations, url)
     conn = await asyncpg.connect(url)
-    await apply_schema(conn)
     users = [
         await conn.fetchval(
             "INSERT INTO users (username, password_hash) VALUES ($1, 'x') RETURNING user_id", f"user{i}"

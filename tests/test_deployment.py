@@ -30,18 +30,26 @@ def compose_config(tmp_path) -> dict:
 
 def test_compose_file_is_valid_and_complete(compose_config):
     services = compose_config["services"]
-    assert set(services) == {"postgres", "auth", "chat", "conversations", "nginx"}
+    assert set(services) == {"postgres", "migrate", "auth", "chat", "conversations", "nginx"}
     for name, service in services.items():
+        if name == "migrate":
+            continue
         assert "healthcheck" in service, name
         assert service.get("restart") == "unless-stopped", name
     for name in ("auth", "chat", "conversations"):
         assert services[name]["image"] == "wibot-backend:latest"  # one image
         assert services[name]["command"][:3] == ["python", "-m", f"services.{name}"]
+        # every service waits for the one-shot migration job, which waits for a healthy database
+        assert services[name]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    migrate = services["migrate"]
+    assert migrate["command"] == ["python", "-m", "shared.migrate"] and migrate["image"] == "wibot-backend:latest"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate.get("restart") == "no"
     port = services["nginx"]["ports"][0]
     published = f"{port['published']}:{port['target']}" if isinstance(port, dict) else port
     assert published.startswith("5678:5678")
     volumes = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services["postgres"]["volumes"]]
-    assert "/docker-entrypoint-initdb.d/001-schema.sql" in volumes
+    assert volumes == ["/var/lib/postgresql/data"]  # the schema comes from the migrate job, not initdb
     assert "pgdata" in compose_config["volumes"]
 
 

@@ -1,7 +1,8 @@
-"""db/schema.sql: idempotent, compatible with a database created from the spec, UTC whatever the timezone."""
+"""The migrated schema: the spec's columns, its constraints, UTC whatever the timezone (upgrades: test_migrations)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -9,33 +10,9 @@ import asyncpg
 import pytest
 
 from devtools.stack import with_database
-from shared import apply_schema, create_pool
+from shared import apply_migrations, create_pool
 from shared.contracts import format_utc
 from tests.conftest import SERVER_URL, make_settings
-
-# The spec's DDL, verbatim in substance (NOW() defaults, its indexes, its trigger): what an n8n site runs today.
-SPEC_DDL = """
-CREATE TABLE users (user_id SERIAL PRIMARY KEY, username VARCHAR(100) UNIQUE NOT NULL,
-  password_hash VARCHAR(255) NOT NULL, email VARCHAR(255), role VARCHAR(50) DEFAULT 'user',
-  created_at TIMESTAMP DEFAULT NOW(), is_active BOOLEAN DEFAULT true);
-CREATE TABLE conversations (conversation_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-  user_id INTEGER REFERENCES users(user_id), title VARCHAR(255), created_at TIMESTAMP DEFAULT NOW(),
-  updated_at TIMESTAMP DEFAULT NOW());
-CREATE TABLE messages (message_id SERIAL PRIMARY KEY,
-  conversation_id UUID REFERENCES conversations(conversation_id) ON DELETE CASCADE,
-  user_id INTEGER REFERENCES users(user_id), role VARCHAR(20) NOT NULL CHECK (role IN ('user', 'assistant')),
-  content TEXT NOT NULL, tokens INTEGER DEFAULT 0, attachments JSONB, created_at TIMESTAMP DEFAULT NOW());
-CREATE TABLE user_token_usage (usage_id SERIAL PRIMARY KEY, user_id INTEGER REFERENCES users(user_id),
-  month DATE NOT NULL, used_tokens BIGINT DEFAULT 0, quota_tokens BIGINT DEFAULT 50000, UNIQUE(user_id, month));
-CREATE INDEX idx_conversations_user ON conversations(user_id, updated_at DESC);
-CREATE INDEX idx_messages_conversation ON messages(conversation_id, created_at DESC);
-CREATE INDEX idx_messages_user ON messages(user_id);
-CREATE INDEX idx_token_usage_user_month ON user_token_usage(user_id, month);
-CREATE OR REPLACE FUNCTION update_updated_at_column() RETURNS TRIGGER AS $$
-BEGIN NEW.updated_at = NOW(); RETURN NEW; END; $$ LANGUAGE plpgsql;
-CREATE TRIGGER update_conversation_timestamp BEFORE UPDATE ON conversations
-FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-"""
 
 COLUMNS_SQL = """
 SELECT table_name, column_name, data_type, is_nullable
@@ -55,30 +32,6 @@ async def scratch_db():
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-
-
-async def test_applying_the_schema_twice_changes_nothing(db):
-    before = (await db.fetch(COLUMNS_SQL), await db.fetch(INDEXES_SQL))
-    await apply_schema(db)
-    await apply_schema(db)
-    assert (await db.fetch(COLUMNS_SQL), await db.fetch(INDEXES_SQL)) == before
-    tables = {r["table_name"] for r in before[0]}
-    assert {"users", "conversations", "messages", "user_token_usage"} <= tables
-
-
-async def test_schema_upgrades_a_database_created_from_the_spec_keeping_its_data(scratch_db):
-    _, url = scratch_db
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(SPEC_DDL)
-        spec_columns = {(r["table_name"], r["column_name"], r["data_type"]) for r in await conn.fetch(COLUMNS_SQL)}
-        await conn.execute("INSERT INTO users (username, password_hash) VALUES ('khora', 'x')")
-        await apply_schema(conn)
-        ours = {(r["table_name"], r["column_name"], r["data_type"]) for r in await conn.fetch(COLUMNS_SQL)}
-        assert spec_columns <= ours  # every spec column is still there, with its type
-        assert await conn.fetchval("SELECT username FROM users") == "khora"
-    finally:
-        await conn.close()
 
 
 async def test_fresh_schema_has_exactly_the_spec_columns(db):
@@ -142,8 +95,8 @@ async def test_role_check_constraint_allows_only_user_and_assistant(db, factory)
 
 async def test_dates_are_utc_in_a_europe_paris_session(scratch_db):
     name, url = scratch_db
+    await asyncio.to_thread(apply_migrations, url)
     admin = await asyncpg.connect(url)
-    await apply_schema(admin)
     await admin.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'Europe/Paris'")
     await admin.close()
 

@@ -14,7 +14,7 @@ BCRYPT_MAX_BYTES = 72
 
 
 def fits_bcrypt(password: str) -> bool:
-    # bcrypt 5 raises on longer input instead of truncating it (../shared/FACTS.md).
+    # bcrypt 5 raises on longer input instead of truncating it.
     return len(password.encode("utf-8")) <= BCRYPT_MAX_BYTES
 
 

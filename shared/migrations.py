@@ -1,0 +1,80 @@
+"""Schema versions: yoyo-migrations applies `db/migrations/NNNN-*.sql` in order and records each one it applied.
+
+The migration files ship with the code, so the migrations the code needs are exactly the files beside it:
+a service whose database lacks one of them refuses to start (`DatabaseBehind`) instead of failing on the first
+query that touches a missing column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+# yoyo's bookkeeping tables; left out of schema comparisons and of db/schema.sql.
+MIGRATION_TABLE = "_yoyo_migration"
+YOYO_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock")
+
+HAS_MIGRATION_TABLE_SQL = f"SELECT to_regclass('{MIGRATION_TABLE}') IS NOT NULL"
+APPLIED_MIGRATIONS_SQL = f"SELECT migration_id FROM {MIGRATION_TABLE}"  # noqa: S608 - a constant, never input
+
+
+class DatabaseBehind(RuntimeError):
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__(
+            f"the database lacks {len(missing)} migration(s) ({', '.join(missing)}): run `make migrate`"
+            " (python -m shared.migrate) and start again"
+        )
+
+
+def known_migrations() -> list[str]:
+    """Ids of the migrations shipped with this code, in the order they apply (yoyo's id is the file's stem)."""
+    return sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+
+
+def yoyo_url(dsn: str) -> str:
+    """yoyo picks its driver from the URL scheme; ours is psycopg 3."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://…")
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+def apply_migrations(dsn: str, *, upto: str | None = None) -> list[str]:
+    """Apply every pending migration (or those up to `upto` included), under yoyo's lock; returns their ids.
+
+    Each migration runs in its own transaction: one that fails leaves the database at the previous version.
+    """
+    from yoyo import get_backend, read_migrations
+
+    backend: Any = get_backend(yoyo_url(dsn))
+    try:
+        migrations: Any = read_migrations(str(MIGRATIONS_DIR))
+        if upto is not None:
+            ids = known_migrations()
+            if upto not in ids:
+                raise ValueError(f"unknown migration {upto!r}")
+            wanted = set(ids[: ids.index(upto) + 1])
+            migrations = migrations.filter(lambda m: m.id in wanted)
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    finally:
+        backend.connection.close()
+
+
+async def missing_migrations(conn: Any) -> list[str]:
+    """Migrations this code needs that the database has not recorded (an asyncpg connection or pool)."""
+    applied: set[str] = set()
+    if await conn.fetchval(HAS_MIGRATION_TABLE_SQL):
+        applied = {row["migration_id"] for row in await conn.fetch(APPLIED_MIGRATIONS_SQL)}
+    return [migration_id for migration_id in known_migrations() if migration_id not in applied]
+
+
+async def ensure_database_current(conn: Any) -> None:
+    missing = await missing_migrations(conn)
+    if missing:
+        raise DatabaseBehind(missing)
