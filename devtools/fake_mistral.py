@@ -32,6 +32,18 @@ class FakeMistral:
     reply: str | None = None
     total_tokens: int | None = None  # force usage.total_tokens (prompt/completion split around it)
     hold: asyncio.Event | None = None  # requests wait for it to be set
+    _arrival: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, body: dict[str, Any]) -> None:
+        self.received.append(body)
+        self._arrival.set()
+
+    async def wait_for_requests(self, count: int = 1, *, within_s: float = 10.0) -> None:
+        """Until `count` requests have arrived (tests wait for the event, never for a duration)."""
+        async with asyncio.timeout(within_s):
+            while len(self.received) < count:
+                self._arrival.clear()
+                await self._arrival.wait()
 
     def reply_for(self, body: dict[str, Any]) -> str:
         if self.reply is not None:
@@ -70,7 +82,7 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
 
     async def chat_completions(request: web.Request) -> web.Response:
         body = await request.json()
-        state.received.append(body)
+        state.record(body)
         if state.hold is not None:
             await state.hold.wait()
         if state.latency_s:

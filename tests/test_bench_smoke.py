@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(300)  # starts a whole stack and a load generator
 async def test_bench_harness_runs_and_reports(tmp_path, database_url):
     env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
     command = [

@@ -263,8 +263,7 @@ async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(c
     pending = asyncio.ensure_future(
         client.post(CHAT, json={"conversation_id": CID, "message": "à moi ?"}, headers=bearer(me))
     )
-    while not fake_mistral.received:
-        await asyncio.sleep(0.01)
+    await fake_mistral.wait_for_requests(1)
     await factory.conversation(other, conversation_id=uuid.UUID(CID), title="à l'autre")  # the race
     fake_mistral.hold.set()
     r = await pending

@@ -33,8 +33,7 @@ async def measure_reservation(client, user_id, db, fake_mistral) -> int:
     fake_mistral.hold = asyncio.Event()
     before = await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage")
     task = asyncio.ensure_future(chat(client, user_id, uuid.uuid4()))
-    while not fake_mistral.received:
-        await asyncio.sleep(0.01)
+    await fake_mistral.wait_for_requests(1)
     held = await db.fetchval("SELECT sum(used_tokens) FROM user_token_usage") - before
     fake_mistral.hold.set()
     r = await task

@@ -122,10 +122,12 @@ async def _refund_later(pool: asyncpg.Pool, reservation: Reservation) -> None:
     log.error("refund_lost", user_id=reservation.user_id, tokens=reservation.tokens, month=str(reservation.month))
 
 
-async def wait_for_deferred_refunds(within_s: float = 5.0) -> None:
-    """At shutdown: give pending refunds a last chance."""
-    if _deferred_refunds:
-        await asyncio.wait(_deferred_refunds, timeout=within_s)
+async def wait_for_deferred_refunds(within_s: float = 5.0) -> bool:
+    """Wait for the refunds retried in the background (at shutdown, their last chance); True when none is left."""
+    pending = set(_deferred_refunds)
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=within_s)
+    return not pending
 
 
 async def sweep_stale_reservations(pool: asyncpg.Pool, *, older_than_s: float) -> int:
