@@ -194,34 +194,43 @@ async def test_me_and_logout_revokes_only_that_token(client, admin_id):
     assert r.status == 200
 
 
-async def test_password_change_and_deactivation_revoke_every_token(client, admin_id, factory, db):
-    from services.auth import users
-    from services.auth.passwords import PasswordHasher
+async def test_password_change_and_deactivation_revoke_every_token(client, admin_id, factory, database_url):
+    import time
+
+    from tests.conftest import token_for
+    from tests.test_users_cli import users_cli
 
     bob = await factory.user("bob", "bob-password")
-    token = await login(client, "bob", "bob-password")
-    # A token issued a second before the change (iat has whole seconds).
-    await db.execute(
-        "INSERT INTO user_token_revocations (user_id, not_before)"
-        " VALUES ($1, NOW() AT TIME ZONE 'UTC' + INTERVAL '1 second')",
-        bob,
-    )
-    r = await client.get("/webhook/auth/me", headers=auth(token))
-    assert r.status == 401
-    await db.execute("DELETE FROM user_token_revocations")
-    assert (await client.get("/webhook/auth/me", headers=auth(token))).status == 200
+    # Issued before the change (a whole-second iat, 5 s ago): no sleeping to get past the second of the change.
+    earlier = {"Authorization": f"Bearer {token_for(bob, 'bob', now=int(time.time()) - 5)}"}
+    assert (await client.get("/webhook/auth/me", headers=earlier)).status == 200
 
-    pool_settings = client.app
-    from shared import AppKeys
+    code, _, err = await users_cli(database_url, "set-password", "bob", stdin="new-password\n")  # the real path
+    assert code == 0, err
+    r = await client.get("/webhook/auth/me", headers=earlier)
+    assert (r.status, (await r.json())["code"]) == (401, "INVALID_TOKEN")
 
-    await users.set_password(pool_settings[AppKeys.DB], PasswordHasher(4), user_id=bob, password="new-password")
-    await asyncio.sleep(1.1)  # the next whole second, so the old token is strictly older than the change
     token_after = await login(client, "bob", "new-password")
     assert (await client.get("/webhook/auth/me", headers=auth(token_after))).status == 200
-
     r = await client.put(ADMIN, headers=bearer(admin_id, role="admin"), json={"user_id": bob, "is_active": False})
     assert r.status == 200, await r.text()
     assert (await client.get("/webhook/auth/me", headers=auth(token_after))).status == 401
+
+
+async def test_a_demoted_admin_is_refused_at_once_though_the_token_says_admin(client, admin_id, factory, db):
+    other_admin = await factory.user("root", role="admin")
+    token = bearer(other_admin, "root", role="admin")  # its claims say admin for hours to come
+    assert (await client.get(ADMIN, headers=token)).status == 200
+    r = await client.put(ADMIN, headers=bearer(admin_id, role="admin"), json={"user_id": other_admin, "role": "user"})
+    assert r.status == 200, await r.text()
+    r = await client.get(ADMIN, headers=token)
+    assert r.status == 403, await r.text()
+    assert await r.json() == {"success": False, "error": "Accès réservé aux administrateurs", "code": "FORBIDDEN"}
+    # And the other way: promoted in the database, the user's old "user" token opens the admin API at once.
+    bob = await factory.user("bob")
+    assert (await client.get(ADMIN, headers=bearer(bob, "bob"))).status == 403
+    await db.execute("UPDATE users SET role = 'admin' WHERE user_id = $1", bob)
+    assert (await client.get(ADMIN, headers=bearer(bob, "bob"))).status == 200
 
 
 @pytest.mark.parametrize(
