@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
 from services.chat.app import create_app
@@ -187,6 +188,8 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
     from shared import create_pool
 
     user_id = await factory.user()
+    # Usage that is not zero: a refund of twice the reservation (or one that floors at 0) shows.
+    await factory.usage(user_id, used=1000)
     pool = await create_pool(chat_settings, application_name="test-refund")
     try:
         reservation = await quota.reserve_quota(
@@ -197,9 +200,56 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
             max_tokens=400,
             default_quota=50_000,
         )
-        assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 500
+        assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1500
         await asyncio.gather(quota.refund(pool, reservation), quota.refund(pool, reservation))
+        assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1000
+        await quota.refund(pool, reservation)  # once more, later: still nothing
     finally:
         await pool.close()
-    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 0
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1000
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
+
+
+async def test_a_model_failure_gives_back_exactly_the_reservation(make_client, chat_settings, factory, db, fake_mistral):
+    client = await make_client(create_app(chat_settings))
+    user_id = await factory.user()
+    await factory.usage(user_id, used=12_345)
+    fake_mistral.failures = [400]
+    r = await chat(client, user_id, uuid.uuid4())
+    assert r.status == 502, await r.text()
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 12_345
+
+
+async def test_a_first_use_race_lost_is_retried_not_refused(make_client, chat_settings, factory, db, fake_mistral):
+    """Two first chats of the month: the loser's snapshot saw no usage row and its insert met the winner's.
+
+    Made deterministic: another transaction holds an uncommitted first-use row, our chat's insert waits on it,
+    then that transaction commits; the chat must read again and go on, not answer 429.
+    """
+    client = await make_client(create_app(chat_settings))
+    user_id = await factory.user()
+    month = await db.fetchval("SELECT DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date")
+    winner = db
+    transaction = winner.transaction()
+    await transaction.start()
+    await winner.execute(
+        "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens) VALUES ($1, $2, 0, 50000)",
+        user_id,
+        month,
+    )
+    pending = asyncio.ensure_future(chat(client, user_id, uuid.uuid4()))
+    observer = await asyncpg.connect(chat_settings.dsn)
+    try:
+        async with asyncio.timeout(10):  # until the chat's insert waits on our uncommitted row
+            while not await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND application_name = 'wibot-chat'"
+            ):
+                await asyncio.sleep(0.01)
+    finally:
+        await observer.close()
+    await transaction.commit()
+    r = await pending
+    assert r.status == 200, await r.text()
+    assert await db.fetchval("SELECT count(*) FROM user_token_usage") == 1
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == (await r.json())["tokens_used"]
