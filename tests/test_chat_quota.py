@@ -210,7 +210,9 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
 
 
-async def test_a_model_failure_gives_back_exactly_the_reservation(make_client, chat_settings, factory, db, fake_mistral):
+async def test_a_model_failure_gives_back_exactly_the_reservation(
+    make_client, chat_settings, factory, db, fake_mistral
+):
     client = await make_client(create_app(chat_settings))
     user_id = await factory.user()
     await factory.usage(user_id, used=12_345)
