@@ -65,7 +65,7 @@ class Topology:
             cors_origin_pattern=env.get("CORS_ORIGIN_PATTERN", r"^http://localhost:3000$"),
             login_rate_limit=env.get("LOGIN_RATE_LIMIT", "10r/s"),
             login_burst=int(env.get("LOGIN_BURST", "20")),
-            max_body_bytes=int(env.get("MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+            max_body_bytes=int(env.get("MAX_BODY_BYTES", str(24 * 1024 * 1024))),
             access_log=env.get("NGINX_ACCESS_LOG", "/dev/stdout"),
             proxy_timeout=env.get("PROXY_TIMEOUT", "30s"),
             chat_proxy_timeout=env.get("CHAT_PROXY_TIMEOUT", "90s"),

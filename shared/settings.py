@@ -45,18 +45,29 @@ class Settings(DatabaseSettings):
     bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
 
     # --- HTTP limits ----------------------------------------------------------------------------
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")
+    # A 10 MB file is ~13.4 MB of JSON once base64-encoded: room for the per-request file total below.
+    max_body_bytes: int = Field(24 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")
 
     # --- chat -----------------------------------------------------------------------------------
     chat_message_max_chars: int = Field(32_000, gt=0)
     chat_files_max_count: int = Field(10, ge=0)
-    chat_files_max_bytes: int = Field(2 * 1024 * 1024, ge=0, description="Total UTF-8 size of files[].content")
+    chat_file_max_bytes: int = Field(10 * 1024 * 1024, ge=0, description="Decoded size of one file (the frontend's)")
+    chat_files_max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="Decoded size of all files of a message")
+    chat_files_max_chars: int = Field(
+        120_000, gt=0, description="Characters of extracted text sent to the model per message (cut beyond)"
+    )
+    pdf_max_pages: int = Field(500, gt=0, description="A PDF with more pages is refused (422)")
+    extraction_timeout_s: float = Field(20.0, gt=0, description="Decoding + extraction of one file (422 beyond)")
+    extraction_workers: int = Field(2, ge=1, description="Processes extracting files (PDF) off the event loop")
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
     reservation_stale_after_s: float = Field(
         300.0, gt=0, description="A quota reservation older than this belongs to a dead request: refunded"
     )
     system_prompt_file: Path | None = Field(None, description="Replaces the built-in WIBOT system prompt")
+    mode_prompt_flash_file: Path | None = Field(None, description="Replaces the built-in addition for mode flash")
+    mode_prompt_code_file: Path | None = Field(None, description="Replaces the built-in addition for mode code")
+    mode_prompt_redaction_file: Path | None = Field(None, description="Replaces the built-in addition for redaction")
 
     # --- model ----------------------------------------------------------------------------------
     mistral_api_key: SecretStr | None = None

@@ -11,7 +11,7 @@ import pytest
 
 from devtools.fake_mistral import REPLY_PREFIX
 from services.chat.app import create_app
-from services.chat.prompt import DEFAULT_SYSTEM_PROMPT
+from services.chat.prompt import DEFAULT_MODE_PROMPTS, DEFAULT_SYSTEM_PROMPT
 from tests.conftest import bearer
 
 CHAT = "/webhook/wibot/chat"
@@ -81,9 +81,11 @@ async def test_system_prompt_is_the_spec_one_with_todays_date(client, user_id, f
     assert r.status == 200, await r.text()
     system = fake_mistral.received[-1]["messages"][0]
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    assert system == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT.replace("{date}", today)}
+    # No mode (the older frontend): flash, the default of the real WIBOT and of messages.mode.
+    expected = DEFAULT_SYSTEM_PROMPT.replace("{date}", today) + "\n\n" + DEFAULT_MODE_PROMPTS["flash"]
+    assert system == {"role": "system", "content": expected}
     assert system["content"].startswith("Tu es WIBOT, l'assistant IA de WIDIP")
-    assert system["content"].endswith(f"Date actuelle : {today}")
+    assert f"Date actuelle : {today}\n\n## Mode Flash\n" in system["content"]
 
 
 async def test_system_prompt_file_replaces_the_default(make_client, chat_settings, user_id, fake_mistral, tmp_path):
@@ -94,7 +96,7 @@ async def test_system_prompt_file_replaces_the_default(make_client, chat_setting
     assert r.status == 200, await r.text()
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert fake_mistral.received[-1]["messages"][0]["content"] == (
-        f'Tu es un bot de test. {{"json": true}} Nous sommes le {today}.'
+        f'Tu es un bot de test. {{"json": true}} Nous sommes le {today}.\n\n' + DEFAULT_MODE_PROMPTS["flash"]
     )
 
 
@@ -140,9 +142,10 @@ async def test_spec_test_5_files_are_appended_not_stored(client, user_id, db, fa
     assert row["content"] == "Analyse ce log et dis-moi ce qui ne va pas"
     assert row["kind"] == "array"
     assert json.loads(row["attachments"]) == [
-        {"name": "error.log", "size": len(log.encode())},
-        {"name": "vide.txt", "size": 0},
+        {"name": "error.log", "size": len(log.encode()), "type": "text/plain", "chars": len(log), "truncated": False},
+        {"name": "vide.txt", "size": 0, "type": "text/plain", "chars": 0, "truncated": False},
     ]
+    assert await db.fetchval("SELECT files_count FROM messages WHERE role = 'user'") == 2
     dump = await db.fetchval("SELECT string_agg(content || coalesce(attachments::text, ''), '') FROM messages")
     assert "Connection timeout" not in dump
 
@@ -170,8 +173,12 @@ async def test_spec_test_5_as_written_is_a_400_not_a_500(client, user_id, db):
         ({"conversation_id": CID, "message": "x" * 33}, 400, "32 caractères"),
         ({"conversation_id": CID, "message": "x", "files": "a.txt"}, 400, "files"),
         ({"conversation_id": CID, "message": "x", "files": [{"name": "a"}]}, 400, "files.0.content"),
-        ({"conversation_id": CID, "message": "x", "files": [{"name": "a", "content": "b"}] * 3}, 413, "2 au maximum"),
-        ({"conversation_id": CID, "message": "x", "files": [{"name": "a", "content": "é" * 600}]}, 413, "1 Kio"),
+        (
+            {"conversation_id": CID, "message": "x", "files": [{"name": "a.txt", "content": "b"}] * 3},
+            413,
+            "2 au maximum",
+        ),
+        ({"conversation_id": CID, "message": "x", "files": [{"name": "a.txt", "content": "é" * 600}]}, 413, "1 Kio"),
         ({"conversation_id": CID, "message": "x", "mode": "turbo"}, 400, "mode"),
         ({"conversation_id": 12, "message": "x"}, 400, "conversation_id"),
     ],
@@ -189,18 +196,44 @@ async def test_invalid_requests_are_refused_and_write_nothing(
     assert await count(db, "user_token_usage") == 0
 
 
-async def test_unknown_fields_are_ignored_and_mode_picks_the_model(make_client, chat_settings, user_id, fake_mistral):
-    models = {"mistral_model_code": "codestral-latest"}
+async def test_unknown_fields_are_ignored_and_mode_picks_the_model(
+    make_client, chat_settings, user_id, fake_mistral, db
+):
+    models = {
+        "mistral_model_code": "codestral-latest",
+        "mistral_model_flash": "devstral-small-latest",
+        "mistral_model_redaction": "mistral-large-2411",
+    }
     client = await make_client(create_app(chat_settings.model_copy(update=models)))
-    for mode, model in [
-        ("code", "codestral-latest"),
-        ("flash", "mistral-large-latest"),
-        (None, "mistral-large-latest"),
+    for mode, model, heading in [
+        ("code", "codestral-latest", "## Mode Code"),
+        ("flash", "devstral-small-latest", "## Mode Flash"),
+        ("redaction", "mistral-large-2411", "## Mode Rédaction"),
+        (None, "devstral-small-latest", "## Mode Flash"),
     ]:
         payload = {"conversation_id": CID, "message": "x", "mode": mode, "extra": {"any": 1}}
         r = await client.post(CHAT, json=payload, headers=bearer(user_id))
         assert r.status == 200, await r.text()
         assert fake_mistral.received[-1]["model"] == model
+        system = fake_mistral.received[-1]["messages"][0]["content"]
+        assert [line for line in system.splitlines() if line.startswith("## Mode")] == [heading]
+    modes = await db.fetch("SELECT role, mode, files_count FROM messages ORDER BY message_id")
+    assert [tuple(r) for r in modes] == [
+        (role, mode, 0) for mode in ("code", "flash", "redaction", "flash") for role in ("user", "assistant")
+    ]
+
+
+async def test_mode_prompt_files_replace_the_built_in_additions(
+    make_client, chat_settings, user_id, fake_mistral, tmp_path
+):
+    code = tmp_path / "code.md"
+    code.write_text("## Mode Code maison\nRéponds en Rust uniquement.\n", encoding="utf-8")
+    client = await make_client(create_app(chat_settings.model_copy(update={"mode_prompt_code_file": code})))
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "x", "mode": "code"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    system = fake_mistral.received[-1]["messages"][0]["content"]
+    assert system.endswith("\n\n## Mode Code maison\nRéponds en Rust uniquement.")
+    assert DEFAULT_MODE_PROMPTS["code"] not in system
 
 
 async def test_another_users_conversation_is_403_and_nothing_written(client, factory, db, fake_mistral):

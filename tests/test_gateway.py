@@ -209,6 +209,30 @@ async def test_body_over_the_limit_is_nginx_413_in_our_envelope(stack, http, db)
         assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
+async def test_a_txt_and_a_pdf_as_the_newer_frontend_sends_them_reach_the_model_through_the_gateway(
+    stack, http, factory, db
+):
+    from tests.documents import b64, text_pdf
+
+    user_id = await factory.user("files")
+    # The fake model echoes the first 80 characters of what it read: the decoded text, not base64.
+    cases = [
+        ({"name": "note.txt", "content": b64("Redémarrer le serveur GLPI".encode())}, "Redémarrer le serveur GLPI"),
+        ({"name": "proc.pdf", "content": b64(text_pdf(["Panne Internet"]))}, "[Page 1/1]\nPanne Internet"),
+    ]
+    for attachment, text in cases:
+        payload = {"conversation_id": str(uuid.uuid4()), "message": "x", "mode": "code", "files": [attachment]}
+        async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user_id)) as r:
+            assert r.status == 200, await r.text()
+            reply = (await r.json())["response"]
+        assert reply.endswith(f"Vous avez écrit : x\n\n--- Fichier : {attachment['name']} ---\n{text}"), reply
+    rows = await db.fetch("SELECT files_count, mode FROM messages WHERE role = 'user' AND user_id = $1", user_id)
+    assert [tuple(r) for r in rows] == [(1, "code"), (1, "code")]
+    payload = {"conversation_id": str(uuid.uuid4()), "message": "x", "files": [{"name": "a.exe", "content": "MZ"}]}
+    async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user_id)) as r:
+        assert (r.status, (await r.json())["code"]) == (415, "FILE_UNSUPPORTED_TYPE")
+
+
 async def test_request_id_is_the_same_in_nginx_and_service_logs(stack, http, db):
     async with http.post(stack.url + "/webhook/auth/login", json={}, headers={"X-Request-ID": "trace-e2e-42"}) as r:
         assert r.status == 400

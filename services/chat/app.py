@@ -11,9 +11,10 @@ from aiohttp import web
 
 from services.chat import quota, views
 from services.chat.alerts import alerts_context
-from services.chat.keys import PROMPT_TEMPLATE
+from services.chat.attachments import extractor_context
+from services.chat.keys import PROMPTS
 from services.chat.llm import llm_context
-from services.chat.prompt import load_prompt_template
+from services.chat.prompt import load_prompts
 from shared import AppKeys, Settings, base_app, get_logger
 from shared.contracts import ChatRequest, ChatResponse
 from shared.openapi import Route, add_routes
@@ -30,7 +31,7 @@ ROUTES = [
         "Envoie un message à WIBOT (mémoire, fichiers, quota)",
         ChatResponse,
         request=ChatRequest,
-        errors=(400, 403, 413, 429, 502, 503, 504),
+        errors=(400, 403, 413, 415, 422, 429, 502, 503, 504),
         tags=("chat",),
     ),
 ]
@@ -38,8 +39,9 @@ ROUTES = [
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="chat")
-    app[PROMPT_TEMPLATE] = load_prompt_template(settings.system_prompt_file)
+    app[PROMPTS] = load_prompts(settings)
     app.cleanup_ctx.append(llm_context(settings))
+    app.cleanup_ctx.append(extractor_context(settings))
     app.cleanup_ctx.append(alerts_context(settings))
     app.cleanup_ctx.append(reservation_sweeper(settings))
     add_routes(app, ROUTES)

@@ -1,3 +1,5 @@
 from aiohttp import web
 
-PROMPT_TEMPLATE = web.AppKey("prompt_template", str)
+from services.chat.prompt import PromptTemplates
+
+PROMPTS = web.AppKey("prompts", PromptTemplates)

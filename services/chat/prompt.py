@@ -1,9 +1,13 @@
-"""The WIBOT system prompt (spec: "Configuration AI Agent"), replaceable by a file (SYSTEM_PROMPT_FILE)."""
+"""The WIBOT system prompt (spec: "Configuration AI Agent") and each mode's addition to it, all replaceable by
+files (SYSTEM_PROMPT_FILE, MODE_PROMPT_<MODE>_FILE)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from shared import Settings
 
 DATE_PLACEHOLDER = "{date}"
 
@@ -45,12 +49,51 @@ Tu peux utiliser des emojis occasionnellement pour rendre l'échange plus chaleu
 Date actuelle : {date}"""
 
 
+# As in the real WIBOT, each mode shapes the answer: flash is brief, code serves developers, redaction writes.
+DEFAULT_MODE_PROMPTS = {
+    "flash": """\
+## Mode Flash
+Réponds de façon brève et directe : l'essentiel d'abord, en quelques phrases ou une courte liste, sans \
+préambule ni répétition de la question.""",
+    "code": """\
+## Mode Code
+Tu aides des développeurs. Donne du code complet et exécutable dans des blocs délimités par ``` qui nomment \
+le langage (```python, ```bash, ```sql…), explique brièvement tes choix et signale les risques (sécurité, \
+données de santé, effets de bord).""",
+    "redaction": """\
+## Mode Rédaction
+Rédige en français professionnel, soigné et structuré : titres, paragraphes complets, listes quand elles \
+aident la lecture. Développe le propos (introduction, corps, conclusion) et adapte le registre au \
+destinataire (direction, client, équipe technique).""",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTemplates:
+    system: str
+    modes: dict[str, str]
+
+    def render(self, mode: str, now: datetime | None = None) -> str:
+        today = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+        addition = self.modes.get(mode, "")
+        # replace(), not format(): a prompt file may legitimately contain other braces (JSON, code).
+        prompt = self.system.replace(DATE_PLACEHOLDER, today)
+        return f"{prompt}\n\n{addition}" if addition else prompt
+
+
 def load_prompt_template(path: Path | None) -> str:
     """Read once at start-up; a file without `{date}` simply gets no date."""
     return path.read_text(encoding="utf-8") if path else DEFAULT_SYSTEM_PROMPT
 
 
-def render_system_prompt(template: str, now: datetime | None = None) -> str:
-    today = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
-    # replace(), not format(): a prompt file may legitimately contain other braces (JSON, code).
-    return template.replace(DATE_PLACEHOLDER, today)
+def load_prompts(settings: Settings) -> PromptTemplates:
+    files = {
+        "flash": settings.mode_prompt_flash_file,
+        "code": settings.mode_prompt_code_file,
+        "redaction": settings.mode_prompt_redaction_file,
+    }
+    modes = {
+        mode: path.read_text(encoding="utf-8").strip() if path else DEFAULT_MODE_PROMPTS[mode]
+        for mode, path in files.items()
+    }
+    return PromptTemplates(load_prompt_template(settings.system_prompt_file), modes)

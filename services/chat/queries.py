@@ -80,8 +80,8 @@ RETURNING u.user_id, per_user.tokens
 # save_exchange, in ONE statement (one round trip, one implicit transaction: all of it or none of it):
 #   1. upsert the conversation; the spec's upsert let anyone append to anyone's conversation, the WHERE makes
 #      it a no-op (no row) when the conversation belongs to someone else;
-#   2. insert the user message ($3, tokens $4, attachments $5, received at $6) and the assistant's ($7, $8),
-#      only if 1 returned a row;
+#   2. insert the user message ($3, tokens $4, attachments' metadata $5, received at $6, mode $13, files $14)
+#      and the assistant's ($7, $8, mode $13), only if 1 returned a row;
 #   3. settle the usage: release the reservation ($10) and charge the real usage ($11) instead; past the
 #      reservation, charge only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if
 #      1 returned a row. A reservation already swept away (a very slow model) counts as 0 held.
@@ -96,10 +96,12 @@ WITH conversation AS (
         WHERE conversations.user_id = EXCLUDED.user_id
     RETURNING conversation_id
 ), exchange AS (
-    INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at)
-    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp FROM conversation
+    INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at, mode, files_count)
+    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp, $13::text, $14::int
+    FROM conversation
     UNION ALL
-    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC' FROM conversation
+    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC', $13::text, 0
+    FROM conversation
     RETURNING message_id
 ), released AS (
     DELETE FROM token_reservations

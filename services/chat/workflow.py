@@ -1,8 +1,8 @@
 """Workflow chat_main, one step per node of the n8n diagram it replaces (`run_chat` reads top to bottom).
 
-verify token (the view's decorator) → validate → load memory (ownership) → prepare context → reserve quota
-→ call model → save exchange → respond. The quota is reserved once the prompt is known (its size is part of
-the estimate); no database connection is held while the model works.
+verify token (the view's decorator) → validate → load memory (ownership) → read attachments → prepare context
+→ reserve quota → call model → save exchange → respond. The quota is reserved once the prompt is known (its
+size, extracted files included, is the estimate); no database connection is held while the model works.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import asyncpg
 from mistralai.client import Mistral
 
 from services.chat import alerts, llm, queries, quota
-from services.chat.prompt import render_system_prompt
+from services.chat.attachments import Extractor, ReadFile, read_attachments
+from services.chat.prompt import PromptTemplates
 from services.chat.quota import Reservation, Usage
 from shared import FORBIDDEN_CONVERSATION_MESSAGE, ApiError, CurrentUser, Settings, current_month
-from shared.contracts import ChatRequest, ChatResponse, FileAttachment
+from shared.contracts import ChatRequest, ChatResponse
 from shared.metrics import TOKENS_SPENT
 
 
@@ -29,17 +30,20 @@ class ChatDeps:
     settings: Settings
     pool: asyncpg.Pool
     llm_client: Mistral
-    prompt_template: str
+    prompts: PromptTemplates
     alert_sender: alerts.AlertSender
+    extractor: Extractor
 
 
 async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, received_at: datetime) -> ChatResponse:
     settings, pool = deps.settings, deps.pool
-    files = check_limits(body, settings)
+    mode = body.mode or "flash"
+    check_message(body, settings)
     history = await load_memory(
         pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
     )
-    messages = prepare_context(render_system_prompt(deps.prompt_template), history, body.message, files)
+    files = await read_attachments(deps.extractor, body.files or [], settings)
+    messages = prepare_context(deps.prompts.render(mode), history, body.message, files)
     reservation = await quota.reserve_quota(
         pool,
         user_id=user.user_id,
@@ -52,7 +56,7 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
         reply = await llm.complete(
             deps.llm_client,
             settings,
-            model=settings.model_for_mode(body.mode),
+            model=settings.model_for_mode(mode),
             messages=messages,
             max_tokens=reservation.max_completion_tokens,
         )
@@ -60,6 +64,7 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
             body.conversation_id,
             user.user_id,
             body.message,
+            mode,
             files,
             received_at,
             reply.text,
@@ -86,20 +91,12 @@ def forbidden() -> ApiError:
     return ApiError(403, FORBIDDEN_CONVERSATION_MESSAGE, "FORBIDDEN")
 
 
-def check_limits(body: ChatRequest, settings: Settings) -> list[FileAttachment]:
-    """Sizes the model and the database are protected from (400 for the message, 413 for the files)."""
+def check_message(body: ChatRequest, settings: Settings) -> None:
+    """The message's own limits (400); the files have theirs (read_attachments)."""
     if not body.message.strip():
         raise ApiError(400, "Le champ message ne peut pas être vide", "VALIDATION_ERROR")
     if len(body.message) > settings.chat_message_max_chars:
         raise ApiError(400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR")
-    files = body.files or []
-    if len(files) > settings.chat_files_max_count:
-        raise ApiError(413, f"Trop de fichiers : {settings.chat_files_max_count} au maximum", "FILES_TOO_LARGE")
-    total = sum(len(f.content.encode("utf-8")) for f in files)
-    if total > settings.chat_files_max_bytes:
-        limit_kib = settings.chat_files_max_bytes // 1024
-        raise ApiError(413, f"Fichiers trop volumineux : {limit_kib} Kio au total au maximum", "FILES_TOO_LARGE")
-    return files
 
 
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> list[dict[str, str]]:
@@ -111,12 +108,14 @@ async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int
 
 
 def prepare_context(
-    system_prompt: str, history: list[dict[str, str]], message: str, files: list[FileAttachment]
+    system_prompt: str, history: list[dict[str, str]], message: str, files: list[ReadFile]
 ) -> list[dict[str, str]]:
-    """System prompt, memory, then the new message with each file appended under a header naming it."""
+    """System prompt, memory, then the new message with each file's text under a header naming it."""
     content = message
-    for attachment in files:
-        content += f"\n\n--- Fichier : {attachment.name} ---\n{attachment.content}"
+    for read in files:
+        content += f"\n\n--- Fichier : {read.name} ---\n{read.text}"
+        if read.cut_note:
+            content += f"\n{read.cut_note}"
     return [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": content}]
 
 
@@ -125,7 +124,8 @@ class Exchange:
     conversation_id: UUID
     user_id: int
     message: str
-    files: list[FileAttachment]
+    mode: str
+    files: list[ReadFile]
     received_at: datetime
     reply: str
     total_tokens: int
@@ -134,7 +134,7 @@ class Exchange:
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
     """Conversation, both messages and the settled usage: one statement, all of it or none of it."""
-    attachments = [{"name": f.name, "size": len(f.content.encode("utf-8"))} for f in exchange.files] or None
+    attachments = [read.metadata() for read in exchange.files] or None
     row = await pool.fetchrow(
         queries.SAVE_EXCHANGE_SQL,
         exchange.conversation_id,
@@ -149,6 +149,8 @@ async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Res
         reservation.reservation_id,
         exchange.total_tokens,
         reservation.month,
+        exchange.mode,
+        len(exchange.files),
     )
     if not row["owned"]:  # created by someone else while the model was answering
         raise forbidden()

@@ -1,0 +1,202 @@
+"""Chat step `read_attachments`: every file's text, extracted off the event loop, cut to the message's budget.
+
+Decoding and extraction (services/chat/extraction.py) run in worker processes owned by the chat app: a hostile
+PDF is stopped at EXTRACTION_TIMEOUT_S by killing its worker, and the event loop keeps serving meanwhile.
+Nothing of a file is written anywhere; only its metadata ({name, size, type, pages?, chars, truncated}) is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import pebble
+from aiohttp import web
+
+from services.chat.extraction import Extracted, FileProblem, extract
+from shared import ApiError, Settings, get_logger
+from shared.contracts import FileAttachment
+
+log = get_logger("wibot.attachments")
+
+# By name: the frontend's types, and .log (the spec's own example sends `error.log` as text).
+MIME_BY_EXTENSION = {
+    ".pdf": "application/pdf",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".log": "text/plain",
+}
+ACCEPTED_TYPES = "PDF, TXT, MD, CSV, JSON"
+BASE64_OVERHEAD = 4 / 3
+PAGE_MARKER = re.compile(r"\[Page (\d+)/\d+\]")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFile:
+    """One attachment as the model will read it."""
+
+    name: str
+    type: str
+    size: int
+    text: str
+    pages: int | None
+    chars: int  # of the whole extracted text, before any cut
+    cut_note: str | None = None  # says where and why the text was cut
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut_note is not None
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "size": self.size, "type": self.type}
+        if self.pages is not None:
+            meta["pages"] = self.pages
+        return meta | {"chars": self.chars, "truncated": self.truncated}
+
+
+class Extractor:
+    """Worker processes for decoding and extraction, started on first use, stopped with the app."""
+
+    def __init__(self, *, workers: int, timeout_s: float) -> None:
+        self.workers, self.timeout_s = workers, timeout_s
+        self._pool: pebble.ProcessPool | None = None
+
+    async def run(self, content: str, *, max_bytes: int, max_pages: int) -> Extracted:
+        if self._pool is None:
+            # forkserver: workers never inherit the event loop's threads and sockets.
+            context: Any = multiprocessing.get_context("forkserver")
+            self._pool = pebble.ProcessPool(max_workers=self.workers, context=context)
+        future = self._pool.schedule(
+            extract, args=(content,), kwargs={"max_bytes": max_bytes, "max_pages": max_pages}, timeout=self.timeout_s
+        )
+        # Cancelling the awaiting task (client gone) cancels the job: pebble kills a worker that is running it.
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join(timeout=5)
+
+
+EXTRACTOR = web.AppKey("extractor", Extractor)
+
+
+def extractor_context(settings: Settings) -> Any:
+    async def _extractor_ctx(app: web.Application) -> AsyncIterator[None]:
+        extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
+        app[EXTRACTOR] = extractor
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(extractor.close)
+
+    return _extractor_ctx
+
+
+def too_large(message: str) -> ApiError:
+    return ApiError(413, message, "FILES_TOO_LARGE")
+
+
+def human_size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f}".rstrip("0").rstrip(".") + " Mo"
+    return f"{size / 1024:.1f}".rstrip("0").rstrip(".") + " Kio"
+
+
+def file_error(name: str, problem: FileProblem, settings: Settings) -> ApiError:
+    if problem.status == 415:
+        return ApiError(
+            415,
+            f"Type de fichier non pris en charge : {name}. Types acceptés : {ACCEPTED_TYPES}.",
+            "FILE_UNSUPPORTED_TYPE",
+        )
+    if problem.status == 413:
+        return too_large(f"Fichier trop volumineux : {name} ({human_size(settings.chat_file_max_bytes)} au maximum)")
+    return ApiError(422, f"Fichier illisible : {name} ({problem.reason}).", "FILE_UNREADABLE")
+
+
+def check_files(files: list[FileAttachment], settings: Settings) -> None:
+    """What can be refused before decoding anything: count, names, and contents too long to fit once decoded."""
+    if len(files) > settings.chat_files_max_count:
+        raise too_large(f"Trop de fichiers : {settings.chat_files_max_count} au maximum")
+    for attachment in files:
+        if PurePosixPath(attachment.name.lower()).suffix not in MIME_BY_EXTENSION:
+            raise file_error(attachment.name, FileProblem(415, "type"), settings)
+        if len(attachment.content) > settings.chat_file_max_bytes * BASE64_OVERHEAD + 1024:
+            raise file_error(attachment.name, FileProblem(413, "taille"), settings)
+
+
+async def read_attachments(extractor: Extractor, files: list[FileAttachment], settings: Settings) -> list[ReadFile]:
+    """The step: decode and extract every file (in parallel), check the sizes, cut the text to the budget."""
+    if not files:
+        return []
+    check_files(files, settings)
+    results = await asyncio.gather(
+        *(extract_one(extractor, attachment, settings) for attachment in files), return_exceptions=True
+    )
+    for result in results:  # the first file's problem, in the order the user attached them
+        if isinstance(result, BaseException):
+            raise result
+    extracted: list[ReadFile] = [r for r in results if isinstance(r, ReadFile)]
+    if sum(f.size for f in extracted) > settings.chat_files_max_bytes:
+        raise too_large(f"Fichiers trop volumineux : {human_size(settings.chat_files_max_bytes)} au total au maximum")
+    return fit_budget(extracted, settings.chat_files_max_chars)
+
+
+async def extract_one(extractor: Extractor, attachment: FileAttachment, settings: Settings) -> ReadFile:
+    try:
+        result = await extractor.run(
+            attachment.content, max_bytes=settings.chat_file_max_bytes, max_pages=settings.pdf_max_pages
+        )
+    except FileProblem as problem:
+        raise file_error(attachment.name, problem, settings) from None
+    except TimeoutError:
+        log.warning("attachment_extraction_timeout", file=attachment.name, timeout_s=settings.extraction_timeout_s)
+        problem = FileProblem(422, f"extraction interrompue après {settings.extraction_timeout_s:g} s")
+        raise file_error(attachment.name, problem, settings) from None
+    suffix = PurePosixPath(attachment.name.lower()).suffix
+    mime = "application/pdf" if result.kind == "pdf" else MIME_BY_EXTENSION.get(suffix, "text/plain")
+    if mime == "application/pdf" and result.kind == "text":
+        mime = "text/plain"  # a `.pdf` whose content is text already extracted (the spec's example)
+    return ReadFile(attachment.name, mime, result.size, result.text, result.pages, len(result.text))
+
+
+def fit_budget(files: list[ReadFile], budget: int) -> list[ReadFile]:
+    """Files in order until the budget of characters is spent; a cut says so, naming file, page and character."""
+    fitted: list[ReadFile] = []
+    left = budget
+    for read in files:
+        if len(read.text) <= left:
+            fitted.append(read)
+            left -= len(read.text)
+            continue
+        kept = read.text[:left]
+        where = f"au caractère {thousands(left)} sur {thousands(len(read.text))}"
+        page = page_at(kept)
+        if page is not None:
+            where = f"à la page {page}, {where}"
+        note = (
+            f"[Contenu tronqué : le fichier {read.name} est coupé {where} "
+            f"(limite de {thousands(budget)} caractères de fichiers par message).]"
+        )
+        log.warning("attachment_truncated", file=read.name, kept_chars=left, total_chars=len(read.text), page=page)
+        fitted.append(ReadFile(read.name, read.type, read.size, kept, read.pages, read.chars, cut_note=note))
+        left = 0
+    return fitted
+
+
+def thousands(number: int) -> str:
+    return f"{number:,}".replace(",", " ")
+
+
+def page_at(text: str) -> int | None:
+    """The page the text ends in: the last complete `[Page n/N]` marker (extraction.pdf_text writes them)."""
+    markers = PAGE_MARKER.findall(text)
+    return int(markers[-1]) if markers else None
