@@ -43,6 +43,7 @@ clean:
 bench: install
 	$(PY) -m bench.run --out bench/out --markdown bench/RESULTS.md
 	cp bench/out/results.json bench/results.json
+	$(PY) -m bench.attachments
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install
