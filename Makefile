@@ -47,8 +47,8 @@ bench: install
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install
-	$(PY) -m pytest -q tests/test_security.py tests/test_faults.py tests/test_db_restart.py tests/test_chat_failures.py \
-		tests/test_fuzz.py
+	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
+		tests/test_chat_failures.py tests/test_fuzz.py
 
 # Schemathesis against our OpenAPI document through nginx: FUZZ_EXAMPLES cases per operation.
 fuzz: install

@@ -18,6 +18,7 @@ from shared.keys import AppKeys, RequestKeys
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["exp", "iat", "user_id"]
+MAX_USER_ID = 2_147_483_647
 
 # Fresh from the database on every request, in one indexed round trip: a deleted, deactivated or demoted
 # user, a logged-out token, a token older than the last password change all lose access at once, not
@@ -52,17 +53,19 @@ def decode_token(token: str, secret: str) -> dict[str, Any]:
     except jwt.PyJWTError:
         raise invalid_token() from None
     user_id = claims.get("user_id")
-    # bool is an int in Python; a token saying user_id=true is not ours.
-    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+    # bool is an int in Python; a token saying user_id=true is not ours. users.user_id is an int4.
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id <= MAX_USER_ID:
         raise invalid_token()
     return claims
 
 
 def bearer_token(request: web.Request) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    # A JWT is ASCII; a header of other bytes (decoded with surrogates) is just another invalid token.
+    if scheme.lower() != "bearer" or not token or not token.isascii() or not token.isprintable():
         raise invalid_token()
-    return token.strip()
+    return token
 
 
 def token_fingerprint(token: str) -> str:

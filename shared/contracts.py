@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
 
 def format_utc(value: datetime) -> str:
@@ -16,6 +17,20 @@ def format_utc(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def storable(value: str) -> str:
+    """PostgreSQL cannot store NUL, and lone surrogates (valid JSON escapes) are not UTF-8: refuse both here,
+    before anything is charged or written, rather than fail at save time."""
+    if "\x00" in value:
+        raise PydanticCustomError("unstorable_text", "NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unstorable_text", "lone surrogate") from None
+    return value
+
+
+# Every text field of a request: a JSON string that PostgreSQL and the model's API can take.
+Text = Annotated[StrictStr, AfterValidator(storable)]
 UtcDatetime = Annotated[datetime, PlainSerializer(format_utc, return_type=str)]
 UuidStr = Annotated[UUID, PlainSerializer(str, return_type=str)]
 Role = Literal["user", "assistant"]
@@ -43,9 +58,9 @@ class ErrorResponse(Response):
 
 
 class LoginRequest(Request):
-    username: StrictStr = Field(min_length=1, max_length=100)
+    username: Text = Field(min_length=1, max_length=100)
     # Length in characters is only a sanity bound: over 72 *bytes* is refused like a wrong password.
-    password: StrictStr = Field(min_length=1, max_length=1024)
+    password: Text = Field(min_length=1, max_length=1024)
 
 
 class LoginUser(Response):
@@ -74,9 +89,9 @@ TokenCount = Annotated[StrictInt, Field(ge=0, le=1_000_000_000_000)]
 
 
 class AdminCreateUserRequest(Request):
-    username: StrictStr = Field(min_length=1, max_length=100)
-    password: StrictStr = Field(min_length=1, max_length=1024)
-    email: StrictStr | None = Field(None, max_length=255)
+    username: Text = Field(min_length=1, max_length=100)
+    password: Text = Field(min_length=1, max_length=1024)
+    email: Text | None = Field(None, max_length=255)
     role: AdminRole = "user"
     quota_tokens: TokenCount | None = None
 
@@ -128,13 +143,13 @@ class AdminDeleteResponse(Response):
 
 
 class FileAttachment(Request):
-    name: StrictStr = Field(min_length=1, max_length=255)
-    content: StrictStr
+    name: Text = Field(min_length=1, max_length=255)
+    content: Text
 
 
 class ChatRequest(Request):
     conversation_id: UUID
-    message: StrictStr = Field(min_length=1)
+    message: Text = Field(min_length=1)
     files: list[FileAttachment] | None = None
     mode: Literal["flash", "code", "redaction"] | None = None
 
@@ -175,13 +190,13 @@ class MessagesResponse(Response):
 
 
 class CreateConversationRequest(Request):
-    title: StrictStr | None = Field(None, min_length=1, max_length=255)
+    title: Text | None = Field(None, min_length=1, max_length=255)
     conversation_id: UUID | None = None
 
 
 class RenameConversationRequest(Request):
     conversationId: UUID
-    title: StrictStr = Field(min_length=1, max_length=255)
+    title: Text = Field(min_length=1, max_length=255)
 
 
 class DeleteConversationRequest(Request):

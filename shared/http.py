@@ -116,7 +116,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "Corps de requête invalide : encodage UTF-8 attendu") from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, and integers past Python's 4,300-digit limit
         raise ApiError(400, "Corps de requête invalide : JSON mal formé") from None
     if not isinstance(data, dict):
         raise ApiError(400, "Corps de requête invalide : un objet JSON est attendu")
@@ -150,6 +150,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"Le champ {field} dépasse {ctx.get('max_length')} caractères"
     if kind.startswith("uuid"):
         return f"Le champ {field} doit être un UUID valide (ex. 550e8400-e29b-41d4-a716-446655440000)"
+    if kind in {"unstorable_text", "string_unicode"}:
+        return f"Le champ {field} contient un caractère non autorisé (caractère nul ou substitut UTF-16 isolé)"
     if kind == "literal_error":
         return f"Valeur non autorisée pour {field} (attendu : {ctx.get('expected')})"
     if kind in {"list_type", "model_type", "dict_type"}:

@@ -17,4 +17,6 @@ LABELS = [
     ("rows_lost", "rows lost or half-written"),
     ("fuzz_cases", "fuzz cases"),
     ("fuzz_5xx", "fuzz 5xx"),
+    ("hostile_inputs", "hostile inputs (NUL, surrogates, huge ints…)"),
+    ("hostile_5xx", "hostile inputs answered 5xx"),
 ]

@@ -39,11 +39,14 @@ UPDATE_ACTIVE_SQL = "UPDATE users SET is_active = $2 WHERE user_id = $1"
 SET_PASSWORD_SQL = "UPDATE users SET password_hash = $2 WHERE user_id = $1"
 
 # $3: new quota (NULL keeps the current or default one $4); $5: tokens added on top, for this month.
+# Saturating: added tokens stop at BIGINT's maximum (an unlimited quota) instead of overflowing into an error.
 SET_MONTH_QUOTA_SQL = """
 INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
-VALUES ($1, $2, 0, COALESCE($3::bigint, $4::bigint) + $5::bigint)
+VALUES ($1, $2, 0, LEAST(COALESCE($3::bigint, $4::bigint)::numeric + $5::bigint, 9223372036854775807)::bigint)
 ON CONFLICT (user_id, month) DO UPDATE
-    SET quota_tokens = COALESCE($3::bigint, user_token_usage.quota_tokens) + $5::bigint
+    SET quota_tokens = LEAST(
+        COALESCE($3::bigint, user_token_usage.quota_tokens)::numeric + $5::bigint, 9223372036854775807
+    )::bigint
 """
 
 REVOKE_ALL_TOKENS_SQL = """
