@@ -32,6 +32,7 @@ class FakeMistral:
     reply: str | None = None
     total_tokens: int | None = None  # force usage.total_tokens (prompt/completion split around it)
     hold: asyncio.Event | None = None  # requests wait for it to be set
+    answered: int = 0  # completions sent back (what a user may have been given)
     _arrival: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, body: dict[str, Any]) -> None:
@@ -93,7 +94,9 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
                 return web.json_response({"object": "error", "message": f"fake failure {status}"}, status=status)
         if state.garbage:
             return web.Response(text="<html>definitely not json</html>", content_type="application/json")
-        return web.json_response(completion_body(state, body))
+        response = web.json_response(completion_body(state, body))
+        state.answered += 1
+        return response
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/models/chat/completions", chat_completions)  # the Azure-hosted path

@@ -84,7 +84,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
     await conn.execute(
         "TRUNCATE messages, conversations, user_token_usage, revoked_tokens, user_token_revocations, quota_alerts,"
-        " token_reservations,"
+        " token_reservations, unsaved_charges,"
         " users RESTART IDENTITY CASCADE"
     )
     try:

@@ -15,6 +15,8 @@ LABELS = [
     ("injection_5xx", "SQL-injection payloads answered 5xx"),
     ("faults_injected", "faults injected"),
     ("rows_lost", "rows lost or half-written"),
+    ("answers_given", "model answers given"),
+    ("answers_charged", "model answers charged"),
     ("fuzz_cases", "fuzz cases"),
     ("fuzz_5xx", "fuzz 5xx"),
     ("hostile_inputs", "hostile inputs (NUL, surrogates, huge ints…)"),

@@ -303,4 +303,32 @@ async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(c
     assert r.status == 403, await r.text()
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT title FROM conversations") == "à l'autre"
-    assert await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", me) == 0  # refunded
+    # The model answered: its tokens are charged even though the exchange could not be saved.
+    charged = await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", me)
+    assert charged > 0
+    charge = await db.fetchrow("SELECT user_id, tokens, reason FROM unsaved_charges")
+    assert tuple(charge) == (me, charged, "conversation_taken")
+    assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
+
+
+async def test_a_save_that_fails_after_the_model_answered_still_charges_the_answer(
+    client, user_id, db, fake_mistral, capsys
+):
+    fake_mistral.total_tokens = 321
+    # The database refuses the exchange (a trigger stands for any failure at save time).
+    await db.execute(
+        "CREATE FUNCTION refuse_messages() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+        " CREATE TRIGGER refuse_messages BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_messages()"
+    )
+    try:
+        r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))
+    finally:
+        await db.execute("DROP TRIGGER refuse_messages ON messages; DROP FUNCTION refuse_messages()")
+    assert r.status == 500, await r.text()
+    assert len(fake_mistral.received) == 1
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 321
+    assert tuple(await db.fetchrow("SELECT tokens, reason FROM unsaved_charges")) == (321, "RaiseError")
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "charged_without_save" in line]
+    assert [(e["user_id"], e["tokens"], e["reason"]) for e in logged] == [(user_id, 321, "RaiseError")]

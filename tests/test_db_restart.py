@@ -113,10 +113,11 @@ async def test_postgres_restart_under_load(private_cluster, make_client, fake_mi
         "/webhook/wibot/chat", json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(users[0])
     )
     assert r.status == 200, await r.text()
-    await quota.wait_for_deferred_refunds(within_s=30)  # refunds that met the outage are retried in background
+    # Refunds and charges that met the outage are retried in the background: wait for them to end.
+    assert await quota.wait_for_deferred_refunds(within_s=60), "deferred refunds still pending"
     conn = await asyncpg.connect(url)
     try:
-        await books_balance(conn)
+        await books_balance(conn, fake_mistral)
     finally:
         await conn.close()
 

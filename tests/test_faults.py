@@ -20,22 +20,32 @@ from tests.figures import FIGURES
 CHAT = "/webhook/wibot/chat"
 
 
-async def books_balance(db) -> None:
-    """Every conversation holds complete exchanges, and usage equals the tokens stored with the messages."""
+async def books_balance(db, fake_mistral: Any = None) -> None:
+    """Every conversation holds complete exchanges, usage equals the tokens stored with the messages (and the
+    answers charged unsaved), and every answer the model gave was charged exactly once."""
     half_written = await db.fetchval(
         "SELECT count(*) FROM (SELECT conversation_id FROM messages GROUP BY conversation_id"
         " HAVING count(*) FILTER (WHERE role = 'user') <> count(*) FILTER (WHERE role = 'assistant')) AS odd"
     )
     FIGURES["rows_lost"] += half_written
     assert half_written == 0
+    # Usage = the tokens of the saved exchanges + the answers charged though their save failed.
     per_user = await db.fetch(
         "SELECT u.user_id, coalesce(t.used_tokens, 0) AS used,"
-        " (SELECT coalesce(sum(tokens), 0) FROM messages m WHERE m.user_id = u.user_id) AS stored"
+        " (SELECT coalesce(sum(tokens), 0) FROM messages m WHERE m.user_id = u.user_id)"
+        " + (SELECT coalesce(sum(tokens), 0) FROM unsaved_charges c WHERE c.user_id = u.user_id) AS stored"
         " FROM users u LEFT JOIN user_token_usage t ON t.user_id = u.user_id"
     )
     leaked = [(r["user_id"], r["used"], r["stored"]) for r in per_user if r["used"] != r["stored"]]
     FIGURES["rows_lost"] += len(leaked)
     assert not leaked, leaked
+    if fake_mistral is not None:
+        charged = await db.fetchval(
+            "SELECT (SELECT count(*) FROM messages WHERE role = 'assistant') + (SELECT count(*) FROM unsaved_charges)"
+        )
+        FIGURES["answers_given"] += fake_mistral.answered
+        FIGURES["answers_charged"] += charged
+        assert charged == fake_mistral.answered
 
 
 async def mixed_request(chat: Any, conversations: Any, user_id: int, *, listing: bool) -> int:
@@ -66,7 +76,7 @@ async def test_200_concurrent_chats_across_20_users(make_client, chat_settings, 
     assert await db.fetchval("SELECT count(*) FROM messages") == 400
     recorded = await db.fetchval("SELECT sum(used_tokens) FROM user_token_usage")
     assert recorded == sum(body["tokens_used"] for _, body in results)
-    await books_balance(db)
+    await books_balance(db, fake_mistral)
 
 
 async def test_client_leaving_mid_chat_leaves_no_half_exchange_or_reservation(
@@ -88,6 +98,7 @@ async def test_client_leaving_mid_chat_leaves_no_half_exchange_or_reservation(
         while await db.fetchval("SELECT count(*) FROM token_reservations"):
             await asyncio.sleep(0.01)
     assert await db.fetchval("SELECT count(*) FROM messages") in (0, 2)
+    # Not counting the fake's answers here: the one it sends after the hang-up reaches nobody (the call was cancelled).
     await books_balance(db)
 
 
@@ -115,7 +126,7 @@ async def test_killed_database_connections_fail_cleanly_and_recover(
     assert set(statuses) <= {200, 503}
     # Refunds that met a killed connection are retried in the background: wait for them, do not guess a delay.
     assert await quota.wait_for_deferred_refunds(within_s=60), "deferred refunds still pending"
-    await books_balance(db)
+    await books_balance(db, fake_mistral)
     # Recovered without a restart.
     r = await chat.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(users[0]))
     assert r.status == 200, await r.text()

@@ -101,6 +101,10 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0003-unsaved-charges": """
+INSERT INTO unsaved_charges (reservation_id, user_id, month, tokens, reason)
+  VALUES ('22222222-2222-4222-8222-222222222222', 1, '2025-03-01', 420, 'save_failed');
+""",
     "0001-baseline": SPEC_ROWS
     + """
 INSERT INTO revoked_tokens (token_sha256, user_id, expires_at) VALUES (repeat('a', 64), 1, '2030-01-01');
@@ -384,13 +388,14 @@ def _run(module: str, url: str, *args: str, timeout: float = 60) -> subprocess.C
 
 async def test_a_service_process_behind_exits_with_one_line_naming_make_migrate(scratch):
     url = await scratch()
-    await migrate(url, upto="0001-baseline")
+    *previous, last = known_migrations()
+    await migrate(url, upto=previous[-1])
     result = await asyncio.to_thread(_run, "services.conversations", url, "--port", "0")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     complaint = [line for line in result.stderr.splitlines() if "make migrate" in line]
     assert complaint == [
-        "conversations: refusing to start: the database lacks 1 migration(s) (0002-message-metadata): run"
+        f"conversations: refusing to start: the database lacks 1 migration(s) ({last}): run"
         " `make migrate` (python -m shared.migrate) and start again"
     ], result.stderr
 

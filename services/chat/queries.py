@@ -61,6 +61,27 @@ FROM released
 WHERE u.user_id = released.user_id AND u.month = released.month
 """
 
+# The model answered but the exchange could not be saved: the answer was given, so its tokens are spent. Release
+# the reservation ($1) and charge the real usage ($2) instead (past the reservation, only what the quota still
+# holds), recording the charge and its reason ($3). Idempotent: once the reservation is gone (settled by a save
+# whose answer was lost, or already charged), nothing changes and no row is returned.
+CHARGE_UNSAVED_SQL = """
+WITH released AS (
+    DELETE FROM token_reservations WHERE reservation_id = $1 RETURNING user_id, month, tokens
+), amount AS (
+    SELECT r.user_id, r.month, r.tokens AS held,
+           LEAST($2::bigint, r.tokens + GREATEST(u.quota_tokens - u.used_tokens, 0)) AS charged
+    FROM released r JOIN user_token_usage u ON u.user_id = r.user_id AND u.month = r.month
+), settled AS (
+    UPDATE user_token_usage u SET used_tokens = u.used_tokens - a.held + a.charged
+    FROM amount a WHERE u.user_id = a.user_id AND u.month = a.month
+    RETURNING u.user_id
+)
+INSERT INTO unsaved_charges (reservation_id, user_id, month, tokens, reason)
+SELECT $1, a.user_id, a.month, a.charged, $3 FROM amount a WHERE EXISTS (SELECT 1 FROM settled)
+RETURNING tokens
+"""
+
 # Reservations older than $1 seconds belong to requests that died with their process: give them back.
 SWEEP_STALE_RESERVATIONS_SQL = """
 WITH stale AS (

@@ -1,4 +1,5 @@
-"""Monthly token quota: reserve before the model call, settle after, refund on failure.
+"""Monthly token quota: reserve before the model call; after it, charge what the answer cost (saved or not), or
+refund if there was no answer.
 
 Each reservation is a row (token_reservations) written in the same statement as the quota update, so that
 settling (save_exchange) or refunding it happens exactly once, even when the database's answer is lost
@@ -87,14 +88,27 @@ async def reserve_quota(
 
 
 async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:
-    """Give the reservation back. If the database is unreachable right now (that may be why we refund), retry
-    in the background until it answers: a reservation must not stay charged to the user."""
+    """Give the reservation back (the model did not answer)."""
+    await _until_done(pool, reservation, "refund", queries.REFUND_TOKENS_SQL, reservation.reservation_id)
+
+
+async def charge_unsaved(pool: asyncpg.Pool, reservation: Reservation, *, tokens: int, reason: str) -> None:
+    """The model answered but the exchange was not saved: charge its tokens all the same, and record why."""
+    log.warning("charged_without_save", user_id=reservation.user_id, tokens=tokens, reason=reason)
+    await _until_done(
+        pool, reservation, "charge", queries.CHARGE_UNSAVED_SQL, reservation.reservation_id, tokens, reason
+    )
+
+
+async def _until_done(pool: asyncpg.Pool, reservation: Reservation, what: str, sql: str, *args: object) -> None:
+    """Run a settling statement now; if the database is unreachable (that may be why we settle), retry it in the
+    background until it answers: a reservation must end as a refund or a charge, never stay held."""
     try:
-        # Shielded: a cancelled request (client gone) must still give its reservation back.
-        await asyncio.shield(_refund_once(pool, reservation))
+        # Shielded: a cancelled request (client gone) must still settle its reservation.
+        await asyncio.shield(pool.execute(sql, *args))
     except (TimeoutError, *DB_UNAVAILABLE_ERRORS) as exc:
-        log.warning("refund_deferred", user_id=reservation.user_id, tokens=reservation.tokens, exc=repr(exc))
-        task = asyncio.get_running_loop().create_task(_refund_later(pool, reservation))
+        log.warning(f"{what}_deferred", user_id=reservation.user_id, tokens=reservation.tokens, exc=repr(exc))
+        task = asyncio.get_running_loop().create_task(_retry_later(pool, reservation, what, sql, *args))
         _deferred_refunds.add(task)
         task.add_done_callback(_deferred_refunds.discard)
 
@@ -103,27 +117,24 @@ _deferred_refunds: set[asyncio.Task[None]] = set()
 REFUND_RETRY_FOR_S = 600.0
 
 
-async def _refund_once(pool: asyncpg.Pool, reservation: Reservation) -> None:
-    await pool.execute(queries.REFUND_TOKENS_SQL, reservation.reservation_id)
-
-
-async def _refund_later(pool: asyncpg.Pool, reservation: Reservation) -> None:
+async def _retry_later(pool: asyncpg.Pool, reservation: Reservation, what: str, sql: str, *args: object) -> None:
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + REFUND_RETRY_FOR_S, 0.2
     while loop.time() < deadline:
         await asyncio.sleep(delay)
         try:
-            await _refund_once(pool, reservation)
+            await pool.execute(sql, *args)
         except (TimeoutError, *DB_UNAVAILABLE_ERRORS):
             delay = min(delay * 2, 5.0)
             continue
-        log.info("refund_recovered", user_id=reservation.user_id, tokens=reservation.tokens)
+        log.info(f"{what}_recovered", user_id=reservation.user_id, tokens=reservation.tokens)
         return
-    log.error("refund_lost", user_id=reservation.user_id, tokens=reservation.tokens, month=str(reservation.month))
+    log.error(f"{what}_lost", user_id=reservation.user_id, tokens=reservation.tokens, month=str(reservation.month))
 
 
 async def wait_for_deferred_refunds(within_s: float = 5.0) -> bool:
-    """Wait for the refunds retried in the background (at shutdown, their last chance); True when none is left."""
+    """Wait for the refunds and charges retried in the background (at shutdown, their last chance); True when
+    none is left."""
     pending = set(_deferred_refunds)
     if pending:
         _, pending = await asyncio.wait(pending, timeout=within_s)

@@ -1,8 +1,9 @@
 """Workflow chat_main, one step per node of the n8n diagram it replaces (`run_chat` reads top to bottom).
 
 verify token (the view's decorator) → validate → load memory (ownership) → read attachments → prepare context
-→ reserve quota → call model → save exchange → respond. The quota is reserved once the prompt is known (its
-size, extracted files included, is the estimate); no database connection is held while the model works.
+→ reserve quota → call model (no answer: refund) → save exchange (not saved: charged all the same) → respond.
+The quota is reserved once the prompt is known (its size, extracted files included, is the estimate); no
+database connection is held while the model works.
 """
 
 from __future__ import annotations
@@ -60,21 +61,21 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
             messages=messages,
             max_tokens=reservation.max_completion_tokens,
         )
-        exchange = Exchange(
-            body.conversation_id,
-            user.user_id,
-            body.message,
-            mode,
-            files,
-            received_at,
-            reply.text,
-            reply.total_tokens,
-            reply.completion_tokens,
-        )
-        usage = await save_exchange(pool, exchange, reservation)
-    except BaseException:  # the model failed, the save failed, or the client left: give the tokens back
+    except BaseException:  # no answer (the model failed, or the client left first): give the tokens back
         await quota.refund(pool, reservation)
         raise
+    exchange = Exchange(
+        body.conversation_id,
+        user.user_id,
+        body.message,
+        mode,
+        files,
+        received_at,
+        reply.text,
+        reply.total_tokens,
+        reply.completion_tokens,
+    )
+    usage = await save_exchange(pool, exchange, reservation)
     TOKENS_SPENT.inc(reply.total_tokens)
     await alerts.notify_quota_thresholds(
         pool, deps.alert_sender, user_id=user.user_id, username=user.username, month=reservation.month, usage=usage
@@ -133,26 +134,34 @@ class Exchange:
 
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
-    """Conversation, both messages and the settled usage: one statement, all of it or none of it."""
-    attachments = [read.metadata() for read in exchange.files] or None
-    row = await pool.fetchrow(
-        queries.SAVE_EXCHANGE_SQL,
-        exchange.conversation_id,
-        exchange.user_id,
-        exchange.message,
-        exchange.total_tokens - exchange.completion_tokens,
-        attachments,
-        exchange.received_at,
-        exchange.reply,
-        exchange.completion_tokens,
-        exchange.message[:255],
-        reservation.reservation_id,
-        exchange.total_tokens,
-        reservation.month,
-        exchange.mode,
-        len(exchange.files),
-    )
+    """Conversation, both messages and the settled usage: one statement, all of it or none of it.
+
+    The model has answered: if the exchange cannot be saved (the conversation was taken meanwhile, the database
+    failed, the client left), its tokens are charged all the same, never refunded.
+    """
+    try:
+        row = await pool.fetchrow(
+            queries.SAVE_EXCHANGE_SQL,
+            exchange.conversation_id,
+            exchange.user_id,
+            exchange.message,
+            exchange.total_tokens - exchange.completion_tokens,
+            [read.metadata() for read in exchange.files] or None,
+            exchange.received_at,
+            exchange.reply,
+            exchange.completion_tokens,
+            exchange.message[:255],
+            reservation.reservation_id,
+            exchange.total_tokens,
+            reservation.month,
+            exchange.mode,
+            len(exchange.files),
+        )
+    except BaseException as exc:
+        await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason=type(exc).__name__[:50])
+        raise
     if not row["owned"]:  # created by someone else while the model was answering
+        await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason="conversation_taken")
         raise forbidden()
     return Usage(row["used_tokens"], row["quota_tokens"])
 
