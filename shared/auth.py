@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -21,24 +22,41 @@ REQUIRED_CLAIMS = ["exp", "iat", "user_id"]
 MAX_USER_ID = 2_147_483_647
 
 # Fresh from the database on every request, in one indexed round trip: a deleted, deactivated or demoted
-# user, a logged-out token, a token older than the last password change all lose access at once, not
-# 8 hours later when the token expires.
+# user, a logged-out token, a token of an earlier generation (password change, deactivation) all lose access
+# at once, not 8 hours later when the token expires.
 SESSION_USER_SQL = """
 SELECT u.user_id, u.username, u.role,
        EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.token_sha256 = $2) AS revoked,
-       (SELECT floor(extract(epoch FROM a.not_before))::bigint FROM user_token_revocations a
-        WHERE a.user_id = u.user_id) AS not_before
+       a.generation,
+       floor(extract(epoch FROM a.not_before))::bigint AS not_before
 FROM users u
+LEFT JOIN user_token_revocations a ON a.user_id = u.user_id
 WHERE u.user_id = $1 AND u.is_active IS TRUE
 """
 
 
 def issue_token(
-    *, user_id: int, username: str, role: str, secret: str, ttl_seconds: int, now: int | None = None
+    *,
+    user_id: int,
+    username: str,
+    role: str,
+    secret: str,
+    ttl_seconds: int,
+    now: int | None = None,
+    generation: int = 0,
 ) -> str:
-    """The spec's payload, exactly: {user_id, username, role, iat, exp}."""
+    """The spec's payload {user_id, username, role, iat, exp}, plus `jti` (this token, for logout) and `gen`
+    (the user's token generation, for revoking every token at once). Clients ignore claims they do not know."""
     issued_at = int(time.time()) if now is None else now
-    payload = {"user_id": user_id, "username": username, "role": role, "iat": issued_at, "exp": issued_at + ttl_seconds}
+    payload = {
+        "user_id": user_id,
+        "username": username,
+        "role": role,
+        "iat": issued_at,
+        "exp": issued_at + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+        "gen": generation,
+    }
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
@@ -68,22 +86,35 @@ def bearer_token(request: web.Request) -> str:
     return token
 
 
-def token_fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def token_key(token: str, claims: dict[str, Any]) -> str:
+    """What logout revokes: the token's `jti`, never its text. PyJWT accepts the same signature spelt in other
+    base64url ways (a trailing `=`, other unused low bits): hashing the text would let such a copy through.
+    Tokens issued without a jti (before it existed) are keyed on their canonical form, whose signature is
+    re-encoded from the bytes PyJWT verified."""
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        return hashlib.sha256(f"jti:{jti}".encode()).hexdigest()
+    signing_input, _, signature = token.rpartition(".")
+    canonical = jwt.utils.base64url_encode(jwt.utils.base64url_decode(signature)).decode()
+    return hashlib.sha256(f"{signing_input}.{canonical}".encode()).hexdigest()
 
 
 async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any], token: str) -> CurrentUser:
-    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"], token_fingerprint(token))
+    key = token_key(token, claims)
+    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"], key)
     if row is None or row["revoked"]:
         raise invalid_token()
-    # Whole seconds (iat has no more): a token issued in the very second of a revocation stays valid.
+    generation = claims.get("gen", 0)
+    if row["generation"] is not None and (not isinstance(generation, int) or generation < row["generation"]):
+        raise invalid_token()
+    # Tokens older than the last revocation (whole seconds; the generation also covers that very second).
     if row["not_before"] is not None and claims["iat"] < row["not_before"]:
         raise invalid_token()
     return CurrentUser(
         user_id=row["user_id"],
         username=row["username"],
         role=row["role"] or "user",
-        token_sha256=token_fingerprint(token),
+        token_key=key,
         token_expires_at=int(claims["exp"]),
     )
 

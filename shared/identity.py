@@ -10,7 +10,7 @@ class CurrentUser:
     user_id: int
     username: str
     role: str
-    token_sha256: str  # of the bearer token this request came with (logout revokes it)
+    token_key: str  # what identifies the bearer token this request came with (logout revokes it)
     token_expires_at: int  # its exp claim, epoch seconds
 
     @property

@@ -9,6 +9,8 @@ FIGURES: Counter[str] = Counter()
 LABELS = [
     ("tokens_tried", "forged/invalid tokens tried"),
     ("tokens_accepted", "forged/invalid tokens accepted"),
+    ("revoked_variants_tried", "revoked tokens, respelt, tried"),
+    ("revoked_variants_accepted", "revoked tokens, respelt, accepted"),
     ("cross_user_attempts", "cross-user attempts"),
     ("cross_user_successes", "cross-user successes"),
     ("injection_payloads", "SQL-injection payloads sent"),

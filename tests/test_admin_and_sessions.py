@@ -9,6 +9,7 @@ import pytest
 from services.auth.app import create_app as auth_app
 from services.conversations.app import create_app as conversations_app
 from tests.conftest import bearer
+from tests.figures import FIGURES
 
 ADMIN = "/webhook/wibot/admin/users"
 LOGIN = "/webhook/auth/login"
@@ -192,6 +193,78 @@ async def test_me_and_logout_revokes_only_that_token(client, admin_id):
     assert r.status == 401
     r = await client.get("/webhook/auth/me", headers=auth(second))
     assert r.status == 200
+
+
+def spellings(token: str) -> list[str]:
+    """The same token spelt otherwise, kept when PyJWT accepts it as valid (a trailing `=` is, with PyJWT 2.15)."""
+    import jwt as pyjwt
+
+    from tests.conftest import TEST_SECRET
+
+    head, _, signature = token.rpartition(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 32 bytes of HMAC are 43 characters: the last one carries 4 bits of signature and 2 unused ones.
+    high = alphabet.index(signature[-1]) & ~0b11
+    candidates = [
+        token + "=",
+        token + "==",
+        token + "===",
+        *(f"{head}.{signature[:-1]}{c}" for c in alphabet[high : high + 4]),
+    ]
+    accepted = []
+    for candidate in candidates:
+        if candidate == token:
+            continue
+        try:
+            pyjwt.decode(candidate, TEST_SECRET, algorithms=["HS256"])
+        except pyjwt.PyJWTError:
+            continue
+        accepted.append(candidate)
+    assert accepted, "no other spelling is accepted any more: this test no longer tests anything"
+    return accepted
+
+
+@pytest.mark.parametrize("with_jti", [True, False], ids=["jti", "token-without-jti"])
+async def test_a_logged_out_token_stays_out_whatever_its_spelling(client, admin_id, with_jti):
+    import jwt as pyjwt
+
+    from tests.conftest import TEST_SECRET
+
+    if with_jti:
+        token = await login(client)
+    else:  # issued before tokens had a jti: revocation is keyed on its canonical form
+        now = int(__import__("time").time())
+        claims = {"user_id": admin_id, "username": "khora", "role": "admin", "iat": now, "exp": now + 3600}
+        token = pyjwt.encode(claims, TEST_SECRET, algorithm="HS256")
+    variants = spellings(token)
+    for spelling in variants:  # PyJWT accepts each of them as the same token
+        assert (await client.get("/webhook/auth/me", headers=auth(spelling))).status == 200
+    r = await client.post("/webhook/auth/logout", headers=auth(token))
+    assert r.status == 200
+    for spelling in [token, *variants]:
+        r = await client.get("/webhook/auth/me", headers=auth(spelling))
+        FIGURES["revoked_variants_tried"] += 1
+        FIGURES["revoked_variants_accepted"] += r.status != 401
+        assert r.status == 401, spelling
+
+
+async def test_a_password_change_revokes_tokens_of_the_same_second(client, admin_id, factory, db):
+    """iat has whole seconds: tokens issued in the second of the change are told apart by their generation."""
+    from services.auth import users
+    from services.auth.passwords import PasswordHasher
+    from shared import AppKeys
+
+    bob = await factory.user("bob", "bob-password")
+    before = await login(client, "bob", "bob-password")
+    await users.set_password(client.app[AppKeys.DB], PasswordHasher(4), user_id=bob, password="new-password")
+    after = await login(client, "bob", "new-password")  # very likely the same second: no sleeping either way
+    assert (await client.get("/webhook/auth/me", headers=auth(before))).status == 401
+    assert (await client.get("/webhook/auth/me", headers=auth(after))).status == 200
+    await users.set_password(client.app[AppKeys.DB], PasswordHasher(4), user_id=bob, password="third-password")
+    latest = await login(client, "bob", "third-password")
+    assert (await client.get("/webhook/auth/me", headers=auth(after))).status == 401
+    assert (await client.get("/webhook/auth/me", headers=auth(latest))).status == 200
+    assert await db.fetchval("SELECT generation FROM user_token_revocations WHERE user_id = $1", bob) == 2
 
 
 async def test_password_change_and_deactivation_revoke_every_token(client, admin_id, factory, database_url):

@@ -29,8 +29,10 @@ async def test_login_success_matches_contract(client, factory):
     assert body["success"] is True
     assert body["user"] == {"id": user_id, "username": "khora", "role": "admin"}
     claims = jwt.decode(body["token"], TEST_SECRET, algorithms=["HS256"])
-    # Spec checklist: the payload carries user_id (not id / userId), and nothing else than these keys.
-    assert set(claims) == {"user_id", "username", "role", "iat", "exp"}
+    # Spec checklist: the payload carries user_id (not id / userId) and the spec's keys; beyond them, only jti
+    # (this token, for logout) and gen (the user's token generation, for revoking all at once).
+    assert set(claims) == {"user_id", "username", "role", "iat", "exp", "jti", "gen"}
+    assert len(claims["jti"]) == 32 and claims["gen"] == 0
     assert claims["user_id"] == user_id and claims["username"] == "khora" and claims["role"] == "admin"
     assert claims["exp"] - claims["iat"] == 8 * 3600
     assert abs(claims["iat"] - time.time()) < 60

@@ -1,9 +1,12 @@
 """SQL owned by the auth service (users, revocations)."""
 
+# With the user's token generation, read in the same snapshot as the password hash: a login racing a
+# password change gets either the old hash and the old generation, or both new.
 LOGIN_USER_SQL = """
-SELECT user_id, username, password_hash, role
-FROM users
-WHERE username = $1 AND is_active IS TRUE
+SELECT u.user_id, u.username, u.password_hash, u.role, COALESCE(a.generation, 0) AS generation
+FROM users u
+LEFT JOIN user_token_revocations a ON a.user_id = u.user_id
+WHERE u.username = $1 AND u.is_active IS TRUE
 LIMIT 1
 """
 
@@ -49,14 +52,18 @@ ON CONFLICT (user_id, month) DO UPDATE
     )::bigint
 """
 
+# Every token of the user: the next generation (and, for tokens issued before generations existed, not_before).
 REVOKE_ALL_TOKENS_SQL = """
-INSERT INTO user_token_revocations (user_id, not_before) VALUES ($1, NOW() AT TIME ZONE 'UTC')
-ON CONFLICT (user_id) DO UPDATE SET not_before = EXCLUDED.not_before
+INSERT INTO user_token_revocations (user_id, not_before, generation) VALUES ($1, NOW() AT TIME ZONE 'UTC', 1)
+ON CONFLICT (user_id) DO UPDATE
+    SET not_before = EXCLUDED.not_before, generation = user_token_revocations.generation + 1
 """
 
+# $1 is the token's key (shared.auth.token_key: its jti). An absurd `exp` in a validly signed token is kept
+# within what a TIMESTAMP holds.
 REVOKE_TOKEN_SQL = """
 INSERT INTO revoked_tokens (token_sha256, user_id, expires_at)
-VALUES ($1, $2, to_timestamp($3) AT TIME ZONE 'UTC')
+VALUES ($1, $2, to_timestamp(LEAST($3::bigint, 32503680000)) AT TIME ZONE 'UTC')
 ON CONFLICT (token_sha256) DO NOTHING
 """
 

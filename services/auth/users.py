@@ -164,7 +164,7 @@ async def delete_user(pool: asyncpg.Pool, *, user_id: int) -> tuple[int, str]:
     return deleted["user_id"], deleted["username"]
 
 
-async def revoke_token(pool: asyncpg.Pool, *, token_sha256: str, user_id: int, expires_at: int) -> None:
+async def revoke_token(pool: asyncpg.Pool, *, token_key: str, user_id: int, expires_at: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(queries.PURGE_EXPIRED_REVOCATIONS_SQL)
-        await conn.execute(queries.REVOKE_TOKEN_SQL, token_sha256, user_id, expires_at)
+        await conn.execute(queries.REVOKE_TOKEN_SQL, token_key, user_id, expires_at)

@@ -26,30 +26,36 @@ INVALID_CREDENTIALS = "Identifiants invalides"
 
 async def login(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginRequest)
-    user = await verify_credentials(request.app[AppKeys.DB], request.app[HASHER], body.username, body.password)
+    user, generation = await verify_credentials(
+        request.app[AppKeys.DB], request.app[HASHER], body.username, body.password
+    )
     request[RequestKeys.USER_ID] = user.id
-    token = generate_token(request.app[AppKeys.SETTINGS], user)
+    token = generate_token(request.app[AppKeys.SETTINGS], user, generation=generation)
     return json_response(LoginResponse(token=token, user=user))
 
 
-async def verify_credentials(pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str) -> LoginUser:
-    """One 401, whatever was wrong: unknown user, inactive user, wrong password, password over 72 bytes."""
+async def verify_credentials(
+    pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str
+) -> tuple[LoginUser, int]:
+    """The user and their token generation; one 401 whatever was wrong: unknown user, inactive user, wrong
+    password, password over 72 bytes."""
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
         raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
     row = await pool.fetchrow(queries.LOGIN_USER_SQL, username)
     if not await hasher.verify(password, row["password_hash"] if row else None):
         raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
     assert row is not None
-    return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user")
+    return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
 
 
-def generate_token(settings: Settings, user: LoginUser) -> str:
+def generate_token(settings: Settings, user: LoginUser, *, generation: int) -> str:
     return issue_token(
         user_id=user.id,
         username=user.username,
         role=user.role,
         secret=settings.jwt_secret.get_secret_value(),
         ttl_seconds=settings.jwt_ttl_seconds,
+        generation=generation,
     )
 
 
@@ -64,6 +70,6 @@ async def logout(request: web.Request) -> web.Response:
     """Revokes the token this request came with (other sessions of the user stay open)."""
     user = current_user(request)
     await users.revoke_token(
-        request.app[AppKeys.DB], token_sha256=user.token_sha256, user_id=user.user_id, expires_at=user.token_expires_at
+        request.app[AppKeys.DB], token_key=user.token_key, user_id=user.user_id, expires_at=user.token_expires_at
     )
     return json_response(SuccessResponse())
