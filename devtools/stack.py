@@ -83,15 +83,28 @@ def load_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def ensure_dotenv() -> None:
-    """A first run gets a .env from .env.example, with a fresh random JWT_SECRET."""
-    target = ROOT / ".env"
-    if target.exists() or os.environ.get("JWT_SECRET"):
+def write_private(path: Path, text: str) -> None:
+    """Files holding secrets (the JWT key) are readable by their owner only (0600), from their first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def ensure_dotenv(root: Path = ROOT) -> None:
+    """A first run gets a .env from .env.example, with a fresh random JWT_SECRET; an existing one is made 0600."""
+    target = root / ".env"
+    if target.exists():
+        if target.stat().st_mode & 0o077:
+            target.chmod(0o600)
+            print(f"{target} was readable by other users: now 0600 (it holds JWT_SECRET).")
         return
-    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    if os.environ.get("JWT_SECRET"):
+        return
+    text = (root / ".env.example").read_text(encoding="utf-8")
     text = re.sub(r"^JWT_SECRET=.*$", f"JWT_SECRET={secrets.token_urlsafe(48)}", text, flags=re.M)
-    target.write_text(text, encoding="utf-8")
-    print(f"Created {target} (random JWT_SECRET). Edit it to configure the stack.")
+    write_private(target, text)
+    print(f"Created {target} (random JWT_SECRET, mode 0600). Edit it to configure the stack.")
 
 
 def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding="utf-8")) -> str:
@@ -267,10 +280,10 @@ async def ensure_database(url: str) -> None:
 
 def resolve_database(env: dict[str, str]) -> tuple[str, str | None]:
     """The DSN to use and, when no server answers, the command running a private cluster."""
-    from shared import Settings
+    from shared.settings import DatabaseSettings
 
     postgres = {key.lower(): value for key, value in env.items() if key.startswith("POSTGRES_")}
-    url = env.get("DATABASE_URL") or Settings.model_validate({**postgres, "jwt_secret": "x" * 32}).dsn
+    url = env.get("DATABASE_URL") or DatabaseSettings.model_validate(postgres).dsn
     parts = urlsplit(url)
     if port_open(parts.hostname or "127.0.0.1", parts.port or 5432):
         return url, None
@@ -337,7 +350,7 @@ def main(argv: list[str]) -> int:
     stack_env = RUN_DIR / "stack.env"
     dotenv = load_dotenv(ROOT / ".env")
     merged = {**dotenv, **{k: v for k, v in os.environ.items() if k in dotenv}, **extra}
-    stack_env.write_text("".join(f"{k}={v}\n" for k, v in merged.items()), encoding="utf-8")
+    write_private(stack_env, "".join(f"{k}={v}\n" for k, v in merged.items()))
     honcho = [sys.executable, "-m", "honcho", "-f", str(procfile_path), "-d", str(ROOT), "-e", str(stack_env), "start"]
     # exec: honcho takes this process's place, so SIGTERM or Ctrl-C reaches it and it stops every process.
     os.execve(sys.executable, honcho, {**env, **extra, "PYTHONUNBUFFERED": "1"})

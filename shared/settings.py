@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -11,6 +13,16 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_JWT_SECRET_BYTES = 32
+# Length × the Shannon entropy of its characters: a crude estimate, but it refuses "x" * 40 or a word repeated,
+# and accepts any secret drawn at random (128 random bits in hex estimate at ~120).
+MIN_JWT_SECRET_BITS = 112
+# The placeholder of .env.example: anyone who read the example could forge an admin token with it.
+PLACEHOLDER_MARK = "change-me"
+
+
+def estimated_bits(secret: str) -> float:
+    counts = Counter(secret)
+    return -sum(n * math.log2(n / len(secret)) for n in counts.values())
 
 
 class DatabaseSettings(BaseSettings):
@@ -90,9 +102,17 @@ class Settings(DatabaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+    def _secret_strong_enough(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+        if PLACEHOLDER_MARK in secret.lower():
+            raise ValueError("JWT_SECRET is the placeholder of .env.example: generate one (make run does)")
+        if estimated_bits(secret) < MIN_JWT_SECRET_BITS:
+            raise ValueError(
+                "JWT_SECRET is too predictable (repeated characters or words): use a random one, e.g."
+                " python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         return value
 
     def model_for_mode(self, mode: str | None) -> str:

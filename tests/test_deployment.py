@@ -20,7 +20,8 @@ def compose_config(tmp_path) -> dict:
     assert shutil.which("docker-compose"), "docker-compose is required (apt-get install docker-compose)"
     for name in ("docker-compose.yml", "Dockerfile"):
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    (tmp_path / ".env").write_text(example + "POSTGRES_PASSWORD=config-check-only\n", encoding="utf-8")
     shutil.copytree(ROOT / "nginx", tmp_path / "nginx")
     shutil.copytree(ROOT / "db", tmp_path / "db")
     result = subprocess.run(["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
@@ -74,3 +75,38 @@ def test_rendered_gateway_config_matches_the_services_limits():
     assert "proxy_read_timeout 90s;" in chat  # the model may take its time; nginx waits as long as the spec's 90 s
     assert "server 127.0.0.1:9001; server 127.0.0.1:9002;" in config  # several chat processes behind one upstream
     assert Settings.model_fields["max_body_bytes"].default == Topology.from_env({}).max_body_bytes
+
+
+def test_make_run_writes_its_secrets_readable_by_their_owner_only(tmp_path, monkeypatch):
+    import stat
+
+    from devtools.stack import ensure_dotenv
+    from shared import Settings
+
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    ensure_dotenv(tmp_path)
+    created = tmp_path / ".env"
+    assert stat.S_IMODE(created.stat().st_mode) == 0o600
+    secret = next(line.split("=", 1)[1] for line in created.read_text().splitlines() if line.startswith("JWT_SECRET="))
+    assert Settings(_env_file=None, jwt_secret=secret).jwt_secret.get_secret_value() == secret  # type: ignore[call-arg]
+    created.chmod(0o644)  # an .env written by an earlier version, or by hand
+    ensure_dotenv(tmp_path)
+    assert stat.S_IMODE(created.stat().st_mode) == 0o600
+
+
+def test_compose_requires_a_database_password(tmp_path):
+    for name in ("docker-compose.yml", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env_lines = [
+        line
+        for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+        if not line.startswith("POSTGRES_PASSWORD=")
+    ]
+    (tmp_path / ".env").write_text("\n".join(env_lines) + "\n", encoding="utf-8")
+    clean_env = {k: v for k, v in __import__("os").environ.items() if k != "POSTGRES_PASSWORD"}
+    result = subprocess.run(
+        ["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=clean_env
+    )
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr

@@ -98,6 +98,8 @@ def stack(database_url, tmp_path_factory):
     try:
         for port in (gateway, auth, chat1, chat2, conversations, fake):
             wait_for_port(port)
+        # The environment handed to every process holds JWT_SECRET: its owner only may read it.
+        assert (run_dir / "stack.env").stat().st_mode & 0o777 == 0o600
         yield Stack(f"http://127.0.0.1:{gateway}", log, [chat1, chat2])
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does

@@ -22,7 +22,7 @@ from devtools.stack import with_database
 from services.auth.app import create_app as auth_app
 from shared import DatabaseBehind, apply_migrations
 from shared.migrations import MIGRATIONS_DIR, YOYO_TABLES, known_migrations, missing_migrations
-from tests.conftest import SERVER_URL, make_settings
+from tests.conftest import SERVER_URL, TEST_SECRET, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -374,7 +374,7 @@ async def test_a_service_refuses_a_database_that_is_behind(scratch):
 
 
 def _run(module: str, url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": "x" * 40, "DB_STARTUP_WAIT_S": "0"}
+    env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": TEST_SECRET, "DB_STARTUP_WAIT_S": "0"}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

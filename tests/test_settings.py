@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from shared import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOD_SECRET = "0123456789abcdef0123456789abcdef"
+GOOD_SECRET = "d-ULpSPyH-EDe3AIVNp6Qk1rX0bY7sTzWc4uJ"
 
 
 def run_service(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -29,10 +29,34 @@ def run_service(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[s
     )
 
 
-def test_short_secret_is_refused():
-    with pytest.raises(ValidationError, match="at least 32 bytes"):
-        Settings(_env_file=None, jwt_secret="x" * 31)  # type: ignore[call-arg]
-    assert Settings(_env_file=None, jwt_secret=GOOD_SECRET).jwt_secret.get_secret_value() == GOOD_SECRET  # type: ignore[call-arg]
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("x" * 31, "at least 32 bytes"),
+        ("change-me-to-at-least-32-random-bytes-please", "placeholder of .env.example"),
+        ("x" * 64, "too predictable"),
+        ("azerty" * 6, "too predictable"),
+    ],
+    ids=["short", "placeholder", "one-character", "repeated-word"],
+)
+def test_weak_secrets_are_refused(secret, why):
+    with pytest.raises(ValidationError, match=why):
+        Settings(_env_file=None, jwt_secret=secret)  # type: ignore[call-arg]
+
+
+def test_random_secrets_are_accepted():
+    import secrets
+
+    for secret in (GOOD_SECRET, secrets.token_hex(16), secrets.token_urlsafe(48)):
+        assert Settings(_env_file=None, jwt_secret=secret).jwt_secret.get_secret_value() == secret  # type: ignore[call-arg]
+
+
+def test_the_env_example_secret_is_refused_by_a_starting_service(tmp_path):
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    placeholder = next(line.split("=", 1)[1] for line in example.splitlines() if line.startswith("JWT_SECRET="))
+    result = run_service({"JWT_SECRET": placeholder}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "placeholder" in result.stderr and placeholder not in result.stderr
 
 
 @pytest.mark.parametrize("env", [{"JWT_SECRET": "too-short"}, {}])
