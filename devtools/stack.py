@@ -10,6 +10,8 @@ Ports and the gateway are configured from the environment (and .env): see .env.e
 from __future__ import annotations
 
 import asyncio
+import grp
+import hashlib
 import os
 import pwd
 import re
@@ -18,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,8 @@ class Topology:
     access_log: str
     proxy_timeout: str = "30s"
     chat_proxy_timeout: str = "90s"
+    client_timeout: str = "10s"
+    conn_limit_per_ip: int = 100
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Topology:
@@ -69,6 +74,8 @@ class Topology:
             access_log=env.get("NGINX_ACCESS_LOG", "/dev/stdout"),
             proxy_timeout=env.get("PROXY_TIMEOUT", "30s"),
             chat_proxy_timeout=env.get("CHAT_PROXY_TIMEOUT", "90s"),
+            client_timeout=env.get("CLIENT_TIMEOUT", "10s"),
+            conn_limit_per_ip=int(env.get("CONN_LIMIT_PER_IP", "100")),
         )
 
 
@@ -123,30 +130,53 @@ def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding
         "NGINX_ACCESS_LOG": topology.access_log,
         "PROXY_TIMEOUT": topology.proxy_timeout,
         "CHAT_PROXY_TIMEOUT": topology.chat_proxy_timeout,
+        "CLIENT_TIMEOUT": topology.client_timeout,
+        "CONN_LIMIT_PER_IP": str(topology.conn_limit_per_ip),
     }
     return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)
+
+
+def nginx_spool_dir(nginx_dir: Path) -> tuple[Path, str]:
+    """Where nginx spools request bodies and proxied responses, and the `user` line for its workers.
+
+    Started as root, nginx's workers run as `nobody`, who may not be able to reach run_dir (a checkout in a
+    0700 home): then every body over 16 KiB failed with a 500. Their spool is a directory of theirs in the
+    system's temporary directory instead, mode 0700: nobody else reads what users upload.
+    """
+    if os.geteuid() != 0:
+        return nginx_dir, ""
+    worker = pwd.getpwnam("nobody")
+    group = grp.getgrgid(worker.pw_gid).gr_name
+    digest = hashlib.sha256(str(nginx_dir.resolve()).encode()).hexdigest()[:12]
+    spool = Path(tempfile.gettempdir()) / f"wibot-nginx-{digest}"
+    spool.mkdir(mode=0o700, exist_ok=True)
+    os.chown(spool, worker.pw_uid, worker.pw_gid)
+    return spool, f"user nobody {group};\n"
 
 
 def write_nginx_main(topology: Topology, run_dir: Path) -> Path:
     """nginx.conf for a foreground nginx with every path under run_dir (no root-owned files needed)."""
     nginx_dir = run_dir / "nginx"
+    nginx_dir.mkdir(parents=True, exist_ok=True)
+    spool, user_line = nginx_spool_dir(nginx_dir)
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (nginx_dir / sub).mkdir(parents=True, exist_ok=True)
-        (nginx_dir / sub).chmod(0o777)  # workers drop root privileges and must still write here
+        (spool / sub).mkdir(mode=0o700, exist_ok=True)
+        if user_line:
+            shutil.chown(spool / sub, "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name)
     (nginx_dir / "wibot.conf").write_text(render_nginx(topology), encoding="utf-8")
     main = nginx_dir / "nginx.conf"
     main.write_text(
         f"""daemon off;
-worker_processes 2;
+{user_line}worker_processes 2;
 pid {nginx_dir}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
 http {{
-    client_body_temp_path {nginx_dir}/client_body;
-    proxy_temp_path {nginx_dir}/proxy;
-    fastcgi_temp_path {nginx_dir}/fastcgi;
-    uwsgi_temp_path {nginx_dir}/uwsgi;
-    scgi_temp_path {nginx_dir}/scgi;
+    client_body_temp_path {spool}/client_body;
+    proxy_temp_path {spool}/proxy;
+    fastcgi_temp_path {spool}/fastcgi;
+    uwsgi_temp_path {spool}/uwsgi;
+    scgi_temp_path {spool}/scgi;
     include {nginx_dir}/wibot.conf;
 }}
 """,

@@ -29,6 +29,7 @@ import pytest
 
 from devtools.stack import Topology, free_ports, wait_for_port, write_nginx_main
 from tests.conftest import TEST_SECRET, bearer
+from tests.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://localhost:3000"
@@ -221,18 +222,64 @@ async def test_a_txt_and_a_pdf_as_the_newer_frontend_sends_them_reach_the_model_
     cases = [
         ({"name": "note.txt", "content": b64("Redémarrer le serveur GLPI".encode())}, "Redémarrer le serveur GLPI"),
         ({"name": "proc.pdf", "content": b64(text_pdf(["Panne Internet"]))}, "[Page 1/1]\nPanne Internet"),
+        # Over nginx's 16 KiB body buffer: spooled by nginx to its own temporary file, then passed on whole.
+        ({"name": "long.md", "content": b64(("# Journal\n" + "ligne\n" * 40_000).encode())}, "# Journal\nligne"),
     ]
     for attachment, text in cases:
         payload = {"conversation_id": str(uuid.uuid4()), "message": "x", "mode": "code", "files": [attachment]}
         async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user_id)) as r:
             assert r.status == 200, await r.text()
             reply = (await r.json())["response"]
-        assert reply.endswith(f"Vous avez écrit : x\n\n--- Fichier : {attachment['name']} ---\n{text}"), reply
+        assert f"Vous avez écrit : x\n\n--- Fichier : {attachment['name']} ---\n{text}" in reply, reply
     rows = await db.fetch("SELECT files_count, mode FROM messages WHERE role = 'user' AND user_id = $1", user_id)
-    assert [tuple(r) for r in rows] == [(1, "code"), (1, "code")]
+    assert [tuple(r) for r in rows] == [(1, "code")] * 3
     payload = {"conversation_id": str(uuid.uuid4()), "message": "x", "files": [{"name": "a.exe", "content": "MZ"}]}
     async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user_id)) as r:
         assert (r.status, (await r.json())["code"]) == (415, "FILE_UNSUPPORTED_TYPE")
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Bytes as a broken or hostile client sends them; the status, headers and body nginx answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"NOT-HTTP\r\n\r\n", 400, "BAD_REQUEST"),
+        (b"TRACE /webhook/wibot/chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405, "METHOD_NOT_ALLOWED"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 414, "URI_TOO_LONG"),
+        (
+            b"GET /webhook/wibot/conversations HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"b" * 70_000
+            + b"\r\nConnection: close\r\n\r\n",
+            400,  # nginx answers its 494 as a 400
+            "HEADERS_TOO_LARGE",
+        ),
+        (
+            b"POST /webhook/wibot/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+            b"Connection: close\r\n\r\n0\r\n\r\n",
+            501,
+            "NOT_IMPLEMENTED",
+        ),
+    ],
+    ids=["400", "405", "414", "494", "501"],
+)
+async def test_nginx_own_errors_answer_the_json_envelope(stack, db, request_bytes, status, code):
+    got, headers, body = await asyncio.to_thread(raw_exchange, stack.url, request_bytes)
+    assert got == status, body[:300]
+    assert headers["content-type"].startswith("application/json"), headers
+    envelope = json.loads(body)
+    assert envelope["success"] is False and envelope["code"] == code and envelope["error"]
 
 
 async def test_request_id_is_the_same_in_nginx_and_service_logs(stack, http, db):
@@ -336,6 +383,89 @@ async def test_upstream_down_is_a_502_envelope(tmp_path, http):
             "error": "Service indisponible. Réessayez dans quelques instants.",
             "code": "BAD_GATEWAY",
         }
+
+
+def nginx_processes(run_dir: Path) -> list[int]:
+    master = int((run_dir / "nginx" / "nginx.pid").read_text())
+    return [master, *(int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split())]
+
+
+def spooled_bytes(run_dir: Path) -> int:
+    """Bytes of request bodies nginx holds in its spool files (unlinked at once: found through its open files)."""
+    total = 0
+    for pid in nginx_processes(run_dir):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if "/client_body/" in os.readlink(fd):
+                    total += fd.stat().st_size
+    return total
+
+
+def nginx_rss_mb(run_dir: Path) -> float:
+    """Resident memory of the gateway: its master and worker processes."""
+    total_kb = 0
+    for pid in nginx_processes(run_dir):
+        status = Path(f"/proc/{pid}/status").read_text()
+        total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return total_kb / 1024
+
+
+async def slow_upload(url: str, sent: int, declared: int = 20_000_000) -> tuple[asyncio.StreamReader, Any]:
+    """A client that announces a large chat body, sends `sent` bytes of it, and then waits."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /webhook/wibot/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+    )
+    writer.write(b"x" * sent)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_200_slow_large_uploads_do_not_grow_the_gateways_memory(tmp_path):
+    """Bodies are spooled to disk past 16 KiB: 200 clients holding 1 MiB each cost nginx almost no RAM (with
+    4 MiB in-memory buffers, the same attack made it hold 817 MiB)."""
+    uploads, per_client = 200, 1024 * 1024
+    env = {"CONN_LIMIT_PER_IP": "1000", "CLIENT_TIMEOUT": "60s", "MAX_BODY_BYTES": str(25 * 1024 * 1024)}
+    async with lone_nginx(tmp_path, **env) as url:
+        before = nginx_rss_mb(tmp_path)
+        clients = await asyncio.gather(*(slow_upload(url, per_client) for _ in range(uploads)))
+        try:
+            async with asyncio.timeout(45):  # until nginx has taken in every byte sent (to its spool files)
+                while spooled_bytes(tmp_path) < uploads * (per_client - 16384):
+                    await asyncio.sleep(0.1)
+            during = nginx_rss_mb(tmp_path)
+        finally:
+            for _, writer in clients:
+                writer.close()
+    growth = during - before
+    FIGURES["gateway_rss_growth_mb"] = round(growth, 1)
+    assert growth < 64, f"nginx grew by {growth:.0f} MiB holding {uploads} x {per_client // 1024} KiB"
+
+
+async def test_connections_beyond_the_per_ip_limit_get_a_429_envelope(tmp_path, http):
+    async with lone_nginx(tmp_path, CONN_LIMIT_PER_IP="5", CLIENT_TIMEOUT="60s") as url:
+        held = [await slow_upload(url, 1024) for _ in range(5)]
+        try:
+            async with http.get(url + "/webhook/wibot/conversations") as r:
+                assert r.status == 429
+                body = await r.json()
+                assert body["success"] is False and body["code"] == "RATE_LIMITED"
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+async def test_a_client_that_stalls_is_cut_off_at_the_client_timeout(tmp_path):
+    async with lone_nginx(tmp_path, CLIENT_TIMEOUT="1s") as url:
+        reader, writer = await slow_upload(url, 1024)
+        try:
+            async with asyncio.timeout(15):  # nginx closes it after ~1 s of silence (default: a minute)
+                answer = await reader.read()
+        finally:
+            writer.close()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:100]
 
 
 async def test_docs_page_renders_the_api_in_headless_chromium(stack, http, db):
