@@ -94,3 +94,68 @@ async def test_cli_refuses_bad_requests_clearly(database_url, db, args, stdin, m
     assert code == 1
     assert message in err
     assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "a",  # too short
+        "x" * 65,  # too long
+        "bob smith",  # space
+        "bob\r\nadmin",  # CR/LF: a forged log or terminal line
+        "\x1b[31mroot",  # ANSI escape
+        "kh\u043era",  # Cyrillic о among Latin letters: looks like "khora"
+        "\u0391lice",  # Greek capital alpha
+        ".hidden",  # starts with punctuation
+        "bob\u200b",  # zero-width space
+    ],
+    ids=["short", "long", "space", "crlf", "ansi", "cyrillic", "greek", "dot", "zero-width"],
+)
+async def test_new_usernames_follow_the_rules(client, db, factory, username):
+    admin = await factory.user("root", role="admin")
+    from tests.conftest import bearer
+
+    r = await client.post(
+        "/webhook/wibot/admin/users",
+        json={"username": username, "password": "s3cret-pw"},
+        headers=bearer(admin, "root", "admin"),
+    )
+    assert r.status == 400, await r.text()
+    assert (await r.json())["error"].startswith("Nom d'utilisateur invalide : 2 à 64 caractères")
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+
+
+async def test_usernames_are_normalised_accents_allowed_and_unique_whatever_the_case(client, db, factory):
+    admin = await factory.user("khora", role="admin")
+    from tests.conftest import bearer
+
+    async def create(username: str):
+        return await client.post(
+            "/webhook/wibot/admin/users",
+            json={"username": username, "password": "s3cret-pw"},
+            headers=bearer(admin, "khora", "admin"),
+        )
+
+    r = await create("E\u0301tienne.Dupont")  # E + combining acute: stored as the single letter É
+    assert r.status == 200, await r.text()
+    assert (await r.json())["user"]["username"] == "\u00c9tienne.Dupont"
+    r = await create("KHORA")
+    assert r.status == 409, await r.text()
+    assert await login(client, "\u00c9tienne.Dupont", "s3cret-pw") == 200
+
+
+async def test_the_cli_never_prints_control_characters_raw(client, database_url, db, factory):
+    # A name written before the rules existed (or by SQL) may hold anything: the CLI escapes it.
+    await factory.user("evil\x1b[2J\x1b[Hname\r\nroot")
+    code, out, _ = await users_cli(database_url, "list")
+    assert code == 0
+    assert "\x1b" not in out and "\r" not in out
+    assert "evil\\x1b[2J\\x1b[Hname\\r\\nroot" in out
+    code, _, err = await users_cli(database_url, "set-password", "ghost\x1b[31m", stdin="abcdefgh\n")
+    assert code == 1 and "\x1b" not in err and "ghost\\x1b[31m" in err
+
+
+async def test_cli_help_states_the_rules(database_url):
+    code, out, _ = await users_cli(database_url, "--help")
+    assert code == 0
+    assert "2 à 64 caractères" in out and "6 caractères au moins" in out and "72 octets au plus" in out

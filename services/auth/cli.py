@@ -9,6 +9,7 @@ import sys
 
 from services.auth import users
 from services.auth.passwords import PasswordHasher
+from services.auth.usernames import RULES, printable
 from shared import create_pool, current_month, load_settings_or_exit
 
 
@@ -23,7 +24,12 @@ def read_password(*, confirm: bool = True) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m services.auth users", description="Gestion des utilisateurs")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.auth users",
+        description="Gestion des utilisateurs",
+        epilog=f"Noms d'utilisateur : {RULES}. Mots de passe : {users.MIN_PASSWORD_CHARS} caractères au moins,"
+        f" {users.BCRYPT_MAX_BYTES} octets au plus.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="créer un utilisateur (mot de passe demandé ou lu sur stdin)")
     create.add_argument("username")
@@ -58,21 +64,22 @@ async def run(args: argparse.Namespace) -> str:
                 )
             except users.UserExists:
                 if args.if_missing:
-                    return f"L'utilisateur {args.username} existe déjà : rien à faire"
+                    return f"L'utilisateur {printable(args.username)} existe déjà : rien à faire"
                 raise
-            return f"Utilisateur créé : {user.username} (id {user.user_id}, rôle {user.role})"
+            return f"Utilisateur créé : {printable(user.username)} (id {user.user_id}, rôle {user.role})"
         if args.command == "set-password":
             user_id = await users.user_id_by_name(pool, args.username)
             await users.set_password(pool, hasher, user_id=user_id, password=read_password())
-            return f"Mot de passe changé : {args.username} (ses sessions ouvertes sont fermées)"
+            return f"Mot de passe changé : {printable(args.username)} (ses sessions ouvertes sont fermées)"
         if args.command == "deactivate":
             user_id = await users.user_id_by_name(pool, args.username)
             await users.update_user(pool, user_id=user_id, month=month, default_quota=default_quota, is_active=False)
-            return f"Compte désactivé : {args.username}"
+            return f"Compte désactivé : {printable(args.username)}"
         rows = await users.list_users(pool, month=month, default_quota=default_quota)
         lines = [f"{'id':>5}  {'username':<24} {'role':<8} {'actif':<6} email"]
         lines += [
-            f"{u.user_id:>5}  {u.username:<24} {u.role:<8} {'oui' if u.is_active else 'non':<6} {u.email or ''}"
+            f"{u.user_id:>5}  {printable(u.username):<24} {printable(u.role):<8} {'oui' if u.is_active else 'non':<6}"
+            f" {printable(u.email or '')}"
             for u in rows
         ]
         return "\n".join(lines)
@@ -83,8 +90,9 @@ async def run(args: argparse.Namespace) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # Every name in the output went through printable(): no control character reaches the terminal.
         print(asyncio.run(run(args)))
     except users.UserError as exc:
-        print(f"Erreur : {exc}", file=sys.stderr)
+        print(f"Erreur : {printable(str(exc))}", file=sys.stderr)
         return 1
     return 0

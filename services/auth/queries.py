@@ -10,9 +10,11 @@ WHERE u.username = $1 AND u.is_active IS TRUE
 LIMIT 1
 """
 
+# Unique whatever the case: "Khora" cannot be created beside "khora" (no row returned: it exists).
 CREATE_USER_SQL = """
 INSERT INTO users (username, password_hash, email, role)
-VALUES ($1, $2, $3, $4)
+SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar
+WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1::varchar))
 ON CONFLICT (username) DO NOTHING
 RETURNING user_id
 """

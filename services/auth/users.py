@@ -9,6 +9,7 @@ import asyncpg
 
 from services.auth import queries
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher, fits_bcrypt
+from services.auth.usernames import InvalidUsername, normalize_username
 
 ROLES = ("user", "admin")
 MIN_PASSWORD_CHARS = 6
@@ -87,9 +88,10 @@ async def create_user(
     month: date,
     default_quota: int,
 ) -> UserRecord:
-    username = username.strip()
-    if not 1 <= len(username) <= 100:
-        raise UserError("Le nom d'utilisateur doit contenir entre 1 et 100 caractères")
+    try:
+        username = normalize_username(username)
+    except InvalidUsername as exc:
+        raise UserError(str(exc)) from None
     if role not in ROLES:
         raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
     check_new_password(password)
