@@ -215,6 +215,9 @@ def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subpro
             "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake}",
             "LOG_LEVEL": "WARNING",
             "DB_POOL_MAX": "20",
+            # The benchmark is a load on purpose: no per-user request limits.
+            "CHAT_REQUESTS_PER_MINUTE": "0",
+            "CONVERSATION_CREATIONS_PER_MINUTE": "0",
             "FAKE_MISTRAL_LATENCY_MS": os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0"),
         }
     )

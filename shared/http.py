@@ -89,7 +89,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         log.warning("request_failed", status=exc.status, error=exc.message, code=exc.code, path=request.path)
-        return envelope_response(exc.status, exc.message, exc.code)
+        response = envelope_response(exc.status, exc.message, exc.code)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

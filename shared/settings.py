@@ -72,6 +72,11 @@ class Settings(DatabaseSettings):
     extraction_workers: int = Field(2, ge=1, description="Processes extracting files (PDF) off the event loop")
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
+    chat_requests_per_minute: int = Field(30, ge=0, description="Chat requests per user and minute (0: no limit)")
+    conversation_creations_per_minute: int = Field(
+        20, ge=0, description="Conversations a user may create per minute (0: no limit)"
+    )
+    max_conversations_per_user: int = Field(5_000, ge=0, description="Conversations a user may keep (0: no limit)")
     reservation_stale_after_s: float = Field(
         300.0, gt=0, description="A quota reservation older than this belongs to a dead request: refunded"
     )

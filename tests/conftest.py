@@ -74,6 +74,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "mistral_retry_initial_ms": 10,
         "mistral_retry_max_elapsed_s": 2,
         "mistral_timeout_s": 5,
+        # Load tests send hundreds of chats per user and minute: the limits have their own tests.
+        "chat_requests_per_minute": 0,
+        "conversation_creations_per_minute": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -84,7 +87,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
     await conn.execute(
         "TRUNCATE messages, conversations, user_token_usage, revoked_tokens, user_token_revocations, quota_alerts,"
-        " token_reservations, unsaved_charges,"
+        " token_reservations, unsaved_charges, rate_limit_windows,"
         " users RESTART IDENTITY CASCADE"
     )
     try:

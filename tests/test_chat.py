@@ -236,18 +236,22 @@ async def test_mode_prompt_files_replace_the_built_in_additions(
     assert DEFAULT_MODE_PROMPTS["code"] not in system
 
 
-async def test_another_users_conversation_is_403_and_nothing_written(client, factory, db, fake_mistral):
+ID_TAKEN = {
+    "success": False,
+    "error": "Cet identifiant de conversation est déjà utilisé par un autre utilisateur : démarrez une nouvelle"
+    " conversation",
+    "code": "CONVERSATION_ID_TAKEN",
+}
+
+
+async def test_another_users_conversation_id_is_reported_taken_and_nothing_written(client, factory, db, fake_mistral):
     owner = await factory.user("owner")
     intruder = await factory.user("intruder")
     cid = await factory.conversation(owner, conversation_id=uuid.UUID(CID))
     await factory.message(cid, owner, "user", "confidentiel")
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "je lis ?"}, headers=bearer(intruder))
-    assert r.status == 403, await r.text()
-    assert await r.json() == {
-        "success": False,
-        "error": "Vous n'avez pas accès à cette conversation",
-        "code": "FORBIDDEN",
-    }
+    assert r.status == 409, await r.text()
+    assert await r.json() == ID_TAKEN
     assert await count(db, "messages") == 1
     assert len(fake_mistral.received) == 0
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0
@@ -288,7 +292,7 @@ def test_sdk_model_classes_are_built_once():
     assert other(body=[1]).body == [1]
 
 
-async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(client, factory, db, fake_mistral):
+async def test_conversation_taken_by_someone_else_during_the_model_call_is_409(client, factory, db, fake_mistral):
     import asyncio
 
     me, other = await factory.user("me"), await factory.user("other")
@@ -300,7 +304,8 @@ async def test_conversation_taken_by_someone_else_during_the_model_call_is_403(c
     await factory.conversation(other, conversation_id=uuid.UUID(CID), title="à l'autre")  # the race
     fake_mistral.hold.set()
     r = await pending
-    assert r.status == 403, await r.text()
+    assert r.status == 409, await r.text()
+    assert await r.json() == ID_TAKEN
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT title FROM conversations") == "à l'autre"
     # The model answered: its tokens are charged even though the exchange could not be saved.

@@ -209,11 +209,12 @@ async def test_untitled_conversation_takes_its_first_chat_message_as_title(
     assert [(c["title"], c["message_count"]) for c in (await r.json())["conversations"]] == [("Sauvegardes GLPI", 2)]
 
 
-async def test_create_over_someone_elses_id_is_403(client, khora, factory, db):
+async def test_create_over_someone_elses_id_is_reported_taken(client, khora, factory, db):
     other = await factory.user("other")
     await factory.conversation(other, conversation_id=CID, title="à lui")
     r = await client.post(LIST, json={"conversation_id": str(CID), "title": "à moi"}, headers=bearer(khora))
-    assert r.status == 403, await r.text()
+    assert r.status == 409, await r.text()
+    assert (await r.json())["code"] == "CONVERSATION_ID_TAKEN"
     assert await db.fetchval("SELECT title FROM conversations") == "à lui"
 
 

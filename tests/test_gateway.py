@@ -84,6 +84,7 @@ def stack(database_url, tmp_path_factory):
         "MAX_BODY_BYTES": str(1024 * 1024),
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "INFO",
+        "CHAT_REQUESTS_PER_MINUTE": "1000",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     log = run_dir / "stack.log"

@@ -128,7 +128,7 @@ CONVERSATION_ROUTES = [
 
 
 @pytest.mark.parametrize(("service", "route"), CONVERSATION_ROUTES, ids=lambda v: getattr(v, "path", v))
-async def test_another_users_conversation_is_403_and_untouched(clients, factory, db, service, route):
+async def test_another_users_conversation_is_refused_and_untouched(clients, factory, db, service, route):
     owner = await factory.user("owner")
     intruder = await factory.user("intruder")
     cid = await factory.conversation(owner, title="privée")
@@ -138,8 +138,13 @@ async def test_another_users_conversation_is_403_and_untouched(clients, factory,
     r = await clients[service].request(route.method, path, json=body, headers=bearer(intruder, "intruder"))
     FIGURES["cross_user_attempts"] += 1
     FIGURES["cross_user_successes"] += int(r.status < 400)
-    assert r.status == 403, await r.text()
-    assert await r.json() == FORBIDDEN
+    if route.path in {"/webhook/wibot/chat", "/webhook/wibot/conversations"}:
+        # Writing under an id someone else uses: reported as taken (the client draws a new id), nothing else.
+        assert r.status == 409, await r.text()
+        assert (await r.json())["code"] == "CONVERSATION_ID_TAKEN"
+    else:
+        assert r.status == 403, await r.text()
+        assert await r.json() == FORBIDDEN
     assert await snapshot(db) == before
 
 
@@ -204,9 +209,9 @@ async def test_sql_injection_in_every_field_has_no_effect(clients, factory, db, 
         FIGURES["injection_5xx"] += int(r.status >= 500)
         assert r.status < 500, await r.text()
         assert (await r.json())["success"] in (True, False)
-    # Stored literally where a string is legitimate; nothing else changed.
-    assert await db.fetchval("SELECT count(*) FROM users") == 2  # khora + the user literally named `payload`
-    assert await db.fetchval("SELECT username FROM users WHERE user_id = 2") == payload
+    # Nothing changed: no payload is a valid username (quotes, spaces, `$`, `%` are refused by the rules).
+    assert attempts[9].status == 400 and "Nom d'utilisateur invalide" in (await attempts[9].json())["error"]
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
     assert await db.fetchval("SELECT title FROM conversations") == "avant"
     assert await db.fetchval("SELECT count(*) FROM messages") == 0  # the chat with mode=payload was a 400

@@ -17,6 +17,8 @@ WHERE c.conversation_id = $1
 ORDER BY last_messages.created_at, last_messages.message_id
 """
 
+COUNT_CONVERSATIONS_SQL = "SELECT count(*) FROM conversations WHERE user_id = $1"
+
 # This month's row, created with the default quota ($3) on first use; one round trip either way. Two first
 # uses racing: the loser's INSERT does nothing and its snapshot saw no row, so it gets no row and reads again.
 READ_OR_CREATE_USAGE_SQL = """

@@ -19,9 +19,11 @@ from services.chat import alerts, llm, queries, quota
 from services.chat.attachments import Extractor, ReadFile, read_attachments
 from services.chat.prompt import PromptTemplates
 from services.chat.quota import Reservation, Usage
-from shared import FORBIDDEN_CONVERSATION_MESSAGE, ApiError, CurrentUser, Settings, current_month
+from shared import ApiError, CurrentUser, Settings, current_month
 from shared.contracts import ChatRequest, ChatResponse
+from shared.errors import conversation_id_taken, too_many_conversations
 from shared.metrics import TOKENS_SPENT
+from shared.ratelimit import check_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +42,14 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
     settings, pool = deps.settings, deps.pool
     mode = body.mode or "flash"
     check_message(body, settings)
-    history = await load_memory(
+    await check_rate(pool, user_id=user.user_id, action="chat", per_minute=settings.chat_requests_per_minute)
+    memory = await load_memory(
         pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
     )
+    if memory.is_new:
+        await check_conversation_cap(pool, user_id=user.user_id, limit=settings.max_conversations_per_user)
     files = await read_attachments(deps.extractor, body.files or [], settings)
-    messages = prepare_context(deps.prompts.render(mode), history, body.message, files)
+    messages = prepare_context(deps.prompts.render(mode), memory.messages, body.message, files)
     reservation = await quota.reserve_quota(
         pool,
         user_id=user.user_id,
@@ -88,10 +93,6 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
     )
 
 
-def forbidden() -> ApiError:
-    return ApiError(403, FORBIDDEN_CONVERSATION_MESSAGE, "FORBIDDEN")
-
-
 def check_message(body: ChatRequest, settings: Settings) -> None:
     """The message's own limits (400); the files have theirs (read_attachments)."""
     if not body.message.strip():
@@ -100,12 +101,24 @@ def check_message(body: ChatRequest, settings: Settings) -> None:
         raise ApiError(400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR")
 
 
-async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> list[dict[str, str]]:
-    """The last `window` messages, oldest first; 403 if the conversation is someone else's."""
+@dataclass(frozen=True, slots=True)
+class Memory:
+    is_new: bool  # the conversation does not exist yet: this message creates it
+    messages: list[dict[str, str]]
+
+
+async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> Memory:
+    """The last `window` messages, oldest first; 409 if the conversation id is someone else's."""
     rows = await pool.fetch(queries.MEMORY_SQL, conversation_id, user_id, window)
     if rows and rows[0]["owner"] != user_id:
-        raise forbidden()
-    return [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
+        raise conversation_id_taken()
+    messages = [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
+    return Memory(is_new=not rows, messages=messages)
+
+
+async def check_conversation_cap(pool: asyncpg.Pool, *, user_id: int, limit: int) -> None:
+    if limit and await pool.fetchval(queries.COUNT_CONVERSATIONS_SQL, user_id) >= limit:
+        raise too_many_conversations(limit)
 
 
 def prepare_context(
@@ -162,7 +175,7 @@ async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Res
         raise
     if not row["owned"]:  # created by someone else while the model was answering
         await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason="conversation_taken")
-        raise forbidden()
+        raise conversation_id_taken()
     return Usage(row["used_tokens"], row["quota_tokens"])
 
 

@@ -42,6 +42,8 @@ WHERE conversation_id = $1
 ORDER BY created_at, message_id
 """
 
+COUNT_CONVERSATIONS_SQL = "SELECT count(*) FROM conversations WHERE user_id = $1"
+
 CREATE_CONVERSATION_SQL = """
 INSERT INTO conversations (conversation_id, user_id, title)
 VALUES ($1, $2, $3)

@@ -25,6 +25,16 @@ class UnknownCursor(Exception):
     pass
 
 
+class IdTaken(Exception):
+    """The client chose a conversation id that someone else already uses."""
+
+
+class TooManyConversations(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 async def list_conversations(
     pool: asyncpg.Pool, *, user_id: int, limit: int, before: UUID | None
 ) -> list[asyncpg.Record]:
@@ -60,15 +70,25 @@ async def fetch_conversation(conn: asyncpg.Connection, conversation_id: UUID) ->
 
 
 async def create_conversation(
-    pool: asyncpg.Pool, *, user_id: int, conversation_id: UUID | None, title: str | None
+    pool: asyncpg.Pool, *, user_id: int, conversation_id: UUID | None, title: str | None, max_per_user: int
 ) -> dict[str, Any]:
     """Idempotent for its owner: creating an existing conversation of yours returns it unchanged."""
     conversation_id = conversation_id or uuid4()
     async with pool.acquire() as conn:
+        if max_per_user and await conn.fetchval(queries.COUNT_CONVERSATIONS_SQL, user_id) >= max_per_user:
+            if not await _owned(conn, conversation_id, user_id):
+                raise TooManyConversations(max_per_user)
         created = await conn.fetchval(queries.CREATE_CONVERSATION_SQL, conversation_id, user_id, title)
         if created is None:
-            await check_owner(conn, conversation_id, user_id)
+            try:
+                await check_owner(conn, conversation_id, user_id)
+            except NotYourConversation:
+                raise IdTaken from None
         return await fetch_conversation(conn, conversation_id)
+
+
+async def _owned(conn: asyncpg.Connection, conversation_id: UUID, user_id: int) -> bool:
+    return bool(await conn.fetchval(queries.CONVERSATION_OWNER_SQL, conversation_id) == user_id)
 
 
 async def rename_conversation(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, title: str) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from shared.contracts import (
     SuccessResponse,
     TokenUsageResponse,
 )
+from shared.errors import conversation_id_taken, too_many_conversations
+from shared.ratelimit import check_rate
 
 
 class ListQuery(Request):
@@ -59,6 +61,10 @@ def domain_errors() -> Iterator[None]:
         raise ApiError(404, "Conversation introuvable", "NOT_FOUND") from None
     except store.UnknownCursor:
         raise ApiError(400, "Paramètre before invalide : conversation inconnue", "VALIDATION_ERROR") from None
+    except store.IdTaken:
+        raise conversation_id_taken() from None
+    except store.TooManyConversations as exc:
+        raise too_many_conversations(exc.limit) from None
 
 
 @authenticated()
@@ -94,12 +100,18 @@ async def messages_by_query(request: web.Request) -> web.Response:
 @authenticated()
 async def create_conversation(request: web.Request) -> web.Response:
     body = await parse_body(request, CreateConversationRequest)
+    settings, user_id = request.app[AppKeys.SETTINGS], current_user(request).user_id
+    pool = request.app[AppKeys.DB]
+    await check_rate(
+        pool, user_id=user_id, action="conversation_create", per_minute=settings.conversation_creations_per_minute
+    )
     with domain_errors():
         row = await store.create_conversation(
-            request.app[AppKeys.DB],
-            user_id=current_user(request).user_id,
+            pool,
+            user_id=user_id,
             conversation_id=body.conversation_id,
             title=body.title,
+            max_per_user=settings.max_conversations_per_user,
         )
     return json_response(ConversationResponse(conversation=Conversation.model_validate(row)))
 

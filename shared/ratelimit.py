@@ -1,0 +1,48 @@
+"""Per-user request limits, counted in PostgreSQL so that every process and every restart sees the same count.
+
+A fixed one-minute window per user and action: simple, exact across processes, one round trip. At a minute's
+edge a user may pass up to twice the limit within a few seconds; the limit is about abuse, not billing (the
+token quota does that).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import ApiError
+
+# Count this hit and forget the user's windows older than the previous minute, in one statement.
+HIT_SQL = """
+WITH forgotten AS (
+    DELETE FROM rate_limit_windows
+    WHERE user_id = $1 AND action = $2
+      AND window_start < date_trunc('minute', NOW() AT TIME ZONE 'UTC') - INTERVAL '1 minute'
+), hit AS (
+    INSERT INTO rate_limit_windows (user_id, action, window_start, hits)
+    VALUES ($1, $2, date_trunc('minute', NOW() AT TIME ZONE 'UTC'), 1)
+    ON CONFLICT (user_id, action, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
+    RETURNING hits, window_start
+)
+SELECT hits,
+       GREATEST(1, ceil(extract(epoch FROM window_start + INTERVAL '1 minute' - NOW() AT TIME ZONE 'UTC')))::int
+           AS retry_after_s
+FROM hit
+"""
+
+ACTION_LABELS = {"chat": "messages", "conversation_create": "créations de conversation"}
+
+
+async def check_rate(pool: Any, *, user_id: int, action: str, per_minute: int) -> None:
+    """Count one request; 429 `RATE_LIMITED` with Retry-After past `per_minute` (0 means no limit)."""
+    if per_minute <= 0:
+        return
+    row = await pool.fetchrow(HIT_SQL, user_id, action)
+    if row["hits"] > per_minute:
+        retry = row["retry_after_s"]
+        label = ACTION_LABELS.get(action, "requêtes")
+        raise ApiError(
+            429,
+            f"Trop de {label} : {per_minute} par minute au maximum. Réessayez dans {retry} s.",
+            "RATE_LIMITED",
+            headers={"Retry-After": str(retry)},
+        )
