@@ -48,7 +48,11 @@ bench: install
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install
 	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
-		tests/test_chat_failures.py tests/test_fuzz.py
+		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py \
+		tests/test_admin_and_sessions.py::test_a_logged_out_token_stays_out_whatever_its_spelling \
+		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
+		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \
+		tests/test_gateway.py::test_nginx_own_errors_answer_the_json_envelope
 
 # Schemathesis against our OpenAPI document through nginx: FUZZ_EXAMPLES cases per operation.
 fuzz: install
