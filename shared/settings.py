@@ -80,6 +80,7 @@ class Settings(DatabaseSettings):
     reservation_stale_after_s: float = Field(
         300.0, gt=0, description="A quota reservation older than this belongs to a dead request: refunded"
     )
+    reservation_sweep_every_s: float = Field(60.0, gt=0, description="How often each chat process sweeps them")
     system_prompt_file: Path | None = Field(None, description="Replaces the built-in WIBOT system prompt")
     mode_prompt_flash_file: Path | None = Field(None, description="Replaces the built-in addition for mode flash")
     mode_prompt_code_file: Path | None = Field(None, description="Replaces the built-in addition for mode code")

@@ -84,3 +84,18 @@ async def test_429_then_200_is_retried_into_a_success(make_client, chat_settings
     body = await r.json()
     assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == body["tokens_used"]
     assert await db.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_the_timeout_bounds_the_whole_call_retries_included(
+    make_client, chat_settings, factory, db, fake_mistral
+):
+    """MISTRAL_TIMEOUT_S is for one call with all its retries: a retry budget far longer cannot stretch it."""
+    limits = {"mistral_timeout_s": 0.5, "mistral_retry_max_elapsed_s": 60, "mistral_retry_initial_ms": 50}
+    client = await make_client(create_app(chat_settings.model_copy(update=limits)))
+    user_id = await factory.user()
+    fake_mistral.failures = [500] * 10_000
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))
+    assert r.status == 504, await r.text()
+    assert await r.json() == {"success": False, "error": TIMEOUT, "code": "LLM_TIMEOUT"}
+    assert len(fake_mistral.received) >= 1
+    await assert_nothing_written(db)

@@ -255,3 +255,50 @@ async def test_a_first_use_race_lost_is_retried_not_refused(make_client, chat_se
     assert r.status == 200, await r.text()
     assert await db.fetchval("SELECT count(*) FROM user_token_usage") == 1
     assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == (await r.json())["tokens_used"]
+
+
+async def test_the_chat_service_sweeps_reservations_of_dead_processes_by_itself(
+    make_client, chat_settings, factory, db
+):
+    """The sweeper as the running app schedules it (not called by the test)."""
+    settings = chat_settings.model_copy(update={"reservation_sweep_every_s": 0.05, "reservation_stale_after_s": 60})
+    dead = await factory.user("dead")
+    await factory.usage(dead, used=4_000)
+    await db.execute(
+        "INSERT INTO token_reservations (reservation_id, user_id, month, tokens, created_at) VALUES"
+        " (gen_random_uuid(), $1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 2500,"
+        "  NOW() AT TIME ZONE 'UTC' - INTERVAL '10 minutes')",
+        dead,
+    )
+    await make_client(create_app(settings))
+    async with asyncio.timeout(10):
+        while await db.fetchval("SELECT count(*) FROM token_reservations"):
+            await asyncio.sleep(0.02)
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1_500
+
+
+async def test_an_exchange_whose_reservation_was_swept_is_still_charged_once(
+    make_client, chat_settings, user_id, factory, db, fake_mistral
+):
+    """A very slow model: the sweeper gave the reservation back meanwhile; the save charges the real usage."""
+    from services.chat.quota import sweep_stale_reservations
+    from shared import create_pool
+
+    client = await make_client(create_app(chat_settings))
+    await factory.usage(user_id, used=1_000)
+    fake_mistral.hold = asyncio.Event()
+    fake_mistral.total_tokens = 300
+    pending = asyncio.ensure_future(chat(client, user_id, uuid.uuid4()))
+    await fake_mistral.wait_for_requests(1)
+    pool = await create_pool(chat_settings, application_name="test-sweeper")
+    try:
+        assert await sweep_stale_reservations(pool, older_than_s=0) > 0
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1_000  # refunded by the sweep
+    fake_mistral.hold.set()
+    r = await pending
+    assert r.status == 200, await r.text()
+    assert (await r.json())["tokens_used"] == 300
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1_300
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2

@@ -119,3 +119,41 @@ async def test_a_dead_alert_webhook_never_fails_the_chat(make_client, chat_setti
         "/webhook/wibot/chat", json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
     )
     assert r.status == 200, await r.text()
+
+
+async def test_a_threshold_crossed_in_two_processes_at_once_alerts_once(
+    make_client, chat_settings, factory, fake_mistral, aiohttp_server, capsys, db
+):
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"ok": True})
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = await aiohttp_server(receiver)
+    settings = chat_settings.model_copy(update={"quota_alert_webhook_url": str(server.make_url("/hook"))})
+    first, second = await make_client(chat_app(settings)), await make_client(chat_app(settings))
+    user_id = await factory.user("alice")
+    await factory.usage(user_id, used=79_000, quota=100_000)
+    fake_mistral.total_tokens = 1_500
+    results = await asyncio.gather(
+        *(
+            client.post(
+                "/webhook/wibot/chat",
+                json={"conversation_id": str(uuid.uuid4()), "message": "x"},
+                headers=bearer(user_id, "alice"),
+            )
+            for client in (first, second, first, second)
+        )
+    )
+    assert [r.status for r in results] == [200] * 4  # 79,000 → 85,000: 80 % crossed by whichever came first
+    # Decided and logged before each response (the webhook call itself runs in the background).
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"quota_alert"' in line]
+    assert [entry["threshold"] for entry in logged] == [80]
+    assert await db.fetchval("SELECT count(*) FROM quota_alerts") == 1
+    async with asyncio.timeout(10):
+        while not received:
+            await asyncio.sleep(0.02)
+    assert [a["threshold"] for a in received] == [80]

@@ -91,3 +91,24 @@ def test_limits_are_settings(monkeypatch):
     assert (settings.chat_message_max_chars, settings.max_body_bytes) == (123, 4096)
     assert settings.model_for_mode("code") == "codestral-latest"
     assert settings.model_for_mode("flash") == settings.mistral_model == "mistral-large-latest"
+
+
+def test_every_documented_default_is_the_real_one():
+    """The README's configuration table states each setting's default: it must be the one Settings applies."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| `([^`]*)` \|", readme, flags=re.M))
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, bool) or not isinstance(default, int | float | str) or name.upper() not in rows:
+            continue
+        documented = rows[name.upper()]
+        assert float(documented) == float(default) if isinstance(default, int | float) else documented == default, (
+            name,
+            documented,
+            default,
+        )
+        checked += 1
+    assert checked >= 25, checked  # the table covers the limits, not just a few of them

@@ -53,16 +53,13 @@ async def _finish_refunds(app: web.Application) -> None:
     await quota.wait_for_deferred_refunds()
 
 
-SWEEP_EVERY_S = 60.0
-
-
 def reservation_sweeper(settings: Settings) -> Any:
     """Every minute, any chat process refunds reservations left behind by a process that died."""
 
     async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
             while True:
-                await asyncio.sleep(SWEEP_EVERY_S)
+                await asyncio.sleep(settings.reservation_sweep_every_s)
                 try:
                     await quota.sweep_stale_reservations(
                         app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s
