@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install migrate schema run test lint fmt bench security fuzz clean
+.PHONY: install migrate schema run test lint fmt bench security fuzz mutation clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,10 @@ security: install
 		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
 		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \
 		tests/test_gateway.py::test_nginx_own_errors_answer_the_json_envelope
+
+# Mutation testing with cosmic-ray (slow: minutes per module); writes mutation/results.json.
+mutation: install
+	$(PY) -m mutation.run
 
 # Schemathesis against our OpenAPI document through nginx: FUZZ_EXAMPLES cases per operation.
 fuzz: install

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 
+import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
@@ -60,9 +61,9 @@ async def test_metrics_of_model_calls_and_tokens(make_client, chat_settings, fac
     assert sample("wibot_model_call_failures_total", reason="http_401") == failures + 1
 
 
-async def test_quota_alerts_once_per_threshold_and_month(
-    make_client, chat_settings, factory, fake_mistral, aiohttp_server, capsys
-):
+@pytest.fixture
+async def alert_hook(aiohttp_server) -> tuple[str, list[dict]]:
+    """A webhook receiver on loopback: its URL, and the alerts it received."""
     received: list[dict] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -72,7 +73,14 @@ async def test_quota_alerts_once_per_threshold_and_month(
     receiver = web.Application()
     receiver.router.add_post("/webhook/quota", hook)
     server = await aiohttp_server(receiver)
-    settings = chat_settings.model_copy(update={"quota_alert_webhook_url": str(server.make_url("/webhook/quota"))})
+    return str(server.make_url("/webhook/quota")), received
+
+
+async def test_quota_alerts_once_per_threshold_and_month(
+    make_client, chat_settings, factory, fake_mistral, alert_hook, capsys
+):
+    url, received = alert_hook
+    settings = chat_settings.model_copy(update={"quota_alert_webhook_url": url})
     client = await make_client(chat_app(settings))
     user_id = await factory.user("alice")
     fake_mistral.total_tokens = 2_000
@@ -122,18 +130,10 @@ async def test_a_dead_alert_webhook_never_fails_the_chat(make_client, chat_setti
 
 
 async def test_a_threshold_crossed_in_two_processes_at_once_alerts_once(
-    make_client, chat_settings, factory, fake_mistral, aiohttp_server, capsys, db
+    make_client, chat_settings, factory, fake_mistral, alert_hook, capsys, db
 ):
-    received: list[dict] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.json_response({"ok": True})
-
-    receiver = web.Application()
-    receiver.router.add_post("/hook", hook)
-    server = await aiohttp_server(receiver)
-    settings = chat_settings.model_copy(update={"quota_alert_webhook_url": str(server.make_url("/hook"))})
+    url, received = alert_hook
+    settings = chat_settings.model_copy(update={"quota_alert_webhook_url": url})
     first, second = await make_client(chat_app(settings)), await make_client(chat_app(settings))
     user_id = await factory.user("alice")
     await factory.usage(user_id, used=79_000, quota=100_000)

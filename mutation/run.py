@@ -1,0 +1,103 @@
+"""`make mutation`: cosmic-ray on the modules where a silent bug costs most, each against the tests that cover it.
+
+For each module: a cosmic-ray session (mutation/<module>.sqlite), a baseline run, every mutant applied in turn
+to a scratch copy of the tree and the covering tests run against it (stopping at the first failure), then the
+share of mutants killed. Slow (minutes per module): not part of `make test`. Prints a table and writes
+mutation/results.json; the survivors are listed for review (README, "Mutation testing").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 120"
+MODULES: dict[str, list[str]] = {
+    "shared/auth.py": ["tests/test_auth_login.py", "tests/test_admin_and_sessions.py", "tests/test_security.py",
+                       "tests/test_bad_input.py"],
+    "services/auth/passwords.py": ["tests/test_auth_login.py", "tests/test_users_cli.py"],
+    "services/auth/users.py": ["tests/test_admin_and_sessions.py", "tests/test_users_cli.py"],
+    "services/chat/quota.py": ["tests/test_chat_quota.py", "tests/test_chat_failures.py", "tests/test_faults.py",
+                               "tests/test_chat.py"],
+    "services/chat/workflow.py": ["tests/test_chat.py", "tests/test_chat_quota.py", "tests/test_chat_failures.py",
+                                  "tests/test_attachments.py", "tests/test_faults.py"],
+    "services/chat/attachments.py": ["tests/test_attachments.py"],
+    "services/chat/extraction.py": ["tests/test_attachments.py"],
+}  # fmt: skip
+
+CONFIG = """[cosmic-ray]
+module-path = "{module}"
+timeout = 300.0
+excluded-modules = []
+test-command = "{command}"
+
+[cosmic-ray.distributor]
+name = "local"
+"""
+
+
+def run_module(module: str, tests: list[str], work: Path, out: Path) -> dict[str, object]:
+    stem = module.replace("/", ".").removesuffix(".py")
+    config, session = out / f"{stem}.toml", out / f"{stem}.sqlite"
+    config.write_text(CONFIG.format(module=module, command=f"{PYTEST} {' '.join(tests)}"), encoding="utf-8")
+    session.unlink(missing_ok=True)
+    cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
+    subprocess.run([*cosmic, "init", str(config), str(session)], cwd=work, check=True)
+    subprocess.run([*cosmic, "baseline", str(config)], cwd=work, check=True)
+    subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=work, check=True)
+    dump = subprocess.run([*cosmic, "dump", str(session)], cwd=work, check=True, capture_output=True, text=True)
+    total = killed = 0
+    survivors = []
+    for line in dump.stdout.splitlines():
+        job, result = json.loads(line)
+        if not result or result.get("test_outcome") is None:
+            continue
+        total += 1
+        if result["test_outcome"] == "killed":
+            killed += 1
+        else:
+            mutation = job["mutations"][0]
+            survivors.append(
+                {
+                    "line": mutation["start_pos"][0],
+                    "operator": mutation["operator_name"],
+                    "diff": result.get("diff", ""),
+                }
+            )
+    score = round(100 * killed / total, 1) if total else None
+    return {"module": module, "mutants": total, "killed": killed, "score": score, "survivors": survivors}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m mutation.run", description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all)")
+    args = parser.parse_args()
+    out = ROOT / "mutation" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    # cosmic-ray edits files in place: work on a copy, never on the checkout.
+    with tempfile.TemporaryDirectory(prefix="wibot-mutation-") as scratch:
+        work = Path(scratch) / "tree"
+        shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", ".run", ".data", "mutation"))
+        for module in args.modules:
+            results.append(run_module(module, MODULES[module], work, out))
+            r = results[-1]
+            print(f"{module:<32} {r['killed']}/{r['mutants']} killed ({r['score']}%)", flush=True)
+    previous = {}
+    report = ROOT / "mutation" / "results.json"
+    if report.exists():
+        previous = {r["module"]: r for r in json.loads(report.read_text())}
+    previous.update({r["module"]: r for r in results})
+    report.write_text(json.dumps(list(previous.values()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
