@@ -321,3 +321,36 @@ async def test_admin_update_bounds_numbers_instead_of_failing_in_sql(client, adm
     r = await client.put(ADMIN, headers=bearer(admin_id, role="admin"), json=payload)
     assert r.status == 400, await r.text()
     assert (await r.json())["code"] == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize("scheme", ["Token", "JWT", "Bearerx", "Basic", "bearer:"])
+async def test_only_the_bearer_scheme_carries_a_token(client, admin_id, scheme):
+    from tests.conftest import token_for
+
+    token = token_for(admin_id, role="admin")
+    r = await client.get("/webhook/auth/me", headers={"Authorization": f"{scheme} {token}"})
+    assert r.status == 401, await r.text()
+    r = await client.get("/webhook/auth/me", headers={"Authorization": f"bEaReR {token}"})  # the scheme's case is free
+    assert r.status == 200
+
+
+async def test_token_generations_decide_which_tokens_a_revocation_ended(client, admin_id, db):
+    import time
+
+    import jwt as pyjwt
+
+    from tests.conftest import TEST_SECRET, token_for
+
+    now = int(time.time())
+    assert pyjwt.decode(token_for(admin_id), TEST_SECRET, algorithms=["HS256"])["gen"] == 0  # never revoked: gen 0
+    # Revoked once, long ago (not_before far in the past): only the generation tells old tokens from new ones.
+    await db.execute(
+        "INSERT INTO user_token_revocations (user_id, not_before, generation) VALUES ($1, '2000-01-01', 1)", admin_id
+    )
+    claims = {"user_id": admin_id, "username": "khora", "role": "admin", "iat": now, "exp": now + 600}
+    without_gen = pyjwt.encode(claims, TEST_SECRET, algorithm="HS256")  # issued before generations existed
+    assert (await client.get("/webhook/auth/me", headers=auth(without_gen))).status == 401
+    assert (await client.get("/webhook/auth/me", headers=auth(token_for(admin_id, generation=0)))).status == 401
+    assert (await client.get("/webhook/auth/me", headers=auth(token_for(admin_id, generation=1)))).status == 200
+    bogus = pyjwt.encode({**claims, "gen": "1"}, TEST_SECRET, algorithm="HS256")
+    assert (await client.get("/webhook/auth/me", headers=auth(bogus))).status == 401
