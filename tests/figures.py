@@ -19,7 +19,7 @@ LABELS = [
     ("rows_lost", "rows lost or half-written"),
     ("answers_given", "model answers given"),
     ("answers_charged", "model answers charged"),
-    ("gateway_rss_growth_mb", "gateway RSS growth, 200 slow 1 MiB uploads (MiB)"),
+    ("gateway_rss_growth_mb", "gateway RSS growth, 200 slow 512 KiB uploads (MiB)"),
     ("fuzz_cases", "fuzz cases"),
     ("fuzz_5xx", "fuzz 5xx"),
     ("hostile_inputs", "hostile inputs (NUL, surrogates, huge ints…)"),
