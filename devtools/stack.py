@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # STACK_RUN_DIR lets the routed tests run their own stack beside a developer's `make run`.
@@ -80,14 +81,8 @@ class Topology:
 
 
 def load_dotenv(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
+    """.env as the services read it (python-dotenv, as pydantic-settings does): quotes, `export`, inline comments."""
+    return {key: value for key, value in dotenv_values(path).items() if value is not None} if path.exists() else {}
 
 
 def write_private(path: Path, text: str) -> None:

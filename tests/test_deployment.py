@@ -110,3 +110,21 @@ def test_compose_requires_a_database_password(tmp_path):
     )
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_make_run_reads_dotenv_like_the_services(tmp_path):
+    from devtools.stack import load_dotenv
+
+    env = tmp_path / ".env"
+    env.write_text(
+        "# comment\nexport GATEWAY_PORT=5679\nCHAT_PORTS=8002 8012  # two chat processes\n"
+        "CORS_ORIGIN_PATTERN='^https://wibot\\.widip\\.fr$'\nEMPTY=\n",
+        encoding="utf-8",
+    )
+    assert load_dotenv(env) == {
+        "GATEWAY_PORT": "5679",
+        "CHAT_PORTS": "8002 8012",
+        "CORS_ORIGIN_PATTERN": "^https://wibot\\.widip\\.fr$",
+        "EMPTY": "",
+    }
+    assert load_dotenv(tmp_path / "missing.env") == {}
