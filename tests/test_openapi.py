@@ -31,7 +31,7 @@ async def test_document_describes_every_registered_route(make_client, settings):
     assert set(response["properties"]) == {"success", "token", "user"}
     chat = document["paths"]["/webhook/wibot/chat"]["post"]
     assert chat["security"] == [{"bearer": []}]
-    assert {"400", "401", "403", "413", "429", "502", "503", "504", "500"} <= set(chat["responses"])
+    assert {"400", "401", "409", "413", "415", "422", "429", "502", "503", "504", "500"} <= set(chat["responses"])
     error = resolve(document, chat["responses"]["429"]["content"]["application/json"]["schema"]["$ref"])
     assert set(error["properties"]) == {"success", "error", "code"}
     listing = document["paths"]["/webhook/wibot/conversations"]["get"]

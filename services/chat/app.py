@@ -31,7 +31,7 @@ ROUTES = [
         "Envoie un message à WIBOT (mémoire, fichiers, quota)",
         ChatResponse,
         request=ChatRequest,
-        errors=(400, 403, 413, 415, 422, 429, 502, 503, 504),
+        errors=(400, 409, 413, 415, 422, 429, 502, 503, 504),
         tags=("chat",),
     ),
 ]

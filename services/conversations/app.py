@@ -39,7 +39,7 @@ ROUTES = [
         "Crée une conversation",
         ConversationResponse,
         request=CreateConversationRequest,
-        errors=(400, 403),
+        errors=(400, 409, 429),
         tags=TAGS,
     ),
     Route(
