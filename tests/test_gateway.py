@@ -447,8 +447,12 @@ async def test_200_slow_large_uploads_do_not_grow_the_gateways_memory(tmp_path):
 
 async def test_connections_beyond_the_per_ip_limit_get_a_429_envelope(tmp_path, http):
     async with lone_nginx(tmp_path, CONN_LIMIT_PER_IP="5", CLIENT_TIMEOUT="60s") as url:
-        held = [await slow_upload(url, 1024) for _ in range(5)]
+        held = [await slow_upload(url, 64 * 1024) for _ in range(5)]
         try:
+            # Counted once nginx has read their headers; it spools their bodies only after that: wait for it.
+            async with asyncio.timeout(30):
+                while spooled_bytes(tmp_path) < 5 * (64 * 1024 - 16384):
+                    await asyncio.sleep(0.05)
             async with http.get(url + "/webhook/wibot/conversations") as r:
                 assert r.status == 429
                 body = await r.json()
