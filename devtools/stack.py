@@ -46,6 +46,8 @@ class Topology:
     conversations_ports: list[int]
     fake_mistral_port: int
     use_fake_mistral: bool
+    fake_safeguard_port: int
+    use_fake_safeguard: bool
     cors_origin_pattern: str
     login_rate_limit: str
     login_burst: int
@@ -68,6 +70,8 @@ class Topology:
             conversations_ports=ports("CONVERSATIONS_PORTS", "8003"),
             fake_mistral_port=int(env.get("FAKE_MISTRAL_PORT", "8099")),
             use_fake_mistral=not env.get("MISTRAL_API_KEY"),
+            fake_safeguard_port=int(env.get("FAKE_SAFEGUARD_PORT", "8098")),
+            use_fake_safeguard=not env.get("SAFEGUARD_URL"),
             cors_origin_pattern=env.get("CORS_ORIGIN_PATTERN", r"^http://localhost:3000$"),
             login_rate_limit=env.get("LOGIN_RATE_LIMIT", "10r/s"),
             login_burst=int(env.get("LOGIN_BURST", "20")),
@@ -204,6 +208,8 @@ def procfile(topology: Topology, nginx_conf: Path, *, private_pg: str | None) ->
         latency = os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0")
         port = topology.fake_mistral_port
         lines.append(f"fake_mistral: {py} -m devtools.fake_mistral --port {port} --latency-ms {latency}")
+    if topology.use_fake_safeguard:
+        lines.append(f"fake_safeguard: {py} -m devtools.fake_safeguard --port {topology.fake_safeguard_port}")
     lines.append(f"nginx: {nginx_binary()} -c {nginx_conf} -p {nginx_conf.parent}")
     return "\n".join(lines) + "\n"
 
@@ -281,7 +287,10 @@ async def ensure_database(url: str) -> None:
         await admin.close()
         conn = await asyncpg.connect(url)
     await conn.close()
-    for migration_id in await asyncio.to_thread(apply_migrations, url):
+    rows_timezone = os.environ.get("EXISTING_ROWS_TIMEZONE") or load_dotenv(ROOT / ".env").get(
+        "EXISTING_ROWS_TIMEZONE", "UTC"
+    )
+    for migration_id in await asyncio.to_thread(apply_migrations, url, existing_rows_timezone=rows_timezone):
         print(f"Migration applied: {migration_id}")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     assert pool is not None
@@ -293,6 +302,7 @@ async def ensure_database(url: str) -> None:
             password=DEMO_PASSWORD,
             email="khora@widip.fr",
             role="admin",
+            accreditation_level="N4",
             month=current_month(),
             default_quota=50_000,
         )
@@ -325,6 +335,9 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     if topology.use_fake_mistral:
         extra["MISTRAL_SERVER_URL"] = f"http://127.0.0.1:{topology.fake_mistral_port}"
         print("!!! No MISTRAL_API_KEY: chat answers come from the FAKE Mistral server (development stand-in).")
+    if topology.use_fake_safeguard:
+        extra["SAFEGUARD_URL"] = f"http://127.0.0.1:{topology.fake_safeguard_port}"
+        print("!!! No SAFEGUARD_URL: the Safeguard page shows the FAKE Safeguard server's demo requests.")
     if private_pg:
         proc = subprocess.Popen(private_pg.split())
         try:

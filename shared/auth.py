@@ -25,7 +25,7 @@ MAX_USER_ID = 2_147_483_647
 # user, a logged-out token, a token of an earlier generation (password change, deactivation) all lose access
 # at once, not 8 hours later when the token expires.
 SESSION_USER_SQL = """
-SELECT u.user_id, u.username, u.role,
+SELECT u.user_id, u.username, u.role, u.accreditation_level,
        EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.token_sha256 = $2) AS revoked,
        a.generation,
        floor(extract(epoch FROM a.not_before))::bigint AS not_before
@@ -116,6 +116,7 @@ async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any], token: s
         role=row["role"] or "user",
         token_key=key,
         token_expires_at=int(claims["exp"]),
+        accreditation_level=row["accreditation_level"] or "N1",
     )
 
 

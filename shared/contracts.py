@@ -83,6 +83,8 @@ class MeResponse(Response):
 # --- admin --------------------------------------------------------------------------------------------
 
 AdminRole = Literal["user", "admin"]
+# Safeguard accreditation: N0 read-only … N4 full access (a request of level Lk needs Nk or more).
+AccreditationLevel = Literal["N0", "N1", "N2", "N3", "N4"]
 # users.user_id is a SERIAL (int4); quotas are BIGINT but a trillion tokens a month is already absurd.
 UserId = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
 TokenCount = Annotated[StrictInt, Field(ge=0, le=1_000_000_000_000)]
@@ -94,6 +96,7 @@ class AdminCreateUserRequest(Request):
     email: Text | None = Field(None, max_length=255)
     role: AdminRole = "user"
     quota_tokens: TokenCount | None = None
+    accreditation_level: AccreditationLevel = "N1"
 
 
 class AdminUpdateUserRequest(Request):
@@ -102,6 +105,7 @@ class AdminUpdateUserRequest(Request):
     add_tokens: TokenCount | None = Field(None, description="Extra tokens for the current month")
     role: AdminRole | None = None
     is_active: StrictBool | None = None
+    accreditation_level: AccreditationLevel | None = None
 
 
 class AdminDeleteUserRequest(Request):
@@ -117,6 +121,7 @@ class AdminUser(Response):
     created_at: UtcDatetime
     used_tokens: int
     quota_tokens: int
+    accreditation_level: AccreditationLevel
 
 
 class AdminUsersResponse(Response):
@@ -219,3 +224,127 @@ class TokenUsageResponse(Response):
     tokens_remaining: int
     tokens_percentage: float
     status: Literal["good", "medium", "critical"]
+
+
+# --- supervision (analytics) --------------------------------------------------------------------------
+
+AnalyticsPeriod = Literal["24h", "7d", "30d"]
+
+
+class AnalyticsQuery(Request):
+    period: AnalyticsPeriod = "7d"
+
+
+class TokenStats(Response):
+    used: int
+    quota: int
+    percentage: float
+
+
+class DayStats(Response):
+    date: str = Field(description="YYYY-MM-DD (UTC)")
+    count: int
+    tokens: int
+
+
+class MessageStats(Response):
+    total: int
+    today: int
+    byDay: list[DayStats]
+
+
+class ModeStats(Response):
+    flash: int
+    code: int
+    redaction: int
+
+
+class ConversationStats(Response):
+    total: int
+    active: int
+
+
+class UserStats(Response):
+    total: int
+
+
+class FileStats(Response):
+    total: int
+    messagesWithFiles: int
+
+
+class RagStats(Response):
+    queries: int
+
+
+class AnalyticsStats(Response):
+    tokens: TokenStats
+    messages: MessageStats
+    modes: ModeStats
+    conversations: ConversationStats
+    users: UserStats
+    files: FileStats
+    rag: RagStats
+
+
+class AnalyticsResponse(Response):
+    success: Literal[True] = True
+    period: AnalyticsPeriod
+    stats: AnalyticsStats
+
+
+# --- safeguard ----------------------------------------------------------------------------------------
+
+# Ids go into the upstream URL's path: letters, digits, `-` and `_` only.
+ApprovalId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class SafeguardListQuery(Request):
+    status: Literal["pending"] = "pending"
+
+
+class SafeguardHistoryQuery(Request):
+    limit: int = Field(50, ge=1, le=500)
+
+
+class SafeguardPath(Request):
+    approval_id: ApprovalId
+
+
+class SafeguardActionRequest(Request):
+    approval_id: ApprovalId
+    comment: Text | None = Field(None, max_length=2000)
+
+
+class SafeguardRequest(Response):
+    """A held tool call as the Safeguard server describes it (its other fields are passed through as they are),
+    plus what this gateway computes for the caller."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    approval_id: str
+    security_level: str
+    status: str
+    expires_at: str
+    time_remaining_seconds: int
+    can_approve: bool
+
+
+class SafeguardListResponse(Response):
+    success: Literal[True] = True
+    requests: list[SafeguardRequest]
+    total: int
+    message: str | None = Field(
+        None, description="Present when the Safeguard server could not be reached", exclude_if=lambda v: v is None
+    )
+
+
+class SafeguardDetailResponse(Response):
+    success: Literal[True] = True
+    request: SafeguardRequest
+
+
+class SafeguardActionResponse(Response):
+    success: Literal[True] = True
+    approval_id: str
+    status: str
+    message: str

@@ -12,6 +12,13 @@ class CurrentUser:
     role: str
     token_key: str  # what identifies the bearer token this request came with (logout revokes it)
     token_expires_at: int  # its exp claim, epoch seconds
+    accreditation_level: str = "N1"  # Safeguard: N0 … N4, from the database like the role
+
+    @property
+    def accreditation(self) -> int:
+        """The level as a number (N3 → 3); an unreadable level counts as N0 (no access)."""
+        level = self.accreditation_level
+        return int(level[1]) if len(level) == 2 and level[0] == "N" and level[1] in "01234" else 0
 
     @property
     def is_admin(self) -> bool:

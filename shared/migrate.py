@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report pending migrations (exit 1 if any)")
     args = parser.parse_args(argv)
     try:
-        dsn = DatabaseSettings().dsn
+        settings = DatabaseSettings()
+        dsn = settings.dsn
     except ValidationError as exc:
         print(f"Configuration invalide: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pending  {migration_id}")
             print(f"{where}: {len(pending)} pending of {len(known_migrations())}")
             return 1 if pending else 0
-        applied = apply_migrations(dsn)
+        applied = apply_migrations(dsn, existing_rows_timezone=settings.existing_rows_timezone)
     except Exception as exc:  # a CLI: one line, never a traceback (connection refused, bad password, SQL error)
         print(f"Migration impossible sur {where}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 1

@@ -42,15 +42,19 @@ def yoyo_url(dsn: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 
-def apply_migrations(dsn: str, *, upto: str | None = None) -> list[str]:
+def apply_migrations(dsn: str, *, upto: str | None = None, existing_rows_timezone: str = "UTC") -> list[str]:
     """Apply every pending migration (or those up to `upto` included), under yoyo's lock; returns their ids.
 
     Each migration runs in its own transaction: one that fails leaves the database at the previous version.
+    `existing_rows_timezone` is what the dates already in a database hold when this code adopts it (its first
+    migration): 0007 converts them to UTC. On a database already migrated it is ignored: its rows are ours, UTC.
     """
     from yoyo import get_backend, read_migrations
 
     backend: Any = get_backend(yoyo_url(dsn))
     try:
+        if existing_rows_timezone != "UTC" and not _recorded_any_migration(backend.connection):
+            _set_session_option(backend.connection, "wibot.existing_rows_timezone", existing_rows_timezone)
         migrations: Any = read_migrations(str(MIGRATIONS_DIR))
         if upto is not None:
             ids = known_migrations()
@@ -64,6 +68,21 @@ def apply_migrations(dsn: str, *, upto: str | None = None) -> list[str]:
         return [m.id for m in pending]
     finally:
         backend.connection.close()
+
+
+def _recorded_any_migration(connection: Any) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(HAS_MIGRATION_TABLE_SQL)
+        (recorded,) = cursor.fetchone()
+    connection.commit()
+    return bool(recorded)
+
+
+def _set_session_option(connection: Any, name: str, value: str) -> None:
+    """A custom setting that the migrations of this run read with current_setting()."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
+    connection.commit()
 
 
 async def missing_migrations(conn: Any) -> list[str]:

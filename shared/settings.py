@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,19 @@ class DatabaseSettings(BaseSettings):
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(10.0, gt=0, description="Per-statement timeout (client side)")
     db_startup_wait_s: float = Field(30.0, ge=0, description="How long a starting service waits for the database")
+    existing_rows_timezone: str = Field(
+        "UTC",
+        description="Time zone of the dates already in a database moved from n8n (read once, by its first migrate)",
+    )
+
+    @field_validator("existing_rows_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. UTC, Europe/Paris)") from None
+        return value
 
     @property
     def dsn(self) -> str:
@@ -100,6 +114,13 @@ class Settings(DatabaseSettings):
     mistral_retry_max_elapsed_s: float = Field(20.0, ge=0, description="Stop retrying 429/5xx after this")
     mistral_retry_initial_ms: int = Field(500, ge=0)
 
+    # --- safeguard (approval of AI tool calls, held by an external Safeguard/MCP server) ---------
+    safeguard_url: str | None = Field(None, description="Base URL of the Safeguard server (unset: not available)")
+    safeguard_auth_header: SecretStr | None = Field(
+        None, description="Header sent to the Safeguard server, `Name: value` (e.g. `X-API-Key: …`)"
+    )
+    safeguard_timeout_s: float = Field(10.0, gt=0, description="One call to the Safeguard server")
+
     # --- operations -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -119,6 +140,22 @@ class Settings(DatabaseSettings):
                 " python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         return value
+
+    @field_validator("safeguard_auth_header")
+    @classmethod
+    def _header_line(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            name, sep, header_value = value.get_secret_value().partition(":")
+            if not sep or not name.strip() or not header_value.strip() or not name.strip().isascii():
+                raise ValueError("SAFEGUARD_AUTH_HEADER must read `Name: value`")
+        return value
+
+    @property
+    def safeguard_header(self) -> dict[str, str]:
+        if self.safeguard_auth_header is None:
+            return {}
+        name, _, value = self.safeguard_auth_header.get_secret_value().partition(":")
+        return {name.strip(): value.strip()}
 
     def model_for_mode(self, mode: str | None) -> str:
         per_mode = {

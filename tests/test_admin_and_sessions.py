@@ -54,6 +54,7 @@ async def test_admin_lists_users_with_this_months_usage(client, admin_id, factor
         "created_at",
         "used_tokens",
         "quota_tokens",
+        "accreditation_level",
     }
     assert users[0]["created_at"].endswith("Z")
 

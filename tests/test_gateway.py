@@ -67,7 +67,7 @@ class Stack:
 def stack(database_url, tmp_path_factory):
     assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), "nginx is required (apt-get install nginx-light)"
     run_dir = tmp_path_factory.mktemp("stack")
-    gateway, auth, chat1, chat2, conversations, fake = free_ports(6)
+    gateway, auth, chat1, chat2, conversations, fake, safeguard = free_ports(7)
     env = {
         **os.environ,
         "JWT_SECRET": TEST_SECRET,
@@ -78,6 +78,8 @@ def stack(database_url, tmp_path_factory):
         "CHAT_PORTS": f"{chat1} {chat2}",
         "CONVERSATIONS_PORTS": str(conversations),
         "FAKE_MISTRAL_PORT": str(fake),
+        "FAKE_SAFEGUARD_PORT": str(safeguard),
+        "SAFEGUARD_URL": "",
         "MISTRAL_API_KEY": "",
         "LOGIN_RATE_LIMIT": "5r/s",
         "LOGIN_BURST": "10",
@@ -98,7 +100,7 @@ def stack(database_url, tmp_path_factory):
             start_new_session=True,
         )
     try:
-        for port in (gateway, auth, chat1, chat2, conversations, fake):
+        for port in (gateway, auth, chat1, chat2, conversations, fake, safeguard):
             wait_for_port(port)
         # The environment handed to every process holds JWT_SECRET: its owner only may read it.
         assert (run_dir / "stack.env").stat().st_mode & 0o777 == 0o600
@@ -111,7 +113,7 @@ def stack(database_url, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     # One Ctrl-C stopped everything: nothing listens any more.
-    for port in (gateway, auth, chat1, chat2, conversations, fake):
+    for port in (gateway, auth, chat1, chat2, conversations, fake, safeguard):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
 
@@ -153,6 +155,12 @@ async def test_spec_curl_tests_pass_through_the_gateway(stack, factory, database
         ("POST", "/webhook/wibot/admin/users"),
         ("PUT", "/webhook/wibot/admin/users"),
         ("DELETE", "/webhook/wibot/admin/users"),
+        ("GET", "/webhook/wibot/analytics?period=7d"),
+        ("GET", "/webhook/wibot/safeguard/requests?status=pending"),
+        ("GET", "/webhook/wibot/safeguard/history?limit=50"),
+        ("GET", "/webhook/wibot/safeguard/request/abc123"),
+        ("POST", "/webhook/wibot/safeguard/approve"),
+        ("POST", "/webhook/wibot/safeguard/reject"),
     ],
 )
 async def test_every_route_reaches_its_service(stack, http, db, method, path):

@@ -101,6 +101,9 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0005-rate-limits": """
+INSERT INTO rate_limit_windows (user_id, action, window_start, hits) VALUES (1, 'chat', '2025-03-20 12:00:00', 3);
+""",
     "0003-unsaved-charges": """
 INSERT INTO unsaved_charges (reservation_id, user_id, month, tokens, reason)
   VALUES ('22222222-2222-4222-8222-222222222222', 1, '2025-03-01', 420, 'save_failed');

@@ -6,8 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from services.auth import admin, docs, views
+from services.auth import admin, analytics, docs, safeguard, views
 from services.auth.keys import HASHER
+from services.auth.legacy import warn_about_plain_text_passwords
 from services.auth.passwords import PasswordHasher
 from shared import Settings, base_app
 from shared.contracts import (
@@ -17,15 +18,24 @@ from shared.contracts import (
     AdminUpdateUserRequest,
     AdminUserResponse,
     AdminUsersResponse,
+    AnalyticsQuery,
+    AnalyticsResponse,
     LoginRequest,
     LoginResponse,
     MeResponse,
+    SafeguardActionRequest,
+    SafeguardActionResponse,
+    SafeguardDetailResponse,
+    SafeguardHistoryQuery,
+    SafeguardListQuery,
+    SafeguardListResponse,
     SuccessResponse,
 )
 from shared.openapi import Route, add_routes
 
 DEFAULT_PORT = 8001
 ADMIN_USERS = "/webhook/wibot/admin/users"
+SAFEGUARD = "/webhook/wibot/safeguard"
 
 ROUTES = [
     Route(
@@ -47,6 +57,8 @@ ROUTES = [
         admin.list_users,
         "Liste des utilisateurs (admin)",
         AdminUsersResponse,
+        AnalyticsQuery,
+        AnalyticsResponse,
         errors=(403,),
         tags=("admin",),
     ),
@@ -80,6 +92,65 @@ ROUTES = [
         errors=(400, 403, 404, 409),
         tags=("admin",),
     ),
+    Route(
+        "GET",
+        "/webhook/wibot/analytics",
+        analytics.analytics,
+        "Statistiques de la page Supervision (admin)",
+        AnalyticsResponse,
+        query=AnalyticsQuery,
+        errors=(400, 403),
+        tags=("admin",),
+    ),
+    Route(
+        "GET",
+        f"{SAFEGUARD}/requests",
+        safeguard.list_requests,
+        "Demandes Safeguard en attente (N1+)",
+        SafeguardListResponse,
+        query=SafeguardListQuery,
+        errors=(400, 403),
+        tags=("safeguard",),
+    ),
+    Route(
+        "GET",
+        f"{SAFEGUARD}/history",
+        safeguard.history,
+        "Demandes Safeguard traitées (N1+)",
+        SafeguardListResponse,
+        query=SafeguardHistoryQuery,
+        errors=(400, 403),
+        tags=("safeguard",),
+    ),
+    Route(
+        "GET",
+        f"{SAFEGUARD}/request/{{approval_id}}",
+        safeguard.detail,
+        "Une demande Safeguard (N1+)",
+        SafeguardDetailResponse,
+        errors=(400, 403, 404, 503),
+        tags=("safeguard",),
+    ),
+    Route(
+        "POST",
+        f"{SAFEGUARD}/approve",
+        safeguard.approve,
+        "Approuve une demande (niveau ≥ celui de la demande)",
+        SafeguardActionResponse,
+        request=SafeguardActionRequest,
+        errors=(400, 403, 404, 409, 503),
+        tags=("safeguard",),
+    ),
+    Route(
+        "POST",
+        f"{SAFEGUARD}/reject",
+        safeguard.reject,
+        "Refuse une demande (niveau ≥ celui de la demande)",
+        SafeguardActionResponse,
+        request=SafeguardActionRequest,
+        errors=(400, 403, 404, 409, 503),
+        tags=("safeguard",),
+    ),
 ]
 
 
@@ -87,6 +158,8 @@ def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="auth")
     app[HASHER] = hasher = PasswordHasher(settings.bcrypt_rounds)
     app.on_cleanup.append(lambda _app: asyncio.to_thread(hasher.close))
+    app.cleanup_ctx.append(safeguard.safeguard_context(settings))
+    app.on_startup.append(warn_about_plain_text_passwords)
     add_routes(app, ROUTES)
     docs.add_docs_routes(app)
     return app

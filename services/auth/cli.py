@@ -8,6 +8,7 @@ import getpass
 import sys
 
 from services.auth import users
+from services.auth.legacy import migrate_passwords
 from services.auth.passwords import PasswordHasher
 from services.auth.usernames import RULES, printable
 from shared import create_pool, current_month, load_settings_or_exit
@@ -35,12 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("username")
     create.add_argument("--role", default="user", choices=users.ROLES)
     create.add_argument("--email")
+    create.add_argument(
+        "--accreditation",
+        default=users.DEFAULT_ACCREDITATION,
+        choices=users.ACCREDITATION_LEVELS,
+        help="niveau Safeguard (N0 lecture seule … N4 accès complet)",
+    )
     create.add_argument("--if-missing", action="store_true", help="ne rien faire si l'utilisateur existe déjà")
     set_password = sub.add_parser("set-password", help="changer le mot de passe")
     set_password.add_argument("username")
     deactivate = sub.add_parser("deactivate", help="désactiver un compte (il ne peut plus se connecter)")
     deactivate.add_argument("username")
+    accreditation = sub.add_parser("set-accreditation", help="changer le niveau d'accréditation Safeguard")
+    accreditation.add_argument("username")
+    accreditation.add_argument("level", choices=users.ACCREDITATION_LEVELS)
     sub.add_parser("list", help="lister les utilisateurs")
+    sub.add_parser(
+        "migrate-passwords",
+        help="hacher (bcrypt) les mots de passe en clair d'une base n8n WIBOT, sur place (sans rien afficher d'eux)",
+    )
     return parser
 
 
@@ -59,6 +73,7 @@ async def run(args: argparse.Namespace) -> str:
                     password=read_password(),
                     email=args.email,
                     role=args.role,
+                    accreditation_level=args.accreditation,
                     month=month,
                     default_quota=default_quota,
                 )
@@ -66,7 +81,10 @@ async def run(args: argparse.Namespace) -> str:
                 if args.if_missing:
                     return f"L'utilisateur {printable(args.username)} existe déjà : rien à faire"
                 raise
-            return f"Utilisateur créé : {printable(user.username)} (id {user.user_id}, rôle {user.role})"
+            return (
+                f"Utilisateur créé : {printable(user.username)} (id {user.user_id}, rôle {user.role},"
+                f" niveau {user.accreditation_level})"
+            )
         if args.command == "set-password":
             user_id = await users.user_id_by_name(pool, args.username)
             await users.set_password(pool, hasher, user_id=user_id, password=read_password())
@@ -75,11 +93,25 @@ async def run(args: argparse.Namespace) -> str:
             user_id = await users.user_id_by_name(pool, args.username)
             await users.update_user(pool, user_id=user_id, month=month, default_quota=default_quota, is_active=False)
             return f"Compte désactivé : {printable(args.username)}"
+        if args.command == "set-accreditation":
+            user_id = await users.user_id_by_name(pool, args.username)
+            await users.update_user(
+                pool, user_id=user_id, month=month, default_quota=default_quota, accreditation_level=args.level
+            )
+            return f"Niveau d'accréditation de {printable(args.username)} : {args.level}"
+        if args.command == "migrate-passwords":
+            done = await migrate_passwords(pool, hasher)
+            lines = [f"Mots de passe en clair hachés : {done.hashed}"]
+            if done.too_long:
+                lines.append(f"Trop longs pour bcrypt (72 octets), laissés tels quels : {done.too_long} (set-password)")
+            if done.changed_meanwhile:
+                lines.append(f"Changés pendant la migration, laissés tels quels : {done.changed_meanwhile}")
+            return "\n".join(lines)
         rows = await users.list_users(pool, month=month, default_quota=default_quota)
-        lines = [f"{'id':>5}  {'username':<24} {'role':<8} {'actif':<6} email"]
+        lines = [f"{'id':>5}  {'username':<24} {'role':<8} {'niveau':<7} {'actif':<6} email"]
         lines += [
-            f"{u.user_id:>5}  {printable(u.username):<24} {printable(u.role):<8} {'oui' if u.is_active else 'non':<6}"
-            f" {printable(u.email or '')}"
+            f"{u.user_id:>5}  {printable(u.username):<24} {printable(u.role):<8} {u.accreditation_level:<7}"
+            f" {'oui' if u.is_active else 'non':<6} {printable(u.email or '')}"
             for u in rows
         ]
         return "\n".join(lines)

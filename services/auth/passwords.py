@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +12,12 @@ from typing import Any
 import bcrypt
 
 BCRYPT_MAX_BYTES = 72
+# What bcrypt writes: $2a$/$2b$/$2y$, a two-digit cost, then 53 characters of salt and hash.
+BCRYPT_HASH = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")
+
+
+def is_bcrypt_hash(value: str) -> bool:
+    return BCRYPT_HASH.fullmatch(value) is not None
 
 
 def fits_bcrypt(password: str) -> bool:

@@ -12,6 +12,9 @@ from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher, fits_bcryp
 from services.auth.usernames import InvalidUsername, normalize_username
 
 ROLES = ("user", "admin")
+# Safeguard accreditation, lowest first: N0 sees nothing, Nk may approve requests up to level Lk.
+ACCREDITATION_LEVELS = ("N0", "N1", "N2", "N3", "N4")
+DEFAULT_ACCREDITATION = "N1"
 MIN_PASSWORD_CHARS = 6
 
 
@@ -46,6 +49,17 @@ class UserRecord:
     created_at: datetime
     used_tokens: int
     quota_tokens: int
+    accreditation_level: str
+
+
+def check_accreditation(level: str) -> None:
+    if level not in ACCREDITATION_LEVELS:
+        raise UserError(f"Niveau d'accréditation inconnu : {level} (attendu : {', '.join(ACCREDITATION_LEVELS)})")
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
 
 
 def check_new_password(password: str) -> None:
@@ -85,6 +99,7 @@ async def create_user(
     email: str | None = None,
     role: str = "user",
     quota_tokens: int | None = None,
+    accreditation_level: str = DEFAULT_ACCREDITATION,
     month: date,
     default_quota: int,
 ) -> UserRecord:
@@ -92,12 +107,14 @@ async def create_user(
         username = normalize_username(username)
     except InvalidUsername as exc:
         raise UserError(str(exc)) from None
-    if role not in ROLES:
-        raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
+    check_role(role)
+    check_accreditation(accreditation_level)
     check_new_password(password)
     password_hash = await hasher.hash(password)  # before the transaction: no connection held while hashing
     async with pool.acquire() as conn, conn.transaction():
-        user_id = await conn.fetchval(queries.CREATE_USER_SQL, username, password_hash, email, role)
+        user_id = await conn.fetchval(
+            queries.CREATE_USER_SQL, username, password_hash, email, role, accreditation_level
+        )
         if user_id is None:
             raise UserExists(f"L'utilisateur {username} existe déjà")
         if quota_tokens is not None:
@@ -137,13 +154,18 @@ async def update_user(
     add_tokens: int | None = None,
     role: str | None = None,
     is_active: bool | None = None,
+    accreditation_level: str | None = None,
 ) -> UserRecord:
-    if role is not None and role not in ROLES:
-        raise UserError(f"Rôle inconnu : {role} (attendu : {', '.join(ROLES)})")
+    if role is not None:
+        check_role(role)
+    if accreditation_level is not None:
+        check_accreditation(accreditation_level)
     async with pool.acquire() as conn, conn.transaction():
         await _lock_user(conn, user_id, keep_an_admin=role == "user" or is_active is False)
         if role is not None:
             await conn.execute(queries.UPDATE_ROLE_SQL, user_id, role)
+        if accreditation_level is not None:
+            await conn.execute(queries.UPDATE_ACCREDITATION_SQL, user_id, accreditation_level)
         if is_active is not None:
             await conn.execute(queries.UPDATE_ACTIVE_SQL, user_id, is_active)
             if not is_active:

@@ -7,7 +7,8 @@ from aiohttp import web
 
 from services.auth import queries, users
 from services.auth.keys import HASHER
-from services.auth.passwords import PasswordHasher, fits_bcrypt
+from services.auth.legacy import MIGRATE_COMMAND
+from services.auth.passwords import PasswordHasher, fits_bcrypt, is_bcrypt_hash
 from shared import (
     ApiError,
     AppKeys,
@@ -15,11 +16,14 @@ from shared import (
     Settings,
     authenticated,
     current_user,
+    get_logger,
     issue_token,
     json_response,
     parse_body,
 )
 from shared.contracts import LoginRequest, LoginResponse, LoginUser, MeResponse, SuccessResponse
+
+log = get_logger("wibot.auth")
 
 INVALID_CREDENTIALS = "Identifiants invalides"
 
@@ -42,7 +46,12 @@ async def verify_credentials(
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
         raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
     row = await pool.fetchrow(queries.LOGIN_USER_SQL, username)
-    if not await hasher.verify(password, row["password_hash"] if row else None):
+    stored = row["password_hash"] if row else None
+    if row is not None and not is_bcrypt_hash(stored or ""):
+        # An n8n install's plain text: never compared as such; costs what a wrong password costs.
+        log.warning("legacy_password_login", user_id=row["user_id"], hint=f"run {MIGRATE_COMMAND}")
+        stored = None
+    if not await hasher.verify(password, stored):
         raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
     assert row is not None
     return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
