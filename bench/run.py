@@ -206,7 +206,7 @@ async def recreate_database(server_url: str, name: str) -> str:
 
 
 def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:
-    gateway, auth, chat, conversations, fake, ceiling = free_ports(6)
+    gateway, auth, chat, conversations, fake, ceiling, safeguard = free_ports(7)
     os.environ.update(
         {
             "JWT_SECRET": SECRET,
@@ -228,6 +228,7 @@ def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subpro
             "CHAT_PORTS": str(chat),
             "CONVERSATIONS_PORTS": str(conversations),
             "FAKE_MISTRAL_PORT": str(fake),
+            "FAKE_SAFEGUARD_PORT": str(safeguard),
             # The benchmark drives logins on purpose: no rate limit, no access log to write.
             "LOGIN_RATE_LIMIT": "100000r/s",
             "LOGIN_BURST": "100000",

@@ -76,6 +76,8 @@ class FakeSafeguard:
     decisions: list[dict[str, Any]] = field(default_factory=list)  # what the gateway sent, in order
     required_header: tuple[str, str] | None = None  # (name, value) the gateway must send
     unauthorized: int = 0  # calls refused for a missing or wrong header
+    # Requests someone else decides between the gateway's check and its call: the decision answers 409.
+    decided_elsewhere: set[str] = field(default_factory=set)
 
     def add(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests[request["approval_id"]] = request
@@ -113,11 +115,14 @@ def create_app(state: FakeSafeguard) -> web.Application:
             return web.json_response({"error": "not found"}, status=404)
         body = await request.json()
         state.decisions.append({"approval_id": approval_id, "action": action, **body})
+        if approval_id in state.decided_elsewhere:
+            found["status"] = "approved"
         if found["status"] != "pending":
             return web.json_response({"success": False, "message": f"already {found['status']}"}, status=409)
         found["status"] = "approved" if action == "approve" else "rejected"
         found["approver"] = body.get("approver")
         found["approval_comment"] = body.get("comment")
+        state.requests[approval_id] = state.requests.pop(approval_id)  # last decided, first in the history
         return web.json_response({"success": True, "status": found["status"], "message": f"{action}d"})
 
     app = web.Application(middlewares=[check_header])

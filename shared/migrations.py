@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
 # yoyo's bookkeeping tables; left out of schema comparisons and of db/schema.sql.
@@ -51,10 +51,14 @@ def apply_migrations(dsn: str, *, upto: str | None = None, existing_rows_timezon
     """
     from yoyo import get_backend, read_migrations
 
-    backend: Any = get_backend(yoyo_url(dsn))
+    url = yoyo_url(dsn)
+    backend: Any = get_backend(url)
+    if existing_rows_timezone != "UTC" and not _recorded_any_migration(backend.connection):
+        # yoyo runs each migration on a connection of its own, opened from the URL: the option rides in it.
+        backend.connection.close()
+        option = quote(f"-c wibot.existing_rows_timezone={existing_rows_timezone}")
+        backend = get_backend(f"{url}{'&' if '?' in url else '?'}options={option}")
     try:
-        if existing_rows_timezone != "UTC" and not _recorded_any_migration(backend.connection):
-            _set_session_option(backend.connection, "wibot.existing_rows_timezone", existing_rows_timezone)
         migrations: Any = read_migrations(str(MIGRATIONS_DIR))
         if upto is not None:
             ids = known_migrations()
@@ -71,18 +75,16 @@ def apply_migrations(dsn: str, *, upto: str | None = None, existing_rows_timezon
 
 
 def _recorded_any_migration(connection: Any) -> bool:
+    """yoyo may create its (empty) tables as soon as it connects: look for a recorded migration, not a table."""
     with connection.cursor() as cursor:
         cursor.execute(HAS_MIGRATION_TABLE_SQL)
-        (recorded,) = cursor.fetchone()
+        (has_table,) = cursor.fetchone()
+        recorded = False
+        if has_table:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {MIGRATION_TABLE})")  # noqa: S608 - a constant
+            (recorded,) = cursor.fetchone()
     connection.commit()
     return bool(recorded)
-
-
-def _set_session_option(connection: Any, name: str, value: str) -> None:
-    """A custom setting that the migrations of this run read with current_setting()."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
-    connection.commit()
 
 
 async def missing_migrations(conn: Any) -> list[str]:

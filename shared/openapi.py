@@ -36,6 +36,7 @@ class Route:
     response: type[BaseModel]
     request: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    path_params: type[BaseModel] | None = None  # default: every {name} in the path is a UUID
     errors: tuple[int, ...] = ()
     authenticated: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -89,8 +90,14 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if route.authenticated:
         operation["security"] = [{"bearer": []}]
+    path_schemas = route.path_params.model_json_schema()["properties"] if route.path_params else {}
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": path_schemas.get(name, {"type": "string", "format": "uuid"}),
+        }
         for name in _path_params(route.path)
     ]
     if route.query is not None:

@@ -534,3 +534,54 @@ async def test_upstream_too_slow_is_a_504_envelope(tmp_path, http):
         release.set()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_newer_frontends_supervision_and_safeguard_pages_work_through_nginx(stack, http, factory, db):
+    """What the Supervision and Safeguard pages call, as `make run` serves them: the analytics of an admin, a
+    non-admin refused, and the fake Safeguard server's demo requests approved by an N4 (no demo-mode answer)."""
+    admin = await factory.user("khora", role="admin")
+    await db.execute("UPDATE users SET accreditation_level = 'N4' WHERE user_id = $1", admin)
+    tech = await factory.user("tech")  # N1 by default
+    async with http.get(
+        stack.url + "/webhook/wibot/analytics?period=30d", headers={**bearer(admin, role="admin"), "Origin": ORIGIN}
+    ) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        assert body["period"] == "30d" and len(body["stats"]["messages"]["byDay"]) == 31
+        assert body["stats"]["users"] == {"total": 2}
+    async with http.get(stack.url + "/webhook/wibot/analytics", headers=bearer(tech, "tech")) as r:
+        assert r.status == 403
+        assert (await r.json())["code"] == "FORBIDDEN"
+
+    async with http.get(
+        stack.url + "/webhook/wibot/safeguard/requests?status=pending", headers=bearer(tech, "tech")
+    ) as r:
+        assert r.status == 200, await r.text()
+        listed = await r.json()
+    assert "message" not in listed  # the fake server answered: no "not available" banner
+    assert sorted(item["security_level"] for item in listed["requests"]) == ["L1", "L2", "L3"]
+    l1 = next(item for item in listed["requests"] if item["security_level"] == "L1")
+    l3 = next(item for item in listed["requests"] if item["security_level"] == "L3")
+    assert (l1["can_approve"], l3["can_approve"]) == (True, False)
+
+    async with http.post(
+        stack.url + "/webhook/wibot/safeguard/approve",
+        json={"approval_id": l3["approval_id"]},
+        headers=bearer(tech, "tech"),
+    ) as r:
+        assert r.status == 403
+        assert (await r.json())["code"] == "ACCREDITATION_TOO_LOW"
+    async with http.post(
+        stack.url + "/webhook/wibot/safeguard/approve",
+        json={"approval_id": l3["approval_id"], "comment": "vu"},
+        headers=bearer(admin, role="admin"),
+    ) as r:
+        assert r.status == 200, await r.text()
+        assert await r.json() == {
+            "success": True,
+            "approval_id": l3["approval_id"],
+            "status": "approved",
+            "message": "approved",
+        }
+    async with http.get(stack.url + "/webhook/wibot/safeguard/history", headers=bearer(tech, "tech")) as r:
+        assert [item["approval_id"] for item in (await r.json())["requests"]] == [l3["approval_id"]]

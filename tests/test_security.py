@@ -49,7 +49,7 @@ async def clients(make_client, chat_settings):
 
 def request_for(route: Route, conversation_id: uuid.UUID, user_id: int) -> tuple[str, dict[str, Any] | None]:
     """A valid request for the route (so that only the token or the owner decides the answer)."""
-    path = route.path.replace("{conversation_id}", str(conversation_id))
+    path = route.path.replace("{conversation_id}", str(conversation_id)).replace("{approval_id}", "req-1")
     cid = str(conversation_id)
     bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/webhook/wibot/chat"): {"conversation_id": cid, "message": "bonjour"},
@@ -59,6 +59,8 @@ def request_for(route: Route, conversation_id: uuid.UUID, user_id: int) -> tuple
         ("POST", "/webhook/wibot/admin/users"): {"username": f"new{uuid.uuid4().hex[:6]}", "password": "s3cret-pw"},
         ("PUT", "/webhook/wibot/admin/users"): {"user_id": user_id, "add_tokens": 1},
         ("DELETE", "/webhook/wibot/admin/users"): {"user_id": user_id},
+        ("POST", "/webhook/wibot/safeguard/approve"): {"approval_id": "req-1"},
+        ("POST", "/webhook/wibot/safeguard/reject"): {"approval_id": "req-1", "comment": "non"},
     }
     if route.path == "/webhook/wibot/messages":
         path += f"?conversationId={cid}"

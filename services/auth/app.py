@@ -29,6 +29,7 @@ from shared.contracts import (
     SafeguardHistoryQuery,
     SafeguardListQuery,
     SafeguardListResponse,
+    SafeguardPath,
     SuccessResponse,
 )
 from shared.openapi import Route, add_routes
@@ -57,8 +58,6 @@ ROUTES = [
         admin.list_users,
         "Liste des utilisateurs (admin)",
         AdminUsersResponse,
-        AnalyticsQuery,
-        AnalyticsResponse,
         errors=(403,),
         tags=("admin",),
     ),
@@ -128,6 +127,7 @@ ROUTES = [
         safeguard.detail,
         "Une demande Safeguard (N1+)",
         SafeguardDetailResponse,
+        path_params=SafeguardPath,
         errors=(400, 403, 404, 503),
         tags=("safeguard",),
     ),
