@@ -44,6 +44,7 @@ bench: install
 	$(PY) -m bench.run --out bench/out --markdown bench/RESULTS.md
 	cp bench/out/results.json bench/results.json
 	$(PY) -m bench.attachments
+	$(PY) -m bench.supervision
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install

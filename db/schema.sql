@@ -171,6 +171,8 @@ ALTER TABLE ONLY public.users
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_username_key UNIQUE (username);
 
+CREATE INDEX idx_conversations_updated ON public.conversations USING btree (updated_at);
+
 CREATE INDEX idx_conversations_user ON public.conversations USING btree (user_id, updated_at DESC);
 
 CREATE INDEX idx_conversations_user_page ON public.conversations USING btree (user_id, updated_at DESC, conversation_id DESC);
