@@ -135,33 +135,34 @@ def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding
     return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)
 
 
-def nginx_spool_dir(nginx_dir: Path) -> tuple[Path, str]:
-    """Where nginx spools request bodies and proxied responses, and the `user` line for its workers.
+def nginx_spool_dir(nginx_dir: Path) -> tuple[Path, tuple[str, str] | None]:
+    """Where nginx spools request bodies and proxied responses, and the (user, group) its workers run as.
 
     Started as root, nginx's workers run as `nobody`, who may not be able to reach run_dir (a checkout in a
     0700 home): then every body over 16 KiB failed with a 500. Their spool is a directory of theirs in the
     system's temporary directory instead, mode 0700: nobody else reads what users upload.
     """
     if os.geteuid() != 0:
-        return nginx_dir, ""
+        return nginx_dir, None
     worker = pwd.getpwnam("nobody")
     group = grp.getgrgid(worker.pw_gid).gr_name
     digest = hashlib.sha256(str(nginx_dir.resolve()).encode()).hexdigest()[:12]
     spool = Path(tempfile.gettempdir()) / f"wibot-nginx-{digest}"
     spool.mkdir(mode=0o700, exist_ok=True)
     os.chown(spool, worker.pw_uid, worker.pw_gid)
-    return spool, f"user nobody {group};\n"
+    return spool, ("nobody", group)
 
 
 def write_nginx_main(topology: Topology, run_dir: Path) -> Path:
     """nginx.conf for a foreground nginx with every path under run_dir (no root-owned files needed)."""
     nginx_dir = run_dir / "nginx"
     nginx_dir.mkdir(parents=True, exist_ok=True)
-    spool, user_line = nginx_spool_dir(nginx_dir)
+    spool, worker = nginx_spool_dir(nginx_dir)
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (spool / sub).mkdir(mode=0o700, exist_ok=True)
-        if user_line:
-            shutil.chown(spool / sub, "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name)
+        if worker:
+            shutil.chown(spool / sub, *worker)
+    user_line = f"user {worker[0]} {worker[1]};\n" if worker else ""
     (nginx_dir / "wibot.conf").write_text(render_nginx(topology), encoding="utf-8")
     main = nginx_dir / "nginx.conf"
     main.write_text(

@@ -76,19 +76,20 @@ async def create_conversation(
     conversation_id = conversation_id or uuid4()
     async with pool.acquire() as conn:
         if max_per_user and await conn.fetchval(queries.COUNT_CONVERSATIONS_SQL, user_id) >= max_per_user:
-            if not await _owned(conn, conversation_id, user_id):
+            if not await _owned_unless_taken(conn, conversation_id, user_id):
                 raise TooManyConversations(max_per_user)
         created = await conn.fetchval(queries.CREATE_CONVERSATION_SQL, conversation_id, user_id, title)
         if created is None:
-            try:
-                await check_owner(conn, conversation_id, user_id)
-            except NotYourConversation:
-                raise IdTaken from None
+            await _owned_unless_taken(conn, conversation_id, user_id)
         return await fetch_conversation(conn, conversation_id)
 
 
-async def _owned(conn: asyncpg.Connection, conversation_id: UUID, user_id: int) -> bool:
-    return bool(await conn.fetchval(queries.CONVERSATION_OWNER_SQL, conversation_id) == user_id)
+async def _owned_unless_taken(conn: asyncpg.Connection, conversation_id: UUID, user_id: int) -> bool:
+    """check_owner for creation: someone else's id is taken (409), not forbidden."""
+    try:
+        return await check_owner(conn, conversation_id, user_id)
+    except NotYourConversation:
+        raise IdTaken from None
 
 
 async def rename_conversation(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, title: str) -> dict[str, Any]:
