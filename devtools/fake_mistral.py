@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import time
 import uuid
@@ -32,6 +33,13 @@ class FakeMistral:
     reply: str | None = None
     total_tokens: int | None = None  # force usage.total_tokens (prompt/completion split around it)
     hold: asyncio.Event | None = None  # requests wait for it to be set
+    # Streaming (`"stream": true`): the reply in chunks of `chunk_chars`, one every `chunk_delay_s`; the
+    # connection dropped after `fail_after_chunks` chunks; usage left out of the last chunk with omit_usage.
+    chunk_chars: int = 8
+    chunk_delay_s: float = 0.0
+    fail_after_chunks: int | None = None
+    chunks_sent: int = 0  # text chunks written to clients, all streams together
+    streams_closed_early: int = 0  # streams whose reader went away before the end
     answered: int = 0  # completions sent back (what a user may have been given)
     _arrival: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -77,6 +85,40 @@ def completion_body(state: FakeMistral, body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+async def stream_completion(state: FakeMistral, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Mistral's streaming answer: `data: <chunk>` lines, usage in the last chunk, then `data: [DONE]`."""
+    full = completion_body(state, body)
+    text = full["choices"][0]["message"]["content"]
+    base = {"id": full["id"], "object": "chat.completion.chunk", "created": full["created"], "model": full["model"]}
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+
+    async def send(choice: dict[str, Any], **extra: Any) -> None:
+        await response.write(f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n".encode())
+
+    try:
+        await send({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+        pieces = [text[i : i + state.chunk_chars] for i in range(0, len(text), state.chunk_chars)]
+        for number, piece in enumerate(pieces):
+            if state.fail_after_chunks is not None and number >= state.fail_after_chunks:
+                assert request.transport is not None
+                request.transport.close()  # the upstream dies mid-reply
+                return response
+            if state.chunk_delay_s and number:
+                await asyncio.sleep(state.chunk_delay_s)
+            await send({"index": 0, "delta": {"content": piece}, "finish_reason": None})
+            state.chunks_sent += 1
+        usage = {} if state.omit_usage else {"usage": full["usage"]}
+        await send({"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}, **usage)
+        await response.write(b"data: [DONE]\n\n")
+        state.answered += 1
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        state.streams_closed_early += 1
+        raise
+    return response
+
+
 def create_app(state: FakeMistral | None = None) -> web.Application:
     state = state or FakeMistral()
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -94,6 +136,8 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
                 return web.json_response({"object": "error", "message": f"fake failure {status}"}, status=status)
         if state.garbage:
             return web.Response(text="<html>definitely not json</html>", content_type="application/json")
+        if body.get("stream"):
+            return await stream_completion(state, request, body)
         response = web.json_response(completion_body(state, body))
         state.answered += 1
         return response
@@ -108,13 +152,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="between two chunks of a streamed reply")
     args = parser.parse_args()
     print(
         f"!!! FAKE MISTRAL on http://{args.host}:{args.port} - development stand-in, NOT a real model."
         f" Set MISTRAL_API_KEY to use Mistral. latency={args.latency_ms} ms",
         flush=True,
     )
-    state = FakeMistral(latency_s=args.latency_ms / 1000)
+    state = FakeMistral(latency_s=args.latency_ms / 1000, chunk_delay_s=args.chunk_delay_ms / 1000)
     web.run_app(create_app(state), host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -207,8 +207,12 @@ def procfile(topology: Topology, nginx_conf: Path, *, private_pg: str | None) ->
             lines.append(f"{name}{suffix}: {py} -m services.{name} --host 127.0.0.1 --port {port}")
     if topology.use_fake_mistral:
         latency = os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0")
+        chunk_delay = os.environ.get("FAKE_MISTRAL_CHUNK_DELAY_MS", "20")
         port = topology.fake_mistral_port
-        lines.append(f"fake_mistral: {py} -m devtools.fake_mistral --port {port} --latency-ms {latency}")
+        lines.append(
+            f"fake_mistral: {py} -m devtools.fake_mistral --port {port} --latency-ms {latency}"
+            f" --chunk-delay-ms {chunk_delay}"
+        )
     if topology.use_fake_safeguard:
         lines.append(f"fake_safeguard: {py} -m devtools.fake_safeguard --port {topology.fake_safeguard_port}")
     lines.append(f"nginx: {nginx_binary()} -c {nginx_conf} -p {nginx_conf.parent}")

@@ -157,6 +157,7 @@ class ChatRequest(Request):
     message: Text = Field(min_length=1)
     files: list[FileAttachment] | None = None
     mode: Literal["flash", "code", "redaction"] | None = None
+    stream: StrictBool = Field(False, description="Stream the reply as SSE (like `Accept: text/event-stream`)")
 
 
 class ChatResponse(Response):

@@ -37,6 +37,7 @@ class Route:
     request: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     path_params: type[BaseModel] | None = None  # default: every {name} in the path is a UUID
+    streams: dict[str, str] = field(default_factory=dict)  # media type → what the streamed body holds
     errors: tuple[int, ...] = ()
     authenticated: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -77,6 +78,8 @@ def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "Succès", "content": {"application/json": {"schema": _ref(route.response)}}}
     }
+    for media_type, description in route.streams.items():
+        responses["200"]["content"][media_type] = {"schema": {"type": "string", "description": description}}
     for status in sorted({*errors, 500}):
         responses[str(status)] = {
             "description": ERROR_DESCRIPTIONS.get(status, "Erreur serveur"),
@@ -100,6 +103,16 @@ def _operation(route: Route) -> dict[str, Any]:
         }
         for name in _path_params(route.path)
     ]
+    if route.streams:
+        parameters.append(
+            {
+                "name": "Accept",
+                "in": "header",
+                "required": False,
+                "description": "Réponse en flux : " + ", ".join(route.streams) + " (sinon un seul corps JSON)",
+                "schema": {"type": "string", "enum": ["application/json", *route.streams]},
+            }
+        )
     if route.query is not None:
         schema = route.query.model_json_schema()
         required = set(schema.get("required", []))

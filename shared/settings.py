@@ -113,6 +113,7 @@ class Settings(DatabaseSettings):
     mistral_timeout_s: float = Field(60.0, gt=0, description="One model call, retries included")
     mistral_retry_max_elapsed_s: float = Field(20.0, ge=0, description="Stop retrying 429/5xx after this")
     mistral_retry_initial_ms: int = Field(500, ge=0)
+    stream_heartbeat_s: float = Field(15.0, gt=0, description="A streamed reply sends a heartbeat when this quiet")
 
     # --- safeguard (approval of AI tool calls, held by an external Safeguard/MCP server) ---------
     safeguard_url: str | None = Field(None, description="Base URL of the Safeguard server (unset: not available)")

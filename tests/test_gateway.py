@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devtools.fake_mistral import REPLY_PREFIX
 from devtools.stack import Topology, free_ports, wait_for_port, write_nginx_main
 from tests.conftest import TEST_SECRET, bearer
 from tests.figures import FIGURES
@@ -79,6 +81,10 @@ def stack(database_url, tmp_path_factory):
         "CONVERSATIONS_PORTS": str(conversations),
         "FAKE_MISTRAL_PORT": str(fake),
         "FAKE_SAFEGUARD_PORT": str(safeguard),
+        # Streamed replies: one chunk every 100 ms (the JSON answer is not delayed).
+        "FAKE_MISTRAL_CHUNK_DELAY_MS": "100",
+        # The frontend's origin, and the loopback page of the browser streaming test.
+        "CORS_ORIGIN_PATTERN": r"^http://(localhost:3000|127\.0\.0\.1:[0-9]+)$",
         "SAFEGUARD_URL": "",
         "MISTRAL_API_KEY": "",
         "LOGIN_RATE_LIMIT": "5r/s",
@@ -585,3 +591,178 @@ async def test_the_newer_frontends_supervision_and_safeguard_pages_work_through_
         }
     async with http.get(stack.url + "/webhook/wibot/safeguard/history", headers=bearer(tech, "tech")) as r:
         assert [item["approval_id"] for item in (await r.json())["requests"]] == [l3["approval_id"]]
+
+
+async def test_a_streamed_reply_reaches_the_client_chunk_by_chunk_through_nginx(stack, http, factory, db):
+    """With the fake model emitting a chunk every 100 ms: the first chunk is there in < 300 ms, the whole reply
+    takes > 1 s (nginx buffering would deliver everything at the end)."""
+    user_id = await factory.user("stream")
+    payload = {"conversation_id": str(uuid.uuid4()), "message": "Explique la procédure de sauvegarde"}
+    headers = {**bearer(user_id), "Accept": "text/event-stream", "Origin": ORIGIN}
+    started = time.monotonic()
+    arrivals: list[tuple[float, bytes]] = []
+    async with http.post(stack.url + CHAT_PATH, json=payload, headers=headers) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+        async for piece in r.content.iter_any():
+            arrivals.append((time.monotonic() - started, piece))
+    body = b"".join(piece for _, piece in arrivals).decode()
+    first_delta = next(at for at, piece in arrivals if b"event: delta" in piece)
+    assert first_delta < 0.3, arrivals[:3]
+    assert arrivals[-1][0] > 1.0
+    assert len([1 for _, piece in arrivals if b"event: delta" in piece]) >= 8  # many reads, not one
+    done = json.loads(body.split("event: done\ndata: ")[1].split("\n")[0])
+    deltas = [json.loads(line[6:])["content"] for line in body.splitlines() if line.startswith('data: {"content')]
+    assert done["response"] == "".join(deltas) and done["success"] is True
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_ndjson_and_early_refusals_through_nginx(stack, http, factory):
+    user_id = await factory.user("ndjson")
+    payload = {"conversation_id": str(uuid.uuid4()), "message": "Bonjour"}
+    async with http.post(
+        stack.url + CHAT_PATH, json=payload, headers={**bearer(user_id), "Accept": "application/x-ndjson"}
+    ) as r:
+        lines = [json.loads(line) for line in (await r.text()).splitlines() if line.strip()]
+    assert lines[0]["type"] == "begin" and lines[-1]["type"] == "end"
+    async with http.post(stack.url + CHAT_PATH, json=payload, headers={"Accept": "text/event-stream"}) as r:
+        assert (r.status, r.content_type) == (401, "application/json")
+
+
+async def test_a_client_leaving_mid_stream_through_nginx_keeps_the_partial_exchange(stack, http, factory, db):
+    """The real service process (no handler cancellation) notices the closed connection, drops the model call,
+    saves what was produced and charges it."""
+    user_id = await factory.user("leaver")
+    message = "Une longue explication de la procédure de restauration des sauvegardes du site, s'il vous plaît"
+    payload = {"conversation_id": str(uuid.uuid4()), "message": message}
+    response = await http.post(
+        stack.url + CHAT_PATH, json=payload, headers={**bearer(user_id), "Accept": "text/event-stream"}
+    )
+    received = b""
+    while received.count(b"event: delta") < 2:
+        received += await response.content.readany()
+    response.connection.transport.abort()
+    response.release()
+
+    async def saved() -> list:
+        while len(rows := await db.fetch("SELECT role, content, tokens FROM messages ORDER BY message_id")) < 2:
+            await asyncio.sleep(0.1)
+        return rows
+
+    rows = await asyncio.wait_for(saved(), timeout=15)
+    partial = rows[1]["content"]
+    assert rows[0]["content"] == payload["message"]
+    whole = f"{REPLY_PREFIX} Vous avez écrit : {message[:80]}"  # ~22 chunks, 2.2 s at 100 ms each
+    assert partial and whole.startswith(partial) and len(partial) < len(whole)
+    used = await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", user_id)
+    assert used == rows[0]["tokens"] + rows[1]["tokens"] > 0
+
+
+BROWSER_PAGE = """<!doctype html><meta charset="utf-8"><pre id="reply"></pre><script>
+(async () => {
+  const started = performance.now();
+  const response = await fetch(%(url)s, {
+    method: "POST",
+    headers: {"Content-Type": "application/json", "Accept": "text/event-stream", "Authorization": %(auth)s},
+    body: JSON.stringify({conversation_id: %(cid)s, message: "Bonjour depuis le navigateur"}),
+  });
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let raw = "", growth = [];
+  for (;;) {
+    const {done, value} = await reader.read();
+    if (done) break;
+    raw += decoder.decode(value, {stream: true});
+    const shown = [...raw.matchAll(/^event: delta\\ndata: (.*)$/gm)].map(m => JSON.parse(m[1]).content).join("");
+    document.getElementById("reply").textContent = shown;
+    growth.push([Math.round(performance.now() - started), shown.length]);
+  }
+  const done = JSON.parse(raw.split("event: done\\ndata: ")[1].split("\\n")[0]);
+  window.__result = {status: response.status, growth, shown: document.getElementById("reply").textContent, done};
+})().catch(error => { window.__result = {error: String(error)}; });
+</script>"""
+
+
+async def test_a_browser_shows_the_reply_growing_chunk_by_chunk(stack, http, factory, aiohttp_server):
+    """Headless Chromium, `fetch` + `ReadableStream`, from a page of another origin (CORS) through nginx."""
+    from aiohttp import web
+
+    user_id = await factory.user("browser")
+    page = BROWSER_PAGE % {
+        "url": json.dumps(stack.url + CHAT_PATH),
+        "auth": json.dumps(bearer(user_id)["Authorization"]),
+        "cid": json.dumps(str(uuid.uuid4())),
+    }
+
+    async def serve_page(_request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", serve_page)
+    server = await aiohttp_server(app)
+    result = await run_in_chromium(http, str(server.make_url("/")), "window.__result")
+    assert "error" not in result, result
+    assert result["status"] == 200
+    lengths = [length for _, length in result["growth"]]
+    assert len([1 for before, after in itertools.pairwise(lengths) if after > before]) >= 5  # grew step by step
+    assert result["growth"][-1][0] - next(t for t, length in result["growth"] if length) > 500  # over time
+    assert result["shown"] == result["done"]["response"] and result["done"]["success"] is True
+
+
+async def run_in_chromium(http, url: str, expression: str, within_s: float = 30) -> dict:
+    """Open `url` in headless Chromium and poll `expression` (over the DevTools protocol) until it is set."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is required (apt-get install chromium)"
+    (port,) = free_ports(1)
+    profile = tempfile.mkdtemp()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        chromium,
+        *flags,
+        f"--user-data-dir={profile}",
+        f"--remote-debugging-port={port}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(within_s):
+            targets: list = []
+            while not targets:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                        targets = [t for t in await r.json() if t.get("type") == "page"]
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.2)
+            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 10_000))
+
+                async def call(method: str, **params: object) -> dict:
+                    number = next(ids)
+                    await ws.send_json({"id": number, "method": method, "params": params})
+                    while (message := await ws.receive_json()).get("id") != number:
+                        pass
+                    return message["result"]
+
+                await call("Page.navigate", url=url)
+                while True:
+                    answer = await call(
+                        "Runtime.evaluate", expression=f"JSON.stringify({expression} || null)", returnByValue=True
+                    )
+                    value = json.loads(answer["result"].get("value") or "null")
+                    if value is not None:
+                        return value
+                    await asyncio.sleep(0.2)
+    finally:
+        proc.kill()
+        await proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.chat import quota, views
+from services.chat import quota, streaming, views
 from services.chat.alerts import alerts_context
 from services.chat.attachments import extractor_context
 from services.chat.keys import PROMPTS
@@ -33,6 +33,12 @@ ROUTES = [
         request=ChatRequest,
         errors=(400, 409, 413, 415, 422, 429, 502, 503, 504),
         tags=("chat",),
+        streams={
+            "text/event-stream": "SSE (ou `stream: true`) : `event: delta` {content}…, puis `event: done` (le corps"
+            " JSON habituel) ou `event: error` (l'enveloppe d'erreur) ; commentaires `: ping` toutes les 15 s",
+            "application/x-ndjson": "Lignes JSON de n8n : {type: begin}, {type: item, content}…, {type: end,"
+            " result} ou {type: error, content, error}",
+        },
     ),
 ]
 
@@ -50,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _finish_refunds(app: web.Application) -> None:
+    await streaming.wait_for_departed()
     await quota.wait_for_deferred_refunds()
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,7 @@ async def complete(
 ) -> ModelReply:
     """One chat completion; every failure becomes a 502/503/504 envelope the frontend can show."""
     started = time.perf_counter()
-    try:
+    with model_failures(model, started):
         async with asyncio.timeout(settings.mistral_timeout_s):
             result = await client.chat.complete_async(
                 model=model,
@@ -103,6 +104,17 @@ async def complete(
                 top_p=settings.mistral_top_p,
                 max_tokens=max_tokens,
             )
+    text = _reply_text(result.choices[0].message.content) if result and result.choices else None
+    if not text:
+        raise _failure("empty_reply", model, started, None, 502, BAD_REPLY_MESSAGE)
+    return _succeeded(model, started, _with_usage(text, result.usage, messages))
+
+
+@contextmanager
+def model_failures(model: str, started: float) -> Iterator[None]:
+    """Every way a model call fails, as the 502/503/504 envelope the frontend shows (counted and logged once)."""
+    try:
+        yield
     except (TimeoutError, httpx2.TimeoutException) as exc:
         raise _failure("timeout", model, started, exc, 504, TIMEOUT_MESSAGE, "LLM_TIMEOUT") from None
     except MistralError as exc:
@@ -117,11 +129,8 @@ async def complete(
     except ValueError as exc:
         raise _failure("malformed_reply", model, started, exc, 502, BAD_REPLY_MESSAGE) from None
 
-    text = _reply_text(result.choices[0].message.content) if result and result.choices else None
-    if not text:
-        raise _failure("empty_reply", model, started, None, 502, BAD_REPLY_MESSAGE)
 
-    reply = _with_usage(text, result.usage, messages)
+def _succeeded(model: str, started: float, reply: ModelReply, **extra: Any) -> ModelReply:
     elapsed = time.perf_counter() - started
     MODEL_CALL_SECONDS.labels(model).observe(elapsed)
     log.info(
@@ -130,8 +139,78 @@ async def complete(
         duration_ms=round(elapsed * 1000, 1),
         total_tokens=reply.total_tokens,
         completion_tokens=reply.completion_tokens,
+        **extra,
     )
     return reply
+
+
+class ModelStream:
+    """One streamed completion (`open_stream`): its text deltas as the model produces them, then `reply()`.
+
+    The SDK retries 429/5xx while opening (before the first chunk); once text has flowed nothing is retried.
+    Each chunk must come within MISTRAL_TIMEOUT_S of the previous one. `close()` drops the connection, which
+    stops the model's work on it.
+    """
+
+    def __init__(
+        self, events: Any, settings: Settings, model: str, messages: list[dict[str, str]], started: float
+    ) -> None:
+        self._events = events
+        self._timeout_s = settings.mistral_timeout_s
+        self._model = model
+        self._messages = messages
+        self._started = started
+        self._parts: list[str] = []
+        self._usage: Any = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    async def next_delta(self) -> str | None:
+        """The next piece of text, or None at the end of the reply; failures are ApiErrors (502/503/504)."""
+        with model_failures(self._model, self._started):
+            while True:
+                async with asyncio.timeout(self._timeout_s):
+                    event = await anext(self._events, None)
+                if event is None:
+                    return None
+                chunk = event.data
+                if chunk.usage is not None:
+                    self._usage = chunk.usage
+                delta = _reply_text(chunk.choices[0].delta.content) if chunk.choices else None
+                if delta:
+                    self._parts.append(delta)
+                    return delta
+
+    def reply(self, *, interrupted: bool = False) -> ModelReply:
+        """What was produced: the server's usage when it sent it (last chunk), else the estimate."""
+        text = self.text
+        if not text and not interrupted:
+            raise _failure("empty_reply", self._model, self._started, None, 502, BAD_REPLY_MESSAGE)
+        usage = None if interrupted else self._usage
+        return _succeeded(
+            self._model, self._started, _with_usage(text, usage, self._messages), stream=True, interrupted=interrupted
+        )
+
+    async def close(self) -> None:
+        await self._events.close()
+
+
+async def open_stream(
+    client: Mistral, settings: Settings, *, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> ModelStream:
+    started = time.perf_counter()
+    with model_failures(model, started):
+        async with asyncio.timeout(settings.mistral_timeout_s):
+            events = await client.chat.stream_async(
+                model=model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=settings.mistral_temperature,
+                top_p=settings.mistral_top_p,
+                max_tokens=max_tokens,
+            )
+    return ModelStream(events, settings, model, messages, started)
 
 
 def _failure(

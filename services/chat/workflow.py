@@ -3,13 +3,17 @@
 verify token (the view's decorator) → validate → load memory (ownership) → read attachments → prepare context
 → reserve quota → call model (no answer: refund) → save exchange (not saved: charged all the same) → respond.
 The quota is reserved once the prompt is known (its size, extracted files included, is the estimate); no
-database connection is held while the model works.
+database connection is held while the model works. How the model is called is the one thing a streamed
+reply changes (services/chat/streaming.py passes its own `call_model`); every other step is this one.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -26,6 +30,12 @@ from shared.metrics import TOKENS_SPENT
 from shared.ratelimit import check_rate
 
 
+class CallModel(Protocol):
+    """The model step: the whole reply at once (llm.complete) or streamed to the client (streaming.py)."""
+
+    def __call__(self, *, model: str, messages: list[dict[str, str]], max_tokens: int) -> Awaitable[llm.ModelReply]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ChatDeps:
     """What the workflow works with, taken from the application once per request."""
@@ -38,7 +48,9 @@ class ChatDeps:
     extractor: Extractor
 
 
-async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, received_at: datetime) -> ChatResponse:
+async def run_chat(
+    deps: ChatDeps, user: CurrentUser, body: ChatRequest, received_at: datetime, call_model: CallModel | None = None
+) -> ChatResponse:
     settings, pool = deps.settings, deps.pool
     mode = body.mode or "flash"
     check_message(body, settings)
@@ -58,10 +70,9 @@ async def run_chat(deps: ChatDeps, user: CurrentUser, body: ChatRequest, receive
         max_tokens=settings.mistral_max_tokens,
         default_quota=settings.default_quota_tokens,
     )
+    call_model = call_model or functools.partial(llm.complete, deps.llm_client, settings)
     try:
-        reply = await llm.complete(
-            deps.llm_client,
-            settings,
+        reply = await call_model(
             model=settings.model_for_mode(mode),
             messages=messages,
             max_tokens=reservation.max_completion_tokens,
