@@ -45,6 +45,7 @@ bench: install
 	cp bench/out/results.json bench/results.json
 	$(PY) -m bench.attachments
 	$(PY) -m bench.supervision
+	$(PY) -m bench.streaming
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install

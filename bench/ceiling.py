@@ -3,12 +3,14 @@
     GET /bench/ceiling   SELECT 1 on an asyncpg pool: what any route that touches the database can hope for
     GET /bench/jwt       JWT decode only (no database)
     GET /bench/session   JWT decode + the per-request session/revocation query (shared.auth)
+    GET /bench/sse?chunks=N&delay_ms=D   N SSE events, one every D ms: the streaming ceiling
 The last two give the cost of the token-revocation check.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from aiohttp import web
 
@@ -34,6 +36,19 @@ async def session(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "user_id": user.user_id})
 
 
+async def sse(request: web.Request) -> web.StreamResponse:
+    chunks, delay = int(request.query.get("chunks", "20")), float(request.query.get("delay_ms", "0")) / 1000
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    for number in range(chunks):
+        if number and delay:
+            await asyncio.sleep(delay)
+        await response.write(b'event: delta\ndata: {"content": "12345678"}\n\n')
+    await response.write(b"event: done\ndata: {}\n\n")
+    await response.write_eof()
+    return response
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[AppKeys.SETTINGS] = settings
@@ -41,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/bench/ceiling", ceiling)
     app.router.add_get("/bench/jwt", jwt_only)
     app.router.add_get("/bench/session", session)
+    app.router.add_get("/bench/sse", sse)
     return app
 
 

@@ -49,3 +49,30 @@ async def test_bench_harness_runs_and_reports(tmp_path, database_url):
     assert all(r["requests"] >= 0 and r["errors"] == 0 for r in report["results"]), report["results"]
     assert set(report["peak_rss_mb"]) == {"auth", "chat", "conversations"}
     assert "| Scenario |" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.timeout(120)
+async def test_streaming_bench_runs_and_reports(tmp_path, database_url):
+    env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
+    out = tmp_path / "streaming.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.streaming",
+        "--seconds",
+        "0.5",
+        "--concurrency",
+        "1",
+        "2",
+        "--out",
+        str(out),
+    ]
+    result = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"c1", "c2"}
+    for run in report["runs"].values():  # that it measured both sides, not how fast they were
+        assert run["chat"]["streams"] >= 1 and run["ceiling"]["streams"] >= 1
+        assert run["chat"]["chunks_per_stream"] == run["ceiling"]["chunks_per_stream"] == report["chunks_per_reply"]
