@@ -37,7 +37,7 @@ class Route:
     request: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     path_params: type[BaseModel] | None = None  # default: every {name} in the path is a UUID
-    streams: dict[str, str] = field(default_factory=dict)  # media type → what the streamed body holds
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # media type → schema of one event or line
     errors: tuple[int, ...] = ()
     authenticated: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -78,8 +78,8 @@ def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "Succès", "content": {"application/json": {"schema": _ref(route.response)}}}
     }
-    for media_type, description in route.streams.items():
-        responses["200"]["content"][media_type] = {"schema": {"type": "string", "description": description}}
+    for media_type, schema in route.streams.items():
+        responses["200"]["content"][media_type] = {"schema": schema}
     for status in sorted({*errors, 500}):
         responses[str(status)] = {
             "description": ERROR_DESCRIPTIONS.get(status, "Erreur serveur"),

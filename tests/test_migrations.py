@@ -453,21 +453,21 @@ async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 async def test_readyz_says_the_database_is_behind_when_the_service_started_before_the_database(scratch, aiohttp_client):
     """DB_POOL_MIN=0: the service starts while the database is away; once it answers, /readyz checks migrations."""
-    from urllib.parse import urlsplit
+    from urllib.parse import urlsplit, urlunsplit
 
     from devtools.stack import free_ports
 
     url = await scratch()
     await migrate(url, upto="0001-baseline")
     port = free_ports(1)[0]
-    behind = url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    target = urlsplit(url)
+    behind = urlunsplit(target._replace(netloc=f"{target.username or 'postgres'}@127.0.0.1:{port}"))
     assert behind != url
     client = await aiohttp_client(auth_app(make_settings(behind, db_pool_min=0)))
     r = await client.get("/readyz")
     assert (r.status, (await r.json())["code"]) == (503, "DB_UNAVAILABLE")
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        target = urlsplit(url)
         upstream_reader, upstream_writer = await asyncio.open_connection(target.hostname, target.port)
         await asyncio.gather(_forward(reader, upstream_writer), _forward(upstream_reader, writer))
 

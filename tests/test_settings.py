@@ -69,6 +69,7 @@ def test_service_refuses_to_start_and_says_why(env, tmp_path):
 
 
 def test_postgres_variables_build_the_dsn_and_database_url_wins(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the test run's own server (tests/conftest.py)
     for key, value in {
         "POSTGRES_HOST": "db.internal",
         "POSTGRES_PORT": "6543",

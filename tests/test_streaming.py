@@ -215,3 +215,21 @@ async def test_a_client_that_leaves_mid_stream_is_charged_for_what_was_produced(
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.05)
+
+
+async def test_failures_before_the_first_chunk_are_retried_like_the_json_call(client, user_id, db, fake_mistral):
+    fake_mistral.failures = [503, 429]
+    r = await client.post(CHAT, json=chat(), headers={**bearer(user_id), **SSE})
+    assert r.status == 200
+    assert sse_events(await r.text())[-1][0] == "done"
+    assert len(fake_mistral.received) == 3  # two refusals, then the stream
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_a_stream_without_any_text_is_the_usual_502(client, user_id, db, fake_mistral):
+    fake_mistral.reply = ""
+    r = await client.post(CHAT, json=chat(), headers={**bearer(user_id), **SSE})
+    assert (r.status, r.content_type) == (502, "application/json")
+    assert (await r.json())["code"] == "LLM_UNAVAILABLE"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 0

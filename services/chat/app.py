@@ -34,10 +34,26 @@ ROUTES = [
         errors=(400, 409, 413, 415, 422, 429, 502, 503, 504),
         tags=("chat",),
         streams={
-            "text/event-stream": "SSE (ou `stream: true`) : `event: delta` {content}…, puis `event: done` (le corps"
-            " JSON habituel) ou `event: error` (l'enveloppe d'erreur) ; commentaires `: ping` toutes les 15 s",
-            "application/x-ndjson": "Lignes JSON de n8n : {type: begin}, {type: item, content}…, {type: end,"
-            " result} ou {type: error, content, error}",
+            # One SSE event (schemathesis and OpenAPI 3.2 read it so): its name and its JSON data.
+            "text/event-stream": {
+                "type": "object",
+                "description": "SSE (ou `stream: true`) : `event: delta` {content}…, puis `event: done` (le corps"
+                " JSON habituel) ou `event: error` (l'enveloppe d'erreur) ; commentaires `: ping` toutes les 15 s",
+                "properties": {"event": {"enum": ["delta", "done", "error"]}, "data": {"type": "string"}},
+                "required": ["event", "data"],
+            },
+            # One line of n8n's JSON lines.
+            "application/x-ndjson": {
+                "type": "object",
+                "description": "Lignes JSON de n8n : {type: begin}, {type: item, content}…, {type: end, result}"
+                " ou {type: error, content, error}",
+                "properties": {
+                    "type": {"enum": ["begin", "item", "end", "error"]},
+                    "content": {"type": "string"},
+                    "metadata": {"type": "object"},
+                },
+                "required": ["type", "metadata"],
+            },
         },
     ),
 ]
