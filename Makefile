@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install migrate schema run test lint fmt bench security fuzz mutation clean
+.PHONY: prerequisites install migrate schema run test lint fmt bench security fuzz mutation clean
+
+# nginx lives in /usr/sbin on Debian, which is not on every user's PATH.
+export PATH := $(PATH):/usr/sbin:/sbin
 
 install: $(VENV)/.installed
 
@@ -21,7 +24,11 @@ migrate: install
 schema: install
 	$(PY) -m devtools.schema_dump
 
-run: install
+# What the machine lacks (nginx, venv, PostgreSQL): installed as root, else named in one line, before anything.
+prerequisites:
+	@$(PYTHON) -m devtools.prerequisites
+
+run: prerequisites install
 	$(PY) -m devtools.stack run
 
 test: install
