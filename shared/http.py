@@ -184,7 +184,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The database answers and has our migrations (readiness): 503 envelope otherwise."""
+    """The configuration is complete, the database answers and has our migrations (readiness): 503 otherwise."""
+    for problem in request.app.get(AppKeys.NOT_READY, []):
+        return envelope_response(503, problem.message, problem.code)
     schema = request.app[AppKeys.SCHEMA]
     try:
         async with asyncio.timeout(2):

@@ -18,8 +18,17 @@ class SchemaCheck:
     current: bool = False
 
 
+@dataclass(frozen=True)
+class NotReady:
+    """A configuration problem that keeps a service out of the load balancer (/readyz 503) until fixed."""
+
+    message: str  # French, for the envelope
+    code: str
+
+
 class AppKeys:
     DB = web.AppKey("db", asyncpg.Pool)
+    NOT_READY = web.AppKey("not_ready", list[NotReady])
     SCHEMA = web.AppKey("schema", SchemaCheck)
     SETTINGS = web.AppKey("settings", Settings)
     SERVICE = web.AppKey("service", str)

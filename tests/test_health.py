@@ -7,6 +7,7 @@ import pytest
 from services.auth.app import create_app as auth_app
 from services.chat.app import create_app as chat_app
 from services.conversations.app import create_app as conversations_app
+from tests.conftest import make_settings
 
 
 @pytest.mark.parametrize("factory_fn", [auth_app, chat_app, conversations_app])
@@ -49,3 +50,32 @@ async def test_service_recovers_when_its_connections_are_killed(make_client, set
     assert killed >= 1
     statuses = [(await client.get("/readyz")).status for _ in range(3)]
     assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
+
+
+@pytest.mark.parametrize(
+    ("api_key", "server_url", "ready"),
+    [
+        (None, "https://api.mistral.ai", False),  # production mode without a key: every chat would fail
+        ("", "https://api.mistral.ai", False),  # MISTRAL_API_KEY= (empty) in .env
+        ("a-key", "https://api.mistral.ai", True),
+        (None, "http://127.0.0.1:8099", True),  # make run's fake model, or a local model server
+        (None, "http://localhost:11434", True),
+    ],
+)
+async def test_chat_without_a_model_key_in_production_is_not_ready(
+    make_client, database_url, capsys, api_key, server_url, ready
+):
+    settings = make_settings(database_url, mistral_api_key=api_key, mistral_server_url=server_url)
+    client = await make_client(chat_app(settings))
+    r = await client.get("/readyz")
+    if ready:
+        assert r.status == 200, await r.text()
+    else:
+        assert r.status == 503
+        assert await r.json() == {
+            "success": False,
+            "error": "Service IA non configuré : clé MISTRAL_API_KEY manquante.",
+            "code": "LLM_NOT_CONFIGURED",
+        }
+        assert "model_not_configured" in capsys.readouterr().out  # and the log says what to set
+    assert (await client.get("/healthz")).status == 200  # alive either way

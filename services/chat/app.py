@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from services.chat.llm import llm_context
 from services.chat.prompt import load_prompts
 from shared import AppKeys, Settings, base_app, get_logger
 from shared.contracts import ChatRequest, ChatResponse
+from shared.keys import NotReady
 from shared.openapi import Route, add_routes
 
 log = get_logger("wibot.chat")
@@ -61,6 +63,7 @@ ROUTES = [
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="chat")
+    app[AppKeys.NOT_READY] = model_configuration_problems(settings)
     app[PROMPTS] = load_prompts(settings)
     app.cleanup_ctx.append(llm_context(settings))
     app.cleanup_ctx.append(extractor_context(settings))
@@ -69,6 +72,24 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app, ROUTES)
     app.on_shutdown.append(_finish_refunds)
     return app
+
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def model_configuration_problems(settings: Settings) -> list[NotReady]:
+    """Production mode without a key: every chat would fail, so the service says it is not ready. A model
+    server on this machine (make run's fake, Ollama, vLLM) needs no key."""
+    host = urlsplit(settings.mistral_server_url).hostname or ""
+    has_key = settings.mistral_api_key is not None and settings.mistral_api_key.get_secret_value().strip() != ""
+    if not has_key and host not in LOOPBACK_HOSTS:
+        log.error(
+            "model_not_configured",
+            server_url=settings.mistral_server_url,
+            fix="set MISTRAL_API_KEY (or MISTRAL_SERVER_URL to a local model server)",
+        )
+        return [NotReady("Service IA non configuré : clé MISTRAL_API_KEY manquante.", "LLM_NOT_CONFIGURED")]
+    return []
 
 
 async def _finish_refunds(app: web.Application) -> None:
