@@ -83,6 +83,7 @@ class MeResponse(Response):
 # --- admin --------------------------------------------------------------------------------------------
 
 AdminRole = Literal["user", "admin"]
+QuotaSource = Literal["month", "standing", "default"]
 # Safeguard accreditation: N0 read-only … N4 full access (a request of level Lk needs Nk or more).
 AccreditationLevel = Literal["N0", "N1", "N2", "N3", "N4"]
 # users.user_id is a SERIAL (int4); quotas are BIGINT but a trillion tokens a month is already absurd.
@@ -95,14 +96,18 @@ class AdminCreateUserRequest(Request):
     password: Text = Field(min_length=1, max_length=1024)
     email: Text | None = Field(None, max_length=255)
     role: AdminRole = "user"
-    quota_tokens: TokenCount | None = None
+    quota_tokens: TokenCount | None = Field(None, description="This month's quota")
+    standing_quota_tokens: TokenCount | None = Field(None, description="Every month's quota (default: the setting)")
     accreditation_level: AccreditationLevel = "N1"
 
 
 class AdminUpdateUserRequest(Request):
     user_id: UserId
-    quota_tokens: TokenCount | None = None
+    quota_tokens: TokenCount | None = Field(None, description="This month's quota")
     add_tokens: TokenCount | None = Field(None, description="Extra tokens for the current month")
+    standing_quota_tokens: TokenCount | Literal["default"] | None = Field(
+        None, description='Every new month\'s quota; "default" goes back to DEFAULT_QUOTA_TOKENS'
+    )
     role: AdminRole | None = None
     is_active: StrictBool | None = None
     accreditation_level: AccreditationLevel | None = None
@@ -121,6 +126,8 @@ class AdminUser(Response):
     created_at: UtcDatetime
     used_tokens: int
     quota_tokens: int
+    standing_quota_tokens: int | None = Field(description="Every new month's quota; null: the default")
+    quota_source: QuotaSource
     accreditation_level: AccreditationLevel
 
 
@@ -225,6 +232,7 @@ class TokenUsageResponse(Response):
     tokens_remaining: int
     tokens_percentage: float
     status: Literal["good", "medium", "critical"]
+    quota_source: QuotaSource = Field(description="month: set for this month; standing: the user's; default")
 
 
 # --- supervision (analytics) --------------------------------------------------------------------------

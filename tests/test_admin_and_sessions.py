@@ -54,6 +54,8 @@ async def test_admin_lists_users_with_this_months_usage(client, admin_id, factor
         "created_at",
         "used_tokens",
         "quota_tokens",
+        "standing_quota_tokens",
+        "quota_source",
         "accreditation_level",
     }
     assert users[0]["created_at"].endswith("Z")

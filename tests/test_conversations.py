@@ -297,6 +297,7 @@ async def test_user_tokens(client, khora, factory, used, quota, status, percenta
         "tokens_remaining": max(quota - used, 0),
         "tokens_percentage": percentage,
         "status": status,
+        "quota_source": "default",  # 50,000 is the default quota
     }
 
 

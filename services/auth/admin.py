@@ -58,6 +58,7 @@ async def create_user(request: web.Request) -> web.Response:
             email=body.email,
             role=body.role,
             quota_tokens=body.quota_tokens,
+            standing_quota_tokens=body.standing_quota_tokens,
             accreditation_level=body.accreditation_level,
             month=current_month(),
             default_quota=settings.default_quota_tokens,
@@ -80,6 +81,7 @@ async def update_user(request: web.Request) -> web.Response:
             role=body.role,
             is_active=body.is_active,
             accreditation_level=body.accreditation_level,
+            standing_quota_tokens=body.standing_quota_tokens,
         )
     return json_response(AdminUserResponse(user=admin_user(record)))
 

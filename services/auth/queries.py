@@ -19,10 +19,16 @@ ON CONFLICT (username) DO NOTHING
 RETURNING user_id
 """
 
-# A user as the admin API shows it: with this month's usage ($1) or the default quota ($2).
+# A user as the admin API shows it: with this month's usage ($1), their standing quota or the default ($2), and
+# where the quota comes from (as the usage endpoint says it).
 ADMIN_USERS_SQL = """
 SELECT u.user_id, u.username, u.email, COALESCE(u.role, 'user') AS role, COALESCE(u.is_active, true) AS is_active,
-       u.created_at, COALESCE(t.used_tokens, 0) AS used_tokens, COALESCE(t.quota_tokens, $2) AS quota_tokens,
+       u.created_at, COALESCE(t.used_tokens, 0) AS used_tokens,
+       COALESCE(t.quota_tokens, u.standing_quota_tokens, $2) AS quota_tokens, u.standing_quota_tokens,
+       CASE WHEN t.quota_tokens IS DISTINCT FROM COALESCE(u.standing_quota_tokens, $2) AND t.quota_tokens IS NOT NULL
+            THEN 'month'
+            WHEN u.standing_quota_tokens IS NOT NULL THEN 'standing'
+            ELSE 'default' END AS quota_source,
        COALESCE(u.accreditation_level, 'N1') AS accreditation_level
 FROM users u
 LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $1
@@ -41,15 +47,22 @@ SELECT user_id FROM users WHERE role = 'admin' AND is_active IS TRUE ORDER BY us
 """
 
 UPDATE_ROLE_SQL = "UPDATE users SET role = $2 WHERE user_id = $1"
+# $2 NULL: back to the default.
+UPDATE_STANDING_QUOTA_SQL = "UPDATE users SET standing_quota_tokens = $2 WHERE user_id = $1"
 UPDATE_ACCREDITATION_SQL = "UPDATE users SET accreditation_level = $2 WHERE user_id = $1"
 UPDATE_ACTIVE_SQL = "UPDATE users SET is_active = $2 WHERE user_id = $1"
 SET_PASSWORD_SQL = "UPDATE users SET password_hash = $2 WHERE user_id = $1"
 
-# $3: new quota (NULL keeps the current or default one $4); $5: tokens added on top, for this month.
+# $3: new quota (NULL keeps the current one, else the standing one, else the default $4); $5: tokens added on
+# top, for this month.
 # Saturating: added tokens stop at BIGINT's maximum (an unlimited quota) instead of overflowing into an error.
 SET_MONTH_QUOTA_SQL = """
 INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
-VALUES ($1, $2, 0, LEAST(COALESCE($3::bigint, $4::bigint)::numeric + $5::bigint, 9223372036854775807)::bigint)
+VALUES ($1, $2, 0, LEAST(
+    COALESCE($3::bigint, (SELECT standing_quota_tokens FROM users WHERE user_id = $1), $4::bigint)::numeric
+        + $5::bigint,
+    9223372036854775807
+)::bigint)
 ON CONFLICT (user_id, month) DO UPDATE
     SET quota_tokens = LEAST(
         COALESCE($3::bigint, user_token_usage.quota_tokens)::numeric + $5::bigint, 9223372036854775807
@@ -102,7 +115,7 @@ WITH per_day AS (
     GROUP BY 1
 ), month_usage AS (
     SELECT COALESCE(sum(t.used_tokens), 0)::bigint AS used,
-           COALESCE(sum(COALESCE(t.quota_tokens, $5)), 0)::bigint AS quota
+           COALESCE(sum(COALESCE(t.quota_tokens, u.standing_quota_tokens, $5)), 0)::bigint AS quota
     FROM users u
     LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $4
     WHERE u.is_active IS TRUE OR t.user_id IS NOT NULL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Literal
 
 import asyncpg
 
@@ -49,6 +50,8 @@ class UserRecord:
     created_at: datetime
     used_tokens: int
     quota_tokens: int
+    standing_quota_tokens: int | None
+    quota_source: str
     accreditation_level: str
 
 
@@ -99,6 +102,7 @@ async def create_user(
     email: str | None = None,
     role: str = "user",
     quota_tokens: int | None = None,
+    standing_quota_tokens: int | None = None,
     accreditation_level: str = DEFAULT_ACCREDITATION,
     month: date,
     default_quota: int,
@@ -117,6 +121,8 @@ async def create_user(
         )
         if user_id is None:
             raise UserExists(f"L'utilisateur {username} existe déjà")
+        if standing_quota_tokens is not None:
+            await conn.execute(queries.UPDATE_STANDING_QUOTA_SQL, user_id, standing_quota_tokens)
         if quota_tokens is not None:
             await conn.execute(queries.SET_MONTH_QUOTA_SQL, user_id, month, quota_tokens, default_quota, 0)
         return await get_user(conn, user_id, month=month, default_quota=default_quota)
@@ -155,7 +161,10 @@ async def update_user(
     role: str | None = None,
     is_active: bool | None = None,
     accreditation_level: str | None = None,
+    standing_quota_tokens: int | Literal["default"] | None = None,
 ) -> UserRecord:
+    """Each given field changes; the others stay. A standing quota applies to every month that starts (and to
+    this month if the user has not used it yet); `quota_tokens`/`add_tokens` change this month only."""
     if role is not None:
         check_role(role)
     if accreditation_level is not None:
@@ -166,6 +175,9 @@ async def update_user(
             await conn.execute(queries.UPDATE_ROLE_SQL, user_id, role)
         if accreditation_level is not None:
             await conn.execute(queries.UPDATE_ACCREDITATION_SQL, user_id, accreditation_level)
+        if standing_quota_tokens is not None:
+            standing = None if standing_quota_tokens == "default" else standing_quota_tokens
+            await conn.execute(queries.UPDATE_STANDING_QUOTA_SQL, user_id, standing)
         if is_active is not None:
             await conn.execute(queries.UPDATE_ACTIVE_SQL, user_id, is_active)
             if not is_active:

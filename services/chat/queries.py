@@ -19,14 +19,16 @@ ORDER BY last_messages.created_at, last_messages.message_id
 
 COUNT_CONVERSATIONS_SQL = "SELECT count(*) FROM conversations WHERE user_id = $1"
 
-# This month's row, created with the default quota ($3) on first use; one round trip either way. Two first
+# This month's row, created on first use with the user's standing quota, else the default ($3); one round trip
+# either way. Two first
 # uses racing: the loser's INSERT does nothing and its snapshot saw no row, so it gets no row and reads again.
 READ_OR_CREATE_USAGE_SQL = """
 WITH existing AS (
     SELECT used_tokens, quota_tokens FROM user_token_usage WHERE user_id = $1 AND month = $2
 ), created AS (
     INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
-    SELECT $1, $2, 0, $3 WHERE NOT EXISTS (SELECT 1 FROM existing)
+    SELECT $1, $2, 0, COALESCE((SELECT standing_quota_tokens FROM users WHERE user_id = $1), $3)
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
     ON CONFLICT (user_id, month) DO NOTHING
     RETURNING used_tokens, quota_tokens
 )

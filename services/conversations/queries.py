@@ -60,6 +60,16 @@ DELETE_CONVERSATION_SQL = """
 DELETE FROM conversations WHERE conversation_id = $1 AND user_id = $2 RETURNING conversation_id
 """
 
+# This month's usage ($2) and quota, and where the quota comes from: "month" (this month was set on its own),
+# "standing" (the user's standing quota) or "default" ($3, DEFAULT_QUOTA_TOKENS).
 MONTH_USAGE_SQL = """
-SELECT used_tokens, quota_tokens FROM user_token_usage WHERE user_id = $1 AND month = $2
+SELECT COALESCE(t.used_tokens, 0) AS used_tokens,
+       COALESCE(t.quota_tokens, u.standing_quota_tokens, $3) AS quota_tokens,
+       CASE WHEN t.quota_tokens IS DISTINCT FROM COALESCE(u.standing_quota_tokens, $3) AND t.quota_tokens IS NOT NULL
+            THEN 'month'
+            WHEN u.standing_quota_tokens IS NOT NULL THEN 'standing'
+            ELSE 'default' END AS quota_source
+FROM users u
+LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $2
+WHERE u.user_id = $1
 """

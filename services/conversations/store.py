@@ -110,6 +110,7 @@ async def _explain_miss(conn: asyncpg.Connection, conversation_id: UUID, user_id
         raise ConversationNotFound
 
 
-async def month_usage(pool: asyncpg.Pool, *, user_id: int, month: date, default_quota: int) -> tuple[int, int]:
-    row = await pool.fetchrow(queries.MONTH_USAGE_SQL, user_id, month)
-    return (row["used_tokens"], row["quota_tokens"]) if row else (0, default_quota)
+async def month_usage(pool: asyncpg.Pool, *, user_id: int, month: date, default_quota: int) -> tuple[int, int, str]:
+    """Used tokens, quota and where the quota comes from (month, standing or default)."""
+    row = await pool.fetchrow(queries.MONTH_USAGE_SQL, user_id, month, default_quota)
+    return (row["used_tokens"], row["quota_tokens"], row["quota_source"]) if row else (0, default_quota, "default")

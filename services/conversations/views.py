@@ -142,16 +142,16 @@ async def delete_conversation(request: web.Request) -> web.Response:
 @authenticated()
 async def user_tokens(request: web.Request) -> web.Response:
     settings = request.app[AppKeys.SETTINGS]
-    used, quota = await store.month_usage(
+    used, quota, source = await store.month_usage(
         request.app[AppKeys.DB],
         user_id=current_user(request).user_id,
         month=current_month(),
         default_quota=settings.default_quota_tokens,
     )
-    return json_response(token_usage(used, quota))
+    return json_response(token_usage(used, quota, source))
 
 
-def token_usage(used: int, quota: int) -> TokenUsageResponse:
+def token_usage(used: int, quota: int, source: str) -> TokenUsageResponse:
     exact = used * 100 / quota if quota > 0 else 100.0
     status = "good" if exact < 50 else "medium" if exact <= 80 else "critical"
     return TokenUsageResponse(
@@ -160,4 +160,5 @@ def token_usage(used: int, quota: int) -> TokenUsageResponse:
         tokens_remaining=max(quota - used, 0),
         tokens_percentage=round(exact, 2),
         status=status,
+        quota_source=source,
     )
