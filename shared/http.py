@@ -205,7 +205,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "status": "ready"})
 
 
-def serve(create_app: Callable[[Settings], web.Application], *, service: str, default_port: int) -> None:
+def serve(
+    create_app: Callable[[Settings], web.Application], *, service: str, default_port: int, epilog: str | None = None
+) -> None:
     """`python -m services.<name> [--host H] [--port P]`: one service, alone, in the foreground."""
     import argparse
     import sys
@@ -214,7 +216,12 @@ def serve(create_app: Callable[[Settings], web.Application], *, service: str, de
     from shared.migrations import DatabaseBehind
     from shared.settings import load_settings_or_exit
 
-    parser = argparse.ArgumentParser(prog=f"python -m services.{service}", description=f"WIBOT {service} service")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=f"WIBOT {service} service",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,76 @@ async def test_cli_help_states_the_rules(database_url):
     code, out, _ = await users_cli(database_url, "--help")
     assert code == 0
     assert "2 à 64 caractères" in out and "6 caractères au moins" in out and "72 octets au plus" in out
+
+
+async def test_every_account_change_without_sql(client, database_url, db, factory):
+    root = await factory.user("root", role="admin")
+    bob = await factory.user("bob", "bob-password")
+
+    code, out, err = await users_cli(database_url, "set-role", "bob", "admin")
+    assert code == 0, err
+    assert await db.fetchval("SELECT role FROM users WHERE user_id = $1", bob) == "admin"
+
+    code, out, err = await users_cli(database_url, "set-quota", "bob", "120000")
+    assert code == 0, err
+    assert "120000" in out
+    assert await db.fetchval("SELECT standing_quota_tokens FROM users WHERE user_id = $1", bob) == 120_000
+
+    code, out, err = await users_cli(database_url, "set-quota", "bob", "90000", "--this-month")
+    assert code == 0, err
+    assert await db.fetchval("SELECT quota_tokens FROM user_token_usage WHERE user_id = $1", bob) == 90_000
+
+    code, out, err = await users_cli(database_url, "add-tokens", "bob", "10000")
+    assert code == 0, err
+    assert await db.fetchval("SELECT quota_tokens FROM user_token_usage WHERE user_id = $1", bob) == 100_000
+
+    code, out, err = await users_cli(database_url, "set-quota", "bob", "default")
+    assert code == 0, err
+    assert await db.fetchval("SELECT standing_quota_tokens FROM users WHERE user_id = $1", bob) is None
+
+    code, _, err = await users_cli(database_url, "set-quota", "bob", "-5")
+    assert code == 2 and "entre 0 et 1 000 000 000 000" in err  # argparse refuses it, nothing is changed
+
+    code, _, err = await users_cli(database_url, "deactivate", "bob")
+    assert code == 0, err
+    assert await login(client, "bob", "bob-password") == 401
+    code, _, err = await users_cli(database_url, "reactivate", "bob")
+    assert code == 0, err
+    assert await login(client, "bob", "bob-password") == 200
+
+    code, _, err = await users_cli(database_url, "set-role", "bob", "user")
+    assert code == 0, err
+    code, _, err = await users_cli(database_url, "delete", "root")
+    assert code == 1 and "dernier administrateur actif" in err  # the API's rule
+    code, out, err = await users_cli(database_url, "delete", "bob")
+    assert code == 0 and "Compte supprimé : bob" in out, err
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+    assert await db.fetchval("SELECT count(*) FROM user_token_usage WHERE user_id = $1", bob) == 0
+    assert root
+
+
+async def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
+    env = {**os.environ, "DATABASE_URL": "postgresql://widip:s3cret@127.0.0.1:9/wibot", "JWT_SECRET": TEST_SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.auth", "users", "list", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1 and "Traceback" not in err.decode()
+    assert lines[0].startswith("Erreur : base de données injoignable (127.0.0.1:9/wibot)")
+    assert "s3cret" not in lines[0]
+
+
+async def test_the_service_help_points_to_the_users_command():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.auth",
+        "--help",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert "users ..." in out.decode() and "migrate-passwords" in out.decode()
