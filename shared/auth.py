@@ -6,6 +6,7 @@ import functools
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -64,12 +65,24 @@ def invalid_token() -> ApiError:
     return ApiError(401, INVALID_TOKEN_MESSAGE, "INVALID_TOKEN")
 
 
-def decode_token(token: str, secret: str) -> dict[str, Any]:
-    """Claims of a valid token; every way a token can be wrong is the same 401."""
-    try:
-        claims: dict[str, Any] = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
-    except jwt.PyJWTError:
-        raise invalid_token() from None
+def decode_token(token: str, secret: str | Sequence[str]) -> dict[str, Any]:
+    """Claims of a valid token; every way a token can be wrong is the same 401.
+
+    Several secrets: the current one, then the previous one during a rotation (JWT_SECRET_PREVIOUS), tried for
+    the signature only; everything else about the token is checked whichever signed it.
+    """
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    claims: dict[str, Any] | None = None
+    for candidate in secrets:
+        try:
+            claims = jwt.decode(token, candidate, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.PyJWTError:
+            raise invalid_token() from None
+    if claims is None:
+        raise invalid_token()
     user_id = claims.get("user_id")
     # bool is an int in Python; a token saying user_id=true is not ours. users.user_id is an int4.
     if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id <= MAX_USER_ID:
@@ -128,7 +141,7 @@ def authenticated(*, admin: bool = False) -> Any:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             settings = request.app[AppKeys.SETTINGS]
             token = bearer_token(request)
-            claims = decode_token(token, settings.jwt_secret.get_secret_value())
+            claims = decode_token(token, settings.verification_secrets)
             user = await load_session_user(request.app[AppKeys.DB], claims, token)
             if admin and not user.is_admin:
                 raise ApiError(403, "Accès réservé aux administrateurs", "FORBIDDEN")

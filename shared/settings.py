@@ -66,6 +66,9 @@ class DatabaseSettings(BaseSettings):
 class Settings(DatabaseSettings):
     # --- security -------------------------------------------------------------------------------
     jwt_secret: SecretStr = Field(description="HS256 signing key, at least 32 bytes (required)")
+    jwt_secret_previous: SecretStr | None = Field(
+        None, description="During a rotation: the former key, accepted to verify tokens, never to sign"
+    )
     jwt_ttl_seconds: int = Field(8 * 3600, gt=0, description="Token lifetime (spec: 8 h)")
     bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
 
@@ -127,9 +130,22 @@ class Settings(DatabaseSettings):
     log_format: Literal["json", "console"] = "json"
     quota_alert_webhook_url: str | None = None
 
-    @field_validator("jwt_secret")
+    @property
+    def verification_secrets(self) -> list[str]:
+        """Keys a token may be signed with: the current one first, then the previous one during a rotation."""
+        previous = self.jwt_secret_previous.get_secret_value() if self.jwt_secret_previous else ""
+        return [self.jwt_secret.get_secret_value(), *([previous] if previous else [])]
+
+    @field_validator("jwt_secret_previous", mode="before")
     @classmethod
-    def _secret_strong_enough(cls, value: SecretStr) -> SecretStr:
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value  # JWT_SECRET_PREVIOUS= in .env: no rotation under way
+
+    @field_validator("jwt_secret", "jwt_secret_previous")
+    @classmethod
+    def _secret_strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
         secret = value.get_secret_value()
         if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
