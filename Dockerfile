@@ -7,6 +7,7 @@ COPY shared ./shared
 COPY services ./services
 COPY devtools ./devtools
 COPY db ./db
+COPY docs/openapi.json ./docs/openapi.json
 RUN pip install . && useradd --system --uid 10001 wibot
 USER wibot
 EXPOSE 8001 8002 8003

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: prerequisites install migrate schema run test lint fmt bench security fuzz mutation clean
+.PHONY: prerequisites install migrate schema openapi run test lint fmt bench security fuzz mutation clean
 
 # nginx lives in /usr/sbin on Debian, which is not on every user's PATH.
 export PATH := $(PATH):/usr/sbin:/sbin
@@ -27,6 +27,10 @@ schema: install
 # What the machine lacks (nginx, venv, PostgreSQL): installed as root, else named in one line, before anything.
 prerequisites:
 	@$(PYTHON) -m devtools.prerequisites
+
+# Regenerates docs/openapi.json (every service's routes and contracts), which the auth service serves.
+openapi: install
+	$(PY) -m devtools.openapi_dump
 
 run: prerequisites install
 	$(PY) -m devtools.stack run

@@ -51,3 +51,22 @@ async def test_docs_page_and_its_assets_are_served_locally(make_client, settings
     assert r.status == 200 and "/docs/assets/swagger-ui-bundle.js" in page and "https://" not in page
     r = await client.get("/docs/assets/swagger-ui-bundle.js")
     assert r.status == 200 and len(await r.read()) > 100_000
+
+
+def test_docs_openapi_json_is_generated_from_the_route_tables():
+    """docs/openapi.json is `make openapi`'s output, never edited: one source of truth (the route tables)."""
+    from devtools.openapi_dump import OPENAPI_FILE, generate
+
+    assert OPENAPI_FILE.read_text(encoding="utf-8") == generate(), "docs/openapi.json is stale: run `make openapi`"
+
+
+def test_the_auth_service_does_not_import_the_other_services():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, services.auth.app, services.auth.docs;"
+        " print(sorted(m for m in sys.modules if m.startswith('services.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "services.chat" not in out and "services.conversations" not in out, out

@@ -1,13 +1,12 @@
-"""GET /webhook/openapi.json (built from the route tables and contracts) and GET /docs (Swagger UI 5, its
-assets served from the swagger-ui-py package: no CDN, works on a closed network)."""
+"""GET /webhook/openapi.json and GET /docs (Swagger UI 5, its assets served from the swagger-ui-py package: no
+CDN, works on a closed network). The document is docs/openapi.json, generated from every service's route table
+by `make openapi` (devtools/openapi_dump.py): this service does not import the others."""
 
 from __future__ import annotations
 
 import functools
-import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -33,19 +32,12 @@ DOCS_PAGE = f"""<!doctype html>
 """
 
 
+OPENAPI_FILE = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.json"
+
+
 @functools.cache
 def openapi_bytes() -> bytes:
-    return json.dumps(openapi_document(), ensure_ascii=False).encode()
-
-
-def openapi_document() -> dict[str, Any]:
-    # Imported here: the auth process only loads the other services' modules if someone reads the docs.
-    from services.auth.app import ROUTES as AUTH_ROUTES
-    from services.chat.app import ROUTES as CHAT_ROUTES
-    from services.conversations.app import ROUTES as CONVERSATIONS_ROUTES
-    from shared.openapi import build_openapi
-
-    return build_openapi([*AUTH_ROUTES, *CHAT_ROUTES, *CONVERSATIONS_ROUTES], title="WIBOT backend", version="1.0.0")
+    return OPENAPI_FILE.read_bytes()
 
 
 async def openapi(request: web.Request) -> web.Response:
