@@ -92,7 +92,7 @@ async def seed(url: str, *, heavy_conversations: int, password_hash: str) -> dic
             "SELECT conversation_id FROM conversations WHERE user_id = $1 ORDER BY updated_at DESC LIMIT 1",
             ids["heavy"],
         )
-        ids["_heavy_conversation"] = str(heavy_conv)  # type: ignore[assignment]
+        ids["_heavy_conversation"] = str(heavy_conv)
         return ids
     finally:
         await conn.close()
@@ -156,7 +156,8 @@ def parse_wrk(output: str) -> dict[str, Any]:
     match = re.search(r"WRK_JSON (\{.*\})", output)
     if not match:
         raise RuntimeError(f"wrk printed no summary:\n{output}")
-    return json.loads(match.group(1))
+    summary: dict[str, Any] = json.loads(match.group(1))
+    return summary
 
 
 async def run_wrk(base: str, scenario: Scenario, concurrency: int, seconds: float) -> Result:

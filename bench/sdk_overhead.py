@@ -27,7 +27,7 @@ async def measure(calls: int) -> tuple[float, float]:
     url = str(fake.make_url("")).rstrip("/")
     settings = Settings(
         _env_file=None, jwt_secret=secrets.token_urlsafe(48), mistral_server_url=url, mistral_api_key="k"
-    )  # type: ignore[call-arg]
+    )
     messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": "Bonjour"}]
     body = {"model": "m", "messages": messages, "max_tokens": 100}
     async with httpx2.AsyncClient() as http_client, aiohttp.ClientSession() as session:

@@ -17,6 +17,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
@@ -99,7 +100,7 @@ async def plan(url: str, period_start: datetime) -> str:
 
 
 async def time_route(url: str, samples: int) -> dict[str, dict[str, float]]:
-    settings = Settings(_env_file=None, database_url=url, jwt_secret=SECRET, log_level="WARNING")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url, jwt_secret=SECRET, log_level="WARNING")
     token = issue_token(user_id=1, username="user1", role="admin", secret=SECRET, ttl_seconds=3600)
     headers = {"Authorization": f"Bearer {token}"}
     results: dict[str, dict[str, float]] = {}
@@ -123,7 +124,7 @@ async def time_route(url: str, samples: int) -> dict[str, dict[str, float]]:
     return results
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, object]:
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     url = await recreate_database(SERVER_URL, "wibot_bench_supervision")
     await asyncio.to_thread(apply_migrations, url)
     fill_s = await fill(url, args.messages, args.users, args.conversations)
@@ -163,7 +164,7 @@ def main() -> None:
     configure_logging(level="WARNING", fmt="console", service="bench")
     report = asyncio.run(main_async(args))
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    for period, figures in report["periods"].items():  # type: ignore[union-attr]
+    for period, figures in report["periods"].items():
         print(
             f"analytics {period:>4}: p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms"
             f" ({figures['messages_in_period']} messages in the period)"

@@ -123,7 +123,7 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
     state = state or FakeMistral()
     app = web.Application(client_max_size=64 * 1024 * 1024)
 
-    async def chat_completions(request: web.Request) -> web.Response:
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         state.record(body)
         if state.hold is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,7 +87,9 @@ class FakeSafeguard:
 
 def create_app(state: FakeSafeguard) -> web.Application:
     @web.middleware
-    async def check_header(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def check_header(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if state.required_header is not None:
             name, value = state.required_header
             if request.headers.get(name) != value:

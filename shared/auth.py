@@ -6,7 +6,7 @@ import functools
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -133,7 +133,7 @@ async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any], token: s
     )
 
 
-def authenticated(*, admin: bool = False) -> Any:
+def authenticated(*, admin: bool = False) -> Callable[[Handler], Handler]:
     """Decorator for views: 401 unless a valid token of an active user; 403 if `admin` and not an admin."""
 
     def decorate(view: Handler) -> Handler:

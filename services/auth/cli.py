@@ -22,14 +22,14 @@ import asyncpg
 
 from services.auth import users
 from services.auth.legacy import migrate_passwords
-from services.auth.passwords import PasswordHasher
+from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher
 from services.auth.usernames import RULES, printable
 from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, current_month, load_settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PRIVATE_CLUSTER_PORT = 5433  # devtools/stack.py: make run's own PostgreSQL when none answers
 PASSWORD_RULES = (
-    f"Mots de passe : {users.MIN_PASSWORD_CHARS} caractères au moins, {users.BCRYPT_MAX_BYTES} octets au plus"
+    f"Mots de passe : {users.MIN_PASSWORD_CHARS} caractères au moins, {BCRYPT_MAX_BYTES} octets au plus"
     " (demandés deux fois au terminal, ou lus sur la première ligne de l'entrée standard)."
 )
 

@@ -52,7 +52,7 @@ class PasswordHasher:
     async def hash(self, password: str) -> str:
         if not fits_bcrypt(password):
             raise ValueError(f"password longer than {BCRYPT_MAX_BYTES} bytes")
-        hashed = await self._run(bcrypt.hashpw, password.encode("utf-8"), bcrypt.gensalt(self.rounds))
+        hashed: bytes = await self._run(bcrypt.hashpw, password.encode("utf-8"), bcrypt.gensalt(self.rounds))
         return hashed.decode("ascii")
 
     async def verify(self, password: str, password_hash: str | None) -> bool:

@@ -34,6 +34,7 @@ from shared.contracts import (
     SafeguardPath,
     SafeguardRequest,
 )
+from shared.http import Handler
 from shared.identity import CurrentUser
 from shared.logs import get_logger
 
@@ -285,9 +286,9 @@ async def relay_decision(
     )
 
 
-def decision_route(action: str) -> Callable[[web.Request], Any]:
+def decision_route(action: str) -> Handler:
     @authenticated()
-    async def decide(request: web.Request) -> web.Response:
+    async def decide(request: web.Request) -> web.StreamResponse:
         user = current_user(request)
         require_access(user)
         body = await parse_body(request, SafeguardActionRequest)

@@ -81,7 +81,7 @@ class Extractor:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.stop()
+            self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join(timeout=5)
 
 
@@ -159,8 +159,8 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
         raise file_error(attachment.name, problem, settings) from None
     except TimeoutError:
         log.warning("attachment_extraction_timeout", file=attachment.name, timeout_s=settings.extraction_timeout_s)
-        problem = FileProblem(422, f"extraction interrompue après {settings.extraction_timeout_s:g} s")
-        raise file_error(attachment.name, problem, settings) from None
+        timed_out = FileProblem(422, f"extraction interrompue après {settings.extraction_timeout_s:g} s")
+        raise file_error(attachment.name, timed_out, settings) from None
     suffix = PurePosixPath(attachment.name.lower()).suffix
     mime = "application/pdf" if result.kind == "pdf" else MIME_BY_EXTENSION.get(suffix, "text/plain")
     if mime == "application/pdf" and result.kind == "text":

@@ -138,9 +138,9 @@ def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     if kind == "pdf":
         text, pages = pdf_text(data, max_pages=max_pages)
         return Extracted("pdf", len(data), text, pages)
-    text = decode_text(data)
-    assert text is not None  # sniff() said text
-    return Extracted("text", len(data), text)
+    decoded_text = decode_text(data)
+    assert decoded_text is not None  # sniff() said text
+    return Extracted("text", len(data), decoded_text)
 
 
 def pdf_text(data: bytes, *, max_pages: int) -> tuple[str, int]:

@@ -104,7 +104,8 @@ async def complete(
                 top_p=settings.mistral_top_p,
                 max_tokens=max_tokens,
             )
-    text = _reply_text(result.choices[0].message.content) if result and result.choices else None
+    message = result.choices[0].message if result and result.choices else None
+    text = _reply_text(message.content) if message is not None else None
     if not text:
         raise _failure("empty_reply", model, started, None, 502, BAD_REPLY_MESSAGE)
     return _succeeded(model, started, _with_usage(text, result.usage, messages))

@@ -22,6 +22,9 @@ from shared.metrics import QUOTA_REJECTIONS
 
 log = get_logger("wibot.quota")
 
+# The database did not answer in time, or not at all: whether the statement ran is unknown.
+LOST_ANSWER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DB_UNAVAILABLE_ERRORS)
+
 # Below this many tokens of room for the reply, calling the model is pointless: answer 429 instead.
 MIN_COMPLETION_TOKENS = 16
 # The pre-call estimate must not undershoot the real count (French prose runs ~4 characters per token,
@@ -77,7 +80,7 @@ async def reserve_quota(
             recorded = await pool.fetchval(
                 queries.RESERVE_TOKENS_SQL, user_id, month, reservation.tokens, reservation.reservation_id
             )
-        except (TimeoutError, *DB_UNAVAILABLE_ERRORS):
+        except LOST_ANSWER_ERRORS:
             # The answer was lost, not necessarily the reservation: give it back if it was made.
             await refund(pool, reservation)
             raise
@@ -106,7 +109,7 @@ async def _until_done(pool: asyncpg.Pool, reservation: Reservation, what: str, s
     try:
         # Shielded: a cancelled request (client gone) must still settle its reservation.
         await asyncio.shield(pool.execute(sql, *args))
-    except (TimeoutError, *DB_UNAVAILABLE_ERRORS) as exc:
+    except LOST_ANSWER_ERRORS as exc:
         log.warning(f"{what}_deferred", user_id=reservation.user_id, tokens=reservation.tokens, exc=repr(exc))
         task = asyncio.get_running_loop().create_task(_retry_later(pool, reservation, what, sql, *args))
         _deferred_refunds.add(task)
@@ -124,7 +127,7 @@ async def _retry_later(pool: asyncpg.Pool, reservation: Reservation, what: str, 
         await asyncio.sleep(delay)
         try:
             await pool.execute(sql, *args)
-        except (TimeoutError, *DB_UNAVAILABLE_ERRORS):
+        except LOST_ANSWER_ERRORS:
             delay = min(delay * 2, 5.0)
             continue
         log.info(f"{what}_recovered", user_id=reservation.user_id, tokens=reservation.tokens)

@@ -22,9 +22,9 @@ def install() -> bool:
         from mistralai.client.utils import serializers
     except ImportError:  # pragma: no cover - another SDK layout: leave it alone
         return False
-    if getattr(serializers.create_model, "_wibot_cached", False):
+    if getattr(serializers.create_model, "_wibot_cached", False):  # type: ignore[attr-defined]
         return True
-    original = serializers.create_model
+    original = serializers.create_model  # type: ignore[attr-defined]
 
     @functools.lru_cache(maxsize=512)
     def build(name: str, typ: Any, config: tuple[tuple[str, Any], ...]) -> Any:
@@ -40,5 +40,5 @@ def install() -> bool:
         return original(name, **kwargs)
 
     create_model._wibot_cached = True  # type: ignore[attr-defined]
-    serializers.create_model = create_model
+    serializers.create_model = create_model  # type: ignore[attr-defined,assignment]
     return True
