@@ -128,3 +128,32 @@ def test_make_run_reads_dotenv_like_the_services(tmp_path):
         "EMPTY": "",
     }
     assert load_dotenv(tmp_path / "missing.env") == {}
+
+
+def test_the_image_is_built_from_a_hashed_lock_in_two_stages_and_runs_unprivileged():
+    """No Docker engine here: the Dockerfile's promises are read from it (docker-compose config checks the rest)."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.M)
+    assert len(stages) == 2 and all(re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", s) for s in stages), stages
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements.lock" in dockerfile
+    final = dockerfile.split("\nFROM ")[-1]
+    copied = re.findall(r"^COPY (?:--from=\S+ )?(\S+)", final, flags=re.M)
+    assert copied == ["/venv", "shared", "services", "db", "docs/openapi.json"]  # no devtools, tests or bench
+    assert re.search(r"^USER wibot$", final, flags=re.M) and "HEALTHCHECK" in final
+
+
+def test_the_lock_pins_every_dependency_at_the_version_the_tests_ran_with():
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, flags=re.M))
+    pinned = {name.lower().replace("_", "-"): v for name, v in pinned.items()}
+    assert lock.count("--hash=sha256:") >= len(pinned)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for dependency in project["dependencies"]:
+        name = Requirement(dependency).name.lower().replace("_", "-")
+        assert name in pinned, f"{name} missing from requirements.lock: regenerate it (README, Docker)"
+        assert pinned[name] == version(name), (name, pinned[name], version(name))
