@@ -18,7 +18,7 @@ from shared.db import DB_UNAVAILABLE_ERRORS, pool_context
 from shared.errors import SERVER_ERROR_MESSAGE, ApiError, error_envelope
 from shared.keys import AppKeys, RequestKeys
 from shared.logs import get_logger
-from shared.metrics import metrics, observe_request
+from shared.metrics import DATABASE_ERRORS, metrics, observe_request
 from shared.migrations import missing_migrations
 from shared.settings import Settings
 
@@ -102,6 +102,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except DB_UNAVAILABLE_ERRORS as exc:
+        DATABASE_ERRORS.inc()
         log.error("request_failed", status=503, error="database unavailable", exc=repr(exc), path=request.path)
         return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
     except Exception:

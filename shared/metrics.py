@@ -24,6 +24,10 @@ MODEL_CALL_SECONDS = Histogram(
 MODEL_CALL_FAILURES = Counter("wibot_model_call_failures_total", "Failed model calls", ["reason"])
 TOKENS_SPENT = Counter("wibot_tokens_spent_total", "Tokens charged to users (usage.total_tokens or estimate)")
 QUOTA_REJECTIONS = Counter("wibot_quota_rejections_total", "Chats refused for an exhausted quota")
+STALE_RESERVATIONS = Counter(
+    "wibot_stale_reservations_refunded_total", "Quota reservations left by a dead request, refunded by the sweeper"
+)
+DATABASE_ERRORS = Counter("wibot_database_unavailable_total", "Requests answered 503 because the database failed")
 
 
 def route_label(request: web.Request) -> str:

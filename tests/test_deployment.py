@@ -31,7 +31,10 @@ def compose_config(tmp_path) -> dict:
 
 def test_compose_file_is_valid_and_complete(compose_config):
     services = compose_config["services"]
-    assert set(services) == {"postgres", "migrate", "auth", "chat", "conversations", "nginx"}
+    assert set(services) == {"postgres", "migrate", "auth", "chat", "conversations", "nginx", "prometheus", "grafana"}
+    assert {name for name, service in services.items() if "profiles" not in service} == {
+        "postgres", "migrate", "auth", "chat", "conversations", "nginx"
+    }  # fmt: skip
     for name, service in services.items():
         if name == "migrate":
             continue

@@ -18,7 +18,7 @@ import asyncpg
 
 from services.chat import queries
 from shared import DB_UNAVAILABLE_ERRORS, ApiError, get_logger
-from shared.metrics import QUOTA_REJECTIONS
+from shared.metrics import QUOTA_REJECTIONS, STALE_RESERVATIONS
 
 log = get_logger("wibot.quota")
 
@@ -149,4 +149,5 @@ async def sweep_stale_reservations(pool: asyncpg.Pool, *, older_than_s: float) -
     rows = await pool.fetch(queries.SWEEP_STALE_RESERVATIONS_SQL, older_than_s)
     for row in rows:
         log.warning("stale_reservation_refunded", user_id=row["user_id"], tokens=row["tokens"])
+    STALE_RESERVATIONS.inc(len(rows))
     return sum(row["tokens"] for row in rows)
