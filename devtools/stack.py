@@ -131,6 +131,7 @@ def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding
         "CHAT_PROXY_TIMEOUT": topology.chat_proxy_timeout,
         "CLIENT_TIMEOUT": topology.client_timeout,
         "CONN_LIMIT_PER_IP": str(topology.conn_limit_per_ip),
+        "RESOLVER": "",  # fixed loopback ports: nothing to resolve
     }
     return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)
 

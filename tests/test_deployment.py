@@ -160,3 +160,16 @@ def test_the_lock_pins_every_dependency_at_the_version_the_tests_ran_with():
         name = Requirement(dependency).name.lower().replace("_", "-")
         assert name in pinned, f"{name} missing from requirements.lock: regenerate it (README, Docker)"
         assert pinned[name] == version(name), (name, pinned[name], version(name))
+
+
+def test_nginx_in_compose_resolves_the_services_at_request_time(compose_config):
+    """A restarted container gets a new address: Docker's DNS is asked again (every 10 s), not once at start."""
+    env = compose_config["services"]["nginx"]["environment"]
+    assert env["RESOLVER"] == "resolver 127.0.0.11 valid=10s ipv6=off;"
+    for name, port in (("AUTH", 8001), ("CHAT", 8002), ("CONVERSATIONS", 8003)):
+        assert env[f"{name}_SERVERS"] == f"server {name.lower()}:{port} resolve;"
+    image = compose_config["services"]["nginx"]["image"]
+    major, minor, patch = (int(part) for part in image.split(":")[1].split("."))
+    assert (major, minor, patch) >= (1, 27, 3)  # `resolve` on upstream servers in open-source nginx
+    template = (ROOT / "nginx" / "wibot.conf.template").read_text(encoding="utf-8")
+    assert template.count("zone wibot_") == 3  # the shared memory re-resolved addresses live in
