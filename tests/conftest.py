@@ -224,6 +224,33 @@ def chat_settings(database_url: str, fake_mistral: Any) -> Settings:
     return make_settings(database_url, mistral_server_url=fake_mistral.url)
 
 
+def _whole_suite(session: Any) -> bool:
+    """`make test`: every test collected and run (no file, -k or -m selection, nothing deselected)."""
+    option = session.config.option
+    selected_paths = [
+        arg for arg in session.config.args if arg not in ("tests", str(session.config.rootpath / "tests"))
+    ]
+    deselected = session.config.pluginmanager.get_plugin("terminalreporter").stats.get("deselected", [])
+    return not selected_paths and not option.keyword and not option.markexpr and not deselected
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    """The README's security figures hold: when the whole suite passed, a figure that dropped fails it."""
+    if exitstatus != 0 or not _whole_suite(session):
+        return
+    from pathlib import Path
+
+    from tests.figures import figures_that_dropped
+
+    problems = figures_that_dropped((Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8"))
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.section("README security figures not met", red=True)
+        for problem in problems:
+            reporter.write_line(problem)
+        session.exitstatus = 1
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     from tests.figures import FIGURES, LABELS
 
