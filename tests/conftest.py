@@ -230,13 +230,15 @@ def _whole_suite(session: Any) -> bool:
     selected_paths = [
         arg for arg in session.config.args if arg not in ("tests", str(session.config.rootpath / "tests"))
     ]
-    deselected = session.config.pluginmanager.get_plugin("terminalreporter").stats.get("deselected", [])
-    return not selected_paths and not option.keyword and not option.markexpr and not deselected
+    stats = session.config.pluginmanager.get_plugin("terminalreporter").stats
+    ran_all = session.testscollected > 0 and len(stats.get("passed", [])) == session.testscollected
+    return ran_all and not selected_paths and not option.keyword and not option.markexpr
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     """The README's security figures hold: when the whole suite passed, a figure that dropped fails it."""
-    if exitstatus != 0 or not _whole_suite(session):
+    forced = os.environ.get("WIBOT_CHECK_FIGURES") == "1"  # tests/test_figures.py proves the wiring with it
+    if exitstatus != 0 or not (forced or _whole_suite(session)):
         return
     from pathlib import Path
 

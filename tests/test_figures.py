@@ -35,3 +35,21 @@ def test_fewer_attempts_a_failure_or_an_unpaid_answer_fail_the_check():
     unpaid = as_measured()
     unpaid["answers_charged"] -= 1
     assert figures_that_dropped(README, unpaid) == ["model answers given 228, charged 227"]
+
+
+def test_a_run_whose_figures_dropped_fails_with_the_reasons(tmp_path):
+    """The end-of-session check is wired: forced on a run that measured nothing, it fails it and says why."""
+    import os
+    import subprocess
+    import sys
+
+    one_test = "tests/test_figures.py::test_every_row_is_in_the_readme_and_the_measured_figures_pass"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one_test],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "WIBOT_CHECK_FIGURES": "1"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "README security figures not met" in result.stdout
+    assert "forged or invalid tokens: 0 tried, the README states 340" in result.stdout
