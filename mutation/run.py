@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 120"
 MODULES: dict[str, list[str]] = {
-    "shared/auth.py": ["tests/test_auth_login.py", "tests/test_admin_and_sessions.py", "tests/test_security.py",
-                       "tests/test_bad_input.py"],
+    "shared/auth.py": ["tests/test_token_rules.py", "tests/test_secret_rotation.py", "tests/test_auth_login.py",
+                       "tests/test_admin_and_sessions.py", "tests/test_security.py", "tests/test_bad_input.py"],
     "services/auth/passwords.py": ["tests/test_auth_login.py", "tests/test_users_cli.py"],
     "services/auth/users.py": ["tests/test_admin_and_sessions.py", "tests/test_users_cli.py"],
     "services/chat/quota.py": ["tests/test_chat_quota.py", "tests/test_chat_failures.py", "tests/test_faults.py",
@@ -30,6 +30,9 @@ MODULES: dict[str, list[str]] = {
                                   "tests/test_attachments.py", "tests/test_faults.py"],
     "services/chat/attachments.py": ["tests/test_attachments.py"],
     "services/chat/extraction.py": ["tests/test_attachments.py"],
+    "services/chat/streaming.py": ["tests/test_streaming.py"],
+    "services/auth/safeguard.py": ["tests/test_safeguard.py"],
+    "services/auth/analytics.py": ["tests/test_supervision.py"],
 }  # fmt: skip
 
 CONFIG = """[cosmic-ray]
