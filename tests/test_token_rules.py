@@ -64,3 +64,52 @@ async def test_a_token_of_a_later_generation_than_the_database_still_works(make_
                             generation=generation)  # fmt: skip
         r = await client.get("/webhook/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert r.status == status, generation
+
+
+async def test_a_revocation_recorded_before_generations_existed_still_refuses_older_tokens(
+    make_client, database_url, factory, db
+):
+    """A row of user_token_revocations written before migration 0004 has generation 0 and a not_before: tokens
+    without `gen` (issued then) are judged by their iat alone, to the second."""
+    from services.auth.app import create_app as auth_app
+
+    user_id = await factory.user("khora")
+    now = int(time.time())
+    await db.execute(
+        "INSERT INTO user_token_revocations (user_id, not_before, generation)"
+        " VALUES ($1, to_timestamp($2) AT TIME ZONE 'UTC', 0)",
+        user_id,
+        now - 100,
+    )
+    client = await make_client(auth_app(make_settings(database_url)))
+    for issued, status in ((now - 200, 401), (now - 101, 401), (now - 100, 200), (now - 10, 200)):
+        token = jwt.encode(
+            {"user_id": user_id, "username": "khora", "role": "user", "iat": issued, "exp": now + 3600},
+            TEST_SECRET,
+            algorithm="HS256",
+        )  # no gen, no jti: as tokens were issued then
+        r = await client.get("/webhook/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status == status, (now - issued, await r.text())
+
+
+def test_tokens_with_an_empty_jti_do_not_share_a_revocation_key():
+    first, second = signed(user_id=1, jti=""), signed(user_id=2, jti="")
+    keys = {token_key(token, decode_token(token, TEST_SECRET)) for token in (first, second)}
+    assert len(keys) == 2  # keyed on each one's own signature, not on the empty jti
+
+
+async def test_the_accreditation_level_comes_from_the_database(database_url, factory, db):
+    from shared import create_pool
+    from shared.auth import load_session_user
+
+    senior, unset = await factory.user("senior"), await factory.user("unset")
+    await db.execute("UPDATE users SET accreditation_level = 'N3' WHERE user_id = $1", senior)
+    await db.execute("UPDATE users SET accreditation_level = NULL WHERE user_id = $1", unset)
+    pool = await create_pool(make_settings(database_url), application_name="test")
+    try:
+        for user_id, level in ((senior, "N3"), (unset, "N1")):
+            token = signed(user_id=user_id)
+            user = await load_session_user(pool, decode_token(token, TEST_SECRET), token)
+            assert user.accreditation_level == level
+    finally:
+        await pool.close()
