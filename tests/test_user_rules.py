@@ -42,3 +42,12 @@ async def test_tokens_revoked_by_a_deactivation_stay_revoked_when_the_account_is
     after = {"Authorization": f"Bearer {token_for(user, 'lea', generation=generation)}"}
     assert (await client.get("/webhook/auth/me", headers=after)).status == 200
     assert await db.fetchval("SELECT generation FROM user_token_revocations WHERE user_id = $1", user) == generation
+
+
+async def test_a_password_of_exactly_the_minimum_length_is_accepted(client, factory, db):
+    admin = await factory.user("khora", role="admin")
+    for password, status in (("abcde", 400), ("abcdef", 200)):  # MIN_PASSWORD_CHARS = 6
+        r = await client.post(
+            ADMIN, json={"username": f"u{len(password)}", "password": password}, headers=bearer(admin, role="admin")
+        )
+        assert r.status == status, (password, await r.text())
