@@ -206,6 +206,14 @@ async def recreate_database(server_url: str, name: str) -> str:
     return with_database(server_url, name)
 
 
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:
     gateway, auth, chat, conversations, fake, ceiling, safeguard = free_ports(7)
     os.environ.update(
@@ -274,7 +282,9 @@ def stop_stack(processes: dict[str, subprocess.Popen[bytes]]) -> None:
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     assert shutil.which("wrk"), "wrk is required (apt-get install wrk)"
     server = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    database_url = await recreate_database(server, "wibot_bench")
+    # Its own database, dropped at the end: two runs at once (a test run beside a developer's) never share one.
+    database_name = f"wibot_bench_{os.getpid()}"
+    database_url = await recreate_database(server, database_name)
     import bcrypt
 
     started = time.monotonic()
@@ -328,6 +338,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         rss = peak_rss_mb(pids)
     finally:
         stop_stack(processes)
+        await drop_database(server, database_name)
 
     ceiling = {r.concurrency: r.rps for r in results if r.scenario.startswith("ceiling")}
     for result in results:

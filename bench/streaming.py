@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.run import SECRET, recreate_database, start_stack, stop_stack
+from bench.run import SECRET, drop_database, recreate_database, start_stack, stop_stack
 from devtools.fake_mistral import REPLY_PREFIX
 from shared import apply_migrations, issue_token
 
@@ -124,11 +124,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             }
     finally:
         stop_stack(processes)
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(server, name)
     return report
 
 

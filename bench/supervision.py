@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.run import SECRET, recreate_database
+from bench.run import SECRET, drop_database, recreate_database
 from services.auth import queries
 from services.auth.app import create_app
 from shared import Settings, apply_migrations, configure_logging, current_month, issue_token
@@ -142,14 +142,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if not args.keep:
         await drop_database(SERVER_URL, "wibot_bench_supervision")
     return report
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def main() -> None:
