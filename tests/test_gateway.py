@@ -36,6 +36,17 @@ from tests.figures import FIGURES
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://localhost:3000"
 CHAT_PATH = "/webhook/wibot/chat"
+# Headless, as root, on a closed network (no background connections to Google's hosts).
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @dataclass
@@ -495,14 +506,7 @@ async def test_docs_page_renders_the_api_in_headless_chromium(stack, http, db):
     profile = tempfile.mkdtemp()
     command = [
         chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
         "--virtual-time-budget=15000",
         "--dump-dom",
@@ -715,19 +719,9 @@ async def run_in_chromium(http, url: str, expression: str, within_s: float = 30)
     assert chromium, "chromium is required (apt-get install chromium)"
     (port,) = free_ports(1)
     profile = tempfile.mkdtemp()
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     proc = await asyncio.create_subprocess_exec(
         chromium,
-        *flags,
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
         f"--remote-debugging-port={port}",
         "about:blank",

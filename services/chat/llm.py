@@ -90,6 +90,17 @@ def _reply_text(content: Any) -> str | None:
     return None
 
 
+def request_fields(settings: Settings, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+    """What a chat request sends, whole or streamed."""
+    return {
+        "model": model,
+        "messages": messages,
+        "temperature": settings.mistral_temperature,
+        "top_p": settings.mistral_top_p,
+        "max_tokens": max_tokens,
+    }
+
+
 async def complete(
     client: Mistral, settings: Settings, *, model: str, messages: list[dict[str, str]], max_tokens: int
 ) -> ModelReply:
@@ -97,13 +108,7 @@ async def complete(
     started = time.perf_counter()
     with model_failures(model, started):
         async with asyncio.timeout(settings.mistral_timeout_s):
-            result = await client.chat.complete_async(
-                model=model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=settings.mistral_temperature,
-                top_p=settings.mistral_top_p,
-                max_tokens=max_tokens,
-            )
+            result = await client.chat.complete_async(**request_fields(settings, model, messages, max_tokens))
     message = result.choices[0].message if result and result.choices else None
     text = _reply_text(message.content) if message is not None else None
     if not text:
@@ -204,13 +209,7 @@ async def open_stream(
     started = time.perf_counter()
     with model_failures(model, started):
         async with asyncio.timeout(settings.mistral_timeout_s):
-            events = await client.chat.stream_async(
-                model=model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=settings.mistral_temperature,
-                top_p=settings.mistral_top_p,
-                max_tokens=max_tokens,
-            )
+            events = await client.chat.stream_async(**request_fields(settings, model, messages, max_tokens))
     return ModelStream(events, settings, model, messages, started)
 
 
