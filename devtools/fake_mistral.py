@@ -1,4 +1,9 @@
-"""A fake Mistral server: speaks POST /v1/chat/completions like the real API, records what it received.
+"""A fake Mistral server: speaks POST /v1/chat/completions and /v1/embeddings like the real API, records what it
+received.
+
+Its embeddings are deterministic: hashed words (accents and case folded, French stop words dropped) and word
+prefixes, so texts that share words are close and unrelated texts nearly orthogonal; retrieval is testable
+end to end (bench/knowledge.py measures its recall).
 
 One implementation for the tests (knobs: latency, failures, missing usage, garbage, hold), for `make run`
 when no MISTRAL_API_KEY is set (a development stand-in: its replies say so), and for the benchmark.
@@ -8,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
+import re
 import time
+import unicodedata
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +49,8 @@ class FakeMistral:
     chunks_sent: int = 0  # text chunks written to clients, all streams together
     streams_closed_early: int = 0  # streams whose reader went away before the end
     answered: int = 0  # completions sent back (what a user may have been given)
+    embedded: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))  # /v1/embeddings bodies
+    embedding_failures: list[int] = field(default_factory=list)  # like `failures`, for /v1/embeddings
     _arrival: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, body: dict[str, Any]) -> None:
@@ -119,6 +129,43 @@ async def stream_completion(state: FakeMistral, request: web.Request, body: dict
     return response
 
 
+EMBEDDING_DIMENSION = 1024
+STOP_WORDS = frozenset(
+    "les des une un le la du de et en est pour que qui dans sur par au aux avec son ses sont pas plus "
+    "comment quel quelle quels quelles faut faire doit peut on il elle nous vous je tu ce cette ces".split()
+)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def features(text: str) -> list[str]:
+    folded = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    words = [w for w in _WORD.findall(folded) if len(w) > 2 and w not in STOP_WORDS]
+    return words + [f"{w[:5]}~" for w in words if len(w) > 5]
+
+
+def fake_embedding(text: str) -> list[float]:
+    vector = [0.0] * EMBEDDING_DIMENSION
+    for feature in features(text):
+        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % EMBEDDING_DIMENSION
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body.get("inputs", body.get("input", []))
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    tokens = sum(estimate(str(text)) for text in texts)
+    return {
+        "id": f"fake-{uuid.uuid4().hex[:12]}",
+        "object": "list",
+        "model": body.get("model", "fake-embed"),
+        "data": [{"object": "embedding", "index": i, "embedding": fake_embedding(str(t))} for i, t in enumerate(texts)],
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+    }
+
+
 def create_app(state: FakeMistral | None = None) -> web.Application:
     state = state or FakeMistral()
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -142,7 +189,17 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
         state.answered += 1
         return response
 
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        state.embedded.append(body)
+        if state.embedding_failures:
+            status = state.embedding_failures.pop(0)
+            if status != 200:
+                return web.json_response({"object": "error", "message": f"fake failure {status}"}, status=status)
+        return web.json_response(embeddings_body(body))
+
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/models/chat/completions", chat_completions)  # the Azure-hosted path
     return app
 

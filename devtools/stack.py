@@ -341,6 +341,13 @@ def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     if topology.use_fake_mistral:
         extra["MISTRAL_SERVER_URL"] = f"http://127.0.0.1:{topology.fake_mistral_port}"
         print("!!! No MISTRAL_API_KEY: chat answers come from the FAKE Mistral server (development stand-in).")
+    if not env.get("KB_ROOT"):
+        # The demo knowledge base: IT procedures written for the tests, ingested at start and every hour.
+        extra["KB_ROOT"] = str(ROOT / "devtools" / "kb_corpus")
+        extra["KB_SYNC_EVERY_S"] = env.get("KB_SYNC_EVERY_S") or "3600"
+        print(f"No KB_ROOT: the knowledge base is the demo corpus ({extra['KB_ROOT']}).")
+    if topology.use_fake_mistral and not env.get("KB_MIN_SIMILARITY"):
+        extra["KB_MIN_SIMILARITY"] = "0.15"  # the fake embedder's scale (hashed words), not mistral-embed's
     if topology.use_fake_safeguard:
         extra["SAFEGUARD_URL"] = f"http://127.0.0.1:{topology.fake_safeguard_port}"
         print("!!! No SAFEGUARD_URL: the Safeguard page shows the FAKE Safeguard server's demo requests.")

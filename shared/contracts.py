@@ -175,6 +175,32 @@ class ChatResponse(Response):
     conversation_id: UuidStr
 
 
+class RagIngestRequest(Request):
+    mode: Literal["incremental", "full"] = "incremental"
+    path: Text | None = Field(None, max_length=1024, description="Folder or file under KB_ROOT (default: all of it)")
+    category: Text | None = Field(None, min_length=1, max_length=100)
+
+
+class IngestFailure(Response):
+    path: str
+    error: str
+
+
+class IngestStats(Response):
+    files: int
+    added: int
+    updated: int
+    removed: int
+    skipped: int
+    chunks: int
+    failed: list[IngestFailure]
+
+
+class RagIngestResponse(Response):
+    success: Literal[True] = True
+    stats: IngestStats
+
+
 # --- conversations ------------------------------------------------------------------------------------
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -94,3 +97,25 @@ def current_month(now: datetime | None = None) -> date:
     """First day of the current UTC month (the `month` key of user_token_usage)."""
     now = now or datetime.now(UTC)
     return date(now.year, now.month, 1)
+
+
+PRIVATE_CLUSTER_PORT = 5433  # devtools/stack.py: make run's own PostgreSQL when none answers
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_of_make_run(settings: Settings) -> Settings:
+    """For the operators' CLIs: the configured database; when no server answers there but make run's private
+    cluster does, that one."""
+    target = urlsplit(settings.dsn)
+    if _answers(target.hostname or "127.0.0.1", target.port or 5432):
+        return settings
+    if (PROJECT_ROOT / ".data" / "pg").is_dir() and _answers("127.0.0.1", PRIVATE_CLUSTER_PORT):
+        private = f"postgresql://postgres@127.0.0.1:{PRIVATE_CLUSTER_PORT}/{target.path.lstrip('/') or 'wibot'}"
+        return settings.model_copy(update={"database_url": private})
+    return settings
+
+
+def _answers(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0

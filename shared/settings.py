@@ -118,6 +118,26 @@ class Settings(DatabaseSettings):
     mistral_retry_initial_ms: int = Field(500, ge=0)
     stream_heartbeat_s: float = Field(15.0, gt=0, description="A streamed reply sends a heartbeat when this quiet")
 
+    # --- knowledge base (RAG) -------------------------------------------------------------------
+    kb_root: Path | None = Field(None, description="Folder of the site's documents; ingestion never leaves it")
+    kb_embedding_model: str = Field("mistral-embed", description="Embedding model (through the mistralai SDK)")
+    kb_embedding_batch: int = Field(32, ge=1, le=512, description="Chunks embedded per request")
+    kb_chunk_chars: int = Field(1_000, ge=100, description="Characters per chunk")
+    kb_chunk_overlap: int = Field(200, ge=0, description="Characters shared by two neighbouring chunks")
+    kb_file_max_bytes: int = Field(50 * 1024 * 1024, gt=0, description="A larger document is skipped, and said so")
+    kb_top_k: int = Field(5, ge=0, description="Passages given to the model per message (0: retrieval off)")
+    kb_min_similarity: float = Field(
+        0.75, ge=-1, le=1, description="Cosine below which a passage found by meaning alone is not used"
+    )
+    kb_context_max_chars: int = Field(6_000, gt=0, description="Characters of passages added to the prompt")
+    kb_sync_every_s: float = Field(
+        0.0, ge=0, description="Incremental sync of KB_ROOT at start and every N seconds (0: off)"
+    )
+    kb_charge_embeddings: bool = Field(False, description="Charge the tokens of a question's embedding to the user")
+    kb_index_attachments: bool = Field(
+        True, description="Attachments over CHAT_FILES_MAX_CHARS are indexed for their conversation, not cut"
+    )
+
     # --- safeguard (approval of AI tool calls, held by an external Safeguard/MCP server) ---------
     safeguard_url: str | None = Field(None, description="Base URL of the Safeguard server (unset: not available)")
     safeguard_auth_header: SecretStr | None = Field(

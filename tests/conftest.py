@@ -77,6 +77,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Load tests send hundreds of chats per user and minute: the limits have their own tests.
         "chat_requests_per_minute": 0,
         "conversation_creations_per_minute": 0,
+        # The fake embedder's scale (hashed words): a related passage scores 0.15-0.65, an unrelated one below.
+        "kb_min_similarity": 0.15,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -87,7 +89,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
     await conn.execute(
         "TRUNCATE messages, conversations, user_token_usage, revoked_tokens, user_token_revocations, quota_alerts,"
-        " token_reservations, unsaved_charges, rate_limit_windows,"
+        " token_reservations, unsaved_charges, rate_limit_windows, kb_chunks, kb_documents,"
         " users RESTART IDENTITY CASCADE"
     )
     try:

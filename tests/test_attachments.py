@@ -248,10 +248,12 @@ async def test_files_are_limited_by_their_decoded_size_per_request(
     assert len(fake_mistral.received) == 0
 
 
-async def test_text_beyond_the_budget_is_cut_and_the_prompt_says_where(
+async def test_without_indexing_text_beyond_the_budget_is_cut_and_the_prompt_says_where(
     make_client, chat_settings, user_id, db, fake_mistral, capsys
 ):
-    client = await make_client(create_app(chat_settings.model_copy(update={"chat_files_max_chars": 70})))
+    # KB_INDEX_ATTACHMENTS=false (or the embedding model down: tests/test_knowledge.py) cuts instead of indexing.
+    settings = chat_settings.model_copy(update={"chat_files_max_chars": 70, "kb_index_attachments": False})
+    client = await make_client(create_app(settings))
     pdf = text_pdf(["A" * 30, "B" * 30, "C" * 30])
     files = [{"name": "court.txt", "content": "0123456789"}, {"name": "long.pdf", "content": b64(pdf)}]
     r = await send(client, user_id, files, "Lis")

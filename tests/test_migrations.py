@@ -101,6 +101,11 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0010-knowledge-base": """
+INSERT INTO kb_documents (document_id, source, category, path, content_hash, chunk_count)
+  VALUES (1, 'vpn.md', 'procedures', 'procedures/vpn.md', repeat('b', 64), 1);
+INSERT INTO kb_chunks (document_id, position, content, embedding) VALUES (1, 0, 'Connexion VPN', '{0.6,0.8}');
+""",
     "0005-rate-limits": """
 INSERT INTO rate_limit_windows (user_id, action, window_start, hits) VALUES (1, 'chat', '2025-03-20 12:00:00', 3);
 """,

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -25,9 +23,9 @@ from services.auth.legacy import migrate_passwords
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher
 from services.auth.usernames import RULES, printable
 from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, current_month, load_settings_or_exit
+from shared.db import database_of_make_run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-PRIVATE_CLUSTER_PORT = 5433  # devtools/stack.py: make run's own PostgreSQL when none answers
 PASSWORD_RULES = (
     f"Mots de passe : {users.MIN_PASSWORD_CHARS} caractères au moins, {BCRYPT_MAX_BYTES} octets au plus"
     " (demandés deux fois au terminal, ou lus sur la première ligne de l'entrée standard)."
@@ -229,23 +227,6 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[str]]] = {
     "delete": delete,
     "migrate-passwords": migrate_plain_passwords,
 }
-
-
-def database_of_make_run(settings: Settings) -> Settings:
-    """The configured database; when no server answers there but make run's private cluster does, that one."""
-    target = urlsplit(settings.dsn)
-    if _answers(target.hostname or "127.0.0.1", target.port or 5432):
-        return settings
-    if (ROOT / ".data" / "pg").is_dir() and _answers("127.0.0.1", PRIVATE_CLUSTER_PORT):
-        private = f"postgresql://postgres@127.0.0.1:{PRIVATE_CLUSTER_PORT}/{target.path.lstrip('/') or 'wibot'}"
-        return settings.model_copy(update={"database_url": private})
-    return settings
-
-
-def _answers(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
 
 
 async def run(args: argparse.Namespace) -> str:

@@ -1,5 +1,15 @@
+import sys
+
 from services.chat.app import DEFAULT_PORT, create_app
 from shared.http import serve
 
+KB_HELP = """commands:
+  kb ingest [PATH] [--category C] [--full]   index the knowledge base's documents (under KB_ROOT)
+  kb status                                  what is indexed, by category"""
+
 if __name__ == "__main__":
-    serve(create_app, service="chat", default_port=DEFAULT_PORT)
+    if sys.argv[1:2] == ["kb"]:
+        from services.chat.knowledge.cli import main
+
+        raise SystemExit(main(sys.argv[2:]))
+    serve(create_app, service="chat", default_port=DEFAULT_PORT, epilog=KB_HELP)

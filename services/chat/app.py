@@ -14,10 +14,11 @@ from services.chat import quota, streaming, views
 from services.chat.alerts import alerts_context
 from services.chat.attachments import extractor_context
 from services.chat.keys import PROMPTS
+from services.chat.knowledge.base import forget_orphans, knowledge_context
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompts
 from shared import AppKeys, Settings, base_app, get_logger
-from shared.contracts import ChatRequest, ChatResponse
+from shared.contracts import ChatRequest, ChatResponse, RagIngestRequest, RagIngestResponse
 from shared.keys import NotReady
 from shared.openapi import Route, add_routes
 
@@ -58,6 +59,16 @@ ROUTES = [
             },
         },
     ),
+    Route(
+        "POST",
+        "/webhook/wibot/rag/ingest",
+        views.rag_ingest,
+        "Indexe les documents de la base de connaissances (administrateurs)",
+        RagIngestResponse,
+        request=RagIngestRequest,
+        errors=(400, 401, 403, 409, 502, 503, 504),
+        tags=("knowledge",),
+    ),
 ]
 
 
@@ -67,6 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     app[PROMPTS] = load_prompts(settings)
     app.cleanup_ctx.append(llm_context(settings))
     app.cleanup_ctx.append(extractor_context(settings))
+    app.cleanup_ctx.append(knowledge_context(settings))
     app.cleanup_ctx.append(alerts_context(settings))
     app.cleanup_ctx.append(reservation_sweeper(settings))
     add_routes(app, ROUTES)
@@ -98,7 +110,8 @@ async def _finish_refunds(app: web.Application) -> None:
 
 
 def reservation_sweeper(settings: Settings) -> Any:
-    """Every minute, any chat process refunds reservations left behind by a process that died."""
+    """Every minute, any chat process refunds reservations left behind by a process that died, and forgets the
+    attachments indexed for an exchange that never saved its conversation."""
 
     async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
@@ -108,6 +121,7 @@ def reservation_sweeper(settings: Settings) -> Any:
                     await quota.sweep_stale_reservations(
                         app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s
                     )
+                    await forget_orphans(app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s)
                 except Exception:  # never let the sweeper die: the next round retries
                     log.exception("reservation_sweep_failed")
 

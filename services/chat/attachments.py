@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,17 +48,18 @@ class ReadFile:
     text: str
     pages: int | None
     chars: int  # of the whole extracted text, before any cut
-    cut_note: str | None = None  # says where and why the text was cut
+    cut_note: str | None = None  # says where and why the text was cut (or that it was indexed instead)
+    indexed: bool = False  # too long for the message: indexed for its conversation (services/chat/knowledge)
 
     @property
     def truncated(self) -> bool:
-        return self.cut_note is not None
+        return self.cut_note is not None and not self.indexed
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "size": self.size, "type": self.type}
         if self.pages is not None:
             meta["pages"] = self.pages
-        return meta | {"chars": self.chars, "truncated": self.truncated}
+        return meta | {"chars": self.chars, "truncated": self.truncated} | ({"indexed": True} if self.indexed else {})
 
 
 class Extractor:
@@ -69,13 +70,16 @@ class Extractor:
         self._pool: pebble.ProcessPool | None = None
 
     async def run(self, content: str, *, max_bytes: int, max_pages: int) -> Extracted:
+        result: Extracted = await self.call(extract, content, max_bytes=max_bytes, max_pages=max_pages)
+        return result
+
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`function(*args, **kwargs)` in a worker process, killed past the timeout (TimeoutError)."""
         if self._pool is None:
             # forkserver: workers never inherit the event loop's threads and sockets.
             context: Any = multiprocessing.get_context("forkserver")
             self._pool = pebble.ProcessPool(max_workers=self.workers, context=context)
-        future = self._pool.schedule(
-            extract, args=(content,), kwargs={"max_bytes": max_bytes, "max_pages": max_pages}, timeout=self.timeout_s
-        )
+        future = self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
         # Cancelling the awaiting task (client gone) cancels the job: pebble kills a worker that is running it.
         return await asyncio.wrap_future(future)
 
@@ -134,7 +138,8 @@ def check_files(files: list[FileAttachment], settings: Settings) -> None:
 
 
 async def read_attachments(extractor: Extractor, files: list[FileAttachment], settings: Settings) -> list[ReadFile]:
-    """The step: decode and extract every file (in parallel), check the sizes, cut the text to the budget."""
+    """The step: decode and extract every file (in parallel), check the sizes. The text is whole: what does not
+    fit the message's budget is indexed or cut by the next step (services/chat/knowledge/consult.py)."""
     if not files:
         return []
     check_files(files, settings)
@@ -147,7 +152,7 @@ async def read_attachments(extractor: Extractor, files: list[FileAttachment], se
     extracted: list[ReadFile] = [r for r in results if isinstance(r, ReadFile)]
     if sum(f.size for f in extracted) > settings.chat_files_max_bytes:
         raise too_large(f"Fichiers trop volumineux : {human_size(settings.chat_files_max_bytes)} au total au maximum")
-    return fit_budget(extracted, settings.chat_files_max_chars)
+    return extracted
 
 
 async def extract_one(extractor: Extractor, attachment: FileAttachment, settings: Settings) -> ReadFile:

@@ -2,9 +2,12 @@
 
 # Owner and memory in one round trip. No row: the conversation does not exist yet. The spec's query returns
 # the FIRST 10 messages; memory wants the LAST N ($3), given back in chronological order (ties: message_id).
-# Messages are only read when the caller ($2) owns the conversation.
+# Messages are only read when the caller ($2) owns the conversation; has_documents: attachments of theirs were
+# indexed for it (the knowledge base is then consulted even when the site has no documents).
 MEMORY_SQL = """
-SELECT c.user_id AS owner, last_messages.role, last_messages.content
+SELECT c.user_id AS owner, last_messages.role, last_messages.content,
+       EXISTS (SELECT 1 FROM kb_documents k WHERE k.conversation_id = c.conversation_id AND k.user_id = $2)
+           AS has_documents
 FROM conversations c
 LEFT JOIN LATERAL (
     SELECT m.message_id, m.role, m.content, m.created_at
@@ -121,11 +124,14 @@ WITH conversation AS (
         WHERE conversations.user_id = EXCLUDED.user_id
     RETURNING conversation_id
 ), exchange AS (
-    INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at, mode, files_count)
-    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp, $13::text, $14::int
+    INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at, mode, files_count,
+                          rag_used)
+    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp, $13::text, $14::int,
+           $15::boolean
     FROM conversation
     UNION ALL
-    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC', $13::text, 0
+    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC', $13::text, 0,
+           false
     FROM conversation
     RETURNING message_id
 ), released AS (

@@ -1,4 +1,5 @@
-"""POST /webhook/wibot/chat: parse, run the workflow, respond (as one JSON body, or streamed when asked)."""
+"""POST /webhook/wibot/chat: parse, run the workflow, respond (as one JSON body, or streamed when asked);
+POST /webhook/wibot/rag/ingest: an ingestion of the knowledge base, for admins."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from aiohttp import web
 from services.chat import alerts, llm, streaming, workflow
 from services.chat.attachments import EXTRACTOR
 from services.chat.keys import PROMPTS
+from services.chat.knowledge.base import KNOWLEDGE
+from services.chat.knowledge.ingest import ingest
 from shared import AppKeys, authenticated, current_user, json_response, parse_body
-from shared.contracts import ChatRequest
+from shared.contracts import ChatRequest, IngestStats, RagIngestRequest, RagIngestResponse
 
 
 @authenticated()
@@ -22,6 +25,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         prompts=request.app[PROMPTS],
         alert_sender=request.app[alerts.ALERT_SENDER],
         extractor=request.app[EXTRACTOR],
+        knowledge=request.app[KNOWLEDGE],
     )
     user = current_user(request)
     fmt = streaming.requested_format(request, body)
@@ -34,3 +38,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         deps.settings,
         lambda call_model: workflow.run_chat(deps, user, body, received_at, call_model=call_model),
     )
+
+
+@authenticated(admin=True)
+async def rag_ingest(request: web.Request) -> web.Response:
+    body = await parse_body(request, RagIngestRequest)
+    stats = await ingest(request.app[KNOWLEDGE], path=body.path, mode=body.mode, category=body.category)
+    return json_response(RagIngestResponse(stats=IngestStats.model_validate(stats.as_dict())))

@@ -1,7 +1,8 @@
 """Workflow chat_main, one step per node of the n8n diagram it replaces (`run_chat` reads top to bottom).
 
-verify token (the view's decorator) → validate → load memory (ownership) → read attachments → prepare context
-→ reserve quota → call model (no answer: refund) → save exchange (not saved: charged all the same) → respond.
+verify token (the view's decorator) → validate → load memory (ownership) → read attachments → consult the
+knowledge base (large attachments indexed, passages retrieved) → prepare context → reserve quota → call model
+(no answer: refund) → save exchange (not saved: charged all the same) → respond.
 The quota is reserved once the prompt is known (its size, extracted files included, is the estimate); no
 database connection is held while the model works. How the model is called is the one thing a streamed
 reply changes (services/chat/streaming.py passes its own `call_model`); every other step is this one.
@@ -21,6 +22,9 @@ from mistralai.client import Mistral
 
 from services.chat import alerts, llm, queries, quota
 from services.chat.attachments import Extractor, ReadFile, read_attachments
+from services.chat.knowledge.base import KnowledgeBase
+from services.chat.knowledge.consult import consult_knowledge
+from services.chat.knowledge.retrieval import Passage, Scope
 from services.chat.prompt import PromptTemplates
 from services.chat.quota import Reservation, Usage
 from shared import ApiError, CurrentUser, Settings, current_month
@@ -46,6 +50,7 @@ class ChatDeps:
     prompts: PromptTemplates
     alert_sender: alerts.AlertSender
     extractor: Extractor
+    knowledge: KnowledgeBase
 
 
 async def run_chat(
@@ -61,7 +66,11 @@ async def run_chat(
     if memory.is_new:
         await check_conversation_cap(pool, user_id=user.user_id, limit=settings.max_conversations_per_user)
     files = await read_attachments(deps.extractor, body.files or [], settings)
-    messages = prepare_context(deps.prompts.render(mode), memory.messages, body.message, files)
+    scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
+    knowledge = await consult_knowledge(deps.knowledge, scope, body.message, files, has_documents=memory.has_documents)
+    messages = prepare_context(
+        deps.prompts.render(mode), memory.messages, body.message, knowledge.files, knowledge.passages
+    )
     reservation = await quota.reserve_quota(
         pool,
         user_id=user.user_id,
@@ -80,25 +89,27 @@ async def run_chat(
     except BaseException:  # no answer (the model failed, or the client left first): give the tokens back
         await quota.refund(pool, reservation)
         raise
+    charged_embeddings = knowledge.embedding_tokens if settings.kb_charge_embeddings else 0
     exchange = Exchange(
         body.conversation_id,
         user.user_id,
         body.message,
         mode,
-        files,
+        knowledge.files,
         received_at,
         reply.text,
-        reply.total_tokens,
+        reply.total_tokens + charged_embeddings,
         reply.completion_tokens,
+        rag_used=bool(knowledge.passages),
     )
     usage = await save_exchange(pool, exchange, reservation)
-    TOKENS_SPENT.inc(reply.total_tokens)
+    TOKENS_SPENT.inc(exchange.total_tokens)
     await alerts.notify_quota_thresholds(
         pool, deps.alert_sender, user_id=user.user_id, username=user.username, month=reservation.month, usage=usage
     )
     return ChatResponse(
         response=reply.text,
-        tokens_used=reply.total_tokens,
+        tokens_used=exchange.total_tokens,
         tokens_remaining=usage.remaining,
         conversation_id=body.conversation_id,
     )
@@ -116,6 +127,7 @@ def check_message(body: ChatRequest, settings: Settings) -> None:
 class Memory:
     is_new: bool  # the conversation does not exist yet: this message creates it
     messages: list[dict[str, str]]
+    has_documents: bool  # attachments were indexed for it (services/chat/knowledge)
 
 
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> Memory:
@@ -124,7 +136,7 @@ async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int
     if rows and rows[0]["owner"] != user_id:
         raise conversation_id_taken()
     messages = [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
-    return Memory(is_new=not rows, messages=messages)
+    return Memory(is_new=not rows, messages=messages, has_documents=bool(rows) and rows[0]["has_documents"])
 
 
 async def check_conversation_cap(pool: asyncpg.Pool, *, user_id: int, limit: int) -> None:
@@ -133,15 +145,36 @@ async def check_conversation_cap(pool: asyncpg.Pool, *, user_id: int, limit: int
 
 
 def prepare_context(
-    system_prompt: str, history: list[dict[str, str]], message: str, files: list[ReadFile]
+    system_prompt: str,
+    history: list[dict[str, str]],
+    message: str,
+    files: list[ReadFile],
+    passages: list[Passage],
 ) -> list[dict[str, str]]:
-    """System prompt, memory, then the new message with each file's text under a header naming it."""
+    """System prompt (with the knowledge base's passages, each under its source), memory, then the new message
+    with each file's text under a header naming it."""
+    if passages:
+        system_prompt += "\n\n" + knowledge_section(passages)
     content = message
     for read in files:
         content += f"\n\n--- Fichier : {read.name} ---\n{read.text}"
         if read.cut_note:
-            content += f"\n{read.cut_note}"
+            content += f"\n{read.cut_note}" if read.text else read.cut_note
     return [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": content}]
+
+
+KNOWLEDGE_INSTRUCTIONS = """\
+## Documentation WIDIP (base de connaissances)
+Les extraits ci-dessous viennent de la documentation de WIDIP ou des fichiers de cette conversation. Appuie-toi \
+dessus quand ils répondent à la question et cite chaque source utilisée entre crochets, par exemple \
+[Source : procedure-vpn.md]. S'ils ne suffisent pas, dis-le plutôt que d'inventer."""
+
+
+def knowledge_section(passages: list[Passage]) -> str:
+    parts = [KNOWLEDGE_INSTRUCTIONS]
+    for number, passage in enumerate(passages, start=1):
+        parts.append(f"[{number}] Source : {passage.source}\n{passage.content}")
+    return "\n\n".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +188,7 @@ class Exchange:
     reply: str
     total_tokens: int
     completion_tokens: int
+    rag_used: bool = False
 
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
@@ -180,6 +214,7 @@ async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Res
             reservation.month,
             exchange.mode,
             len(exchange.files),
+            exchange.rag_used,
         )
     except BaseException as exc:
         await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason=type(exc).__name__[:50])

@@ -1,0 +1,84 @@
+"""The knowledge base as the chat app holds it: its index, kept current, and the scheduled sync."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from mistralai.client import Mistral
+
+from services.chat.attachments import EXTRACTOR, Extractor
+from services.chat.knowledge import queries
+from services.chat.knowledge.index import VectorIndex, keep_current
+from services.chat.llm import LLM_CLIENT
+from shared import ApiError, AppKeys, Settings, get_logger
+
+log = get_logger("wibot.knowledge")
+
+# How long a starting chat process waits for its index before serving (full text only until it is loaded).
+INDEX_STARTUP_WAIT_S = 10.0
+
+
+@dataclass
+class KnowledgeBase:
+    settings: Settings
+    pool: asyncpg.Pool
+    client: Mistral
+    extractor: Extractor
+    index: VectorIndex = field(default_factory=VectorIndex)
+
+
+KNOWLEDGE = web.AppKey("knowledge", KnowledgeBase)
+
+
+def knowledge_context(settings: Settings) -> Any:
+    """After the pool, the model client and the extractor: the index's listener, then the sync if asked."""
+
+    async def _knowledge_ctx(app: web.Application) -> AsyncIterator[None]:
+        kb = KnowledgeBase(settings, app[AppKeys.DB], app[LLM_CLIENT], app[EXTRACTOR])
+        app[KNOWLEDGE] = kb
+        loaded = asyncio.Event()
+        tasks = [asyncio.create_task(keep_current(kb.index, settings.dsn, loaded))]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(INDEX_STARTUP_WAIT_S):
+                await loaded.wait()
+        if settings.kb_sync_every_s > 0 and settings.kb_root is not None:
+            tasks.append(asyncio.create_task(scheduled_sync(kb)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return _knowledge_ctx
+
+
+async def scheduled_sync(kb: KnowledgeBase) -> None:
+    """At start, then every KB_SYNC_EVERY_S, an incremental ingestion of KB_ROOT (one process at a time: the
+    others skip that round)."""
+    from services.chat.knowledge.ingest import ingest
+
+    while True:
+        try:
+            stats = await ingest(kb, path=None, mode="incremental", category=None)
+            log.info("kb_sync", **stats.as_dict())
+        except ApiError as exc:
+            log.info("kb_sync_skipped", reason=exc.message, code=exc.code)
+        except Exception:  # never let the schedule die: the next round retries
+            log.exception("kb_sync_failed")
+        await asyncio.sleep(kb.settings.kb_sync_every_s)
+
+
+async def forget_orphans(pool: asyncpg.Pool, *, older_than_s: float) -> None:
+    """Attachments indexed for an exchange that never saved its conversation (run by the chat sweeper)."""
+    status = await pool.execute(queries.DELETE_ORPHAN_DOCUMENTS_SQL, older_than_s)
+    if status != "DELETE 0":
+        log.warning("kb_orphan_attachments_deleted", status=status)

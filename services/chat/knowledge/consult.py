@@ -1,0 +1,120 @@
+"""Chat step `consult_knowledge`: the passages of the knowledge base that answer this message.
+
+Attachments too long for the message's character budget are indexed for their conversation (chunked,
+embedded, stored with its id and the user's) instead of being cut; they are then retrieved like the site's
+documents, by this conversation only, this message and the next. If indexing fails (the embedding model is
+down), the file is cut as before; if the question cannot be embedded, the full-text search answers alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+from services.chat.attachments import ReadFile, fit_budget, thousands
+from services.chat.knowledge import queries
+from services.chat.knowledge.base import KnowledgeBase
+from services.chat.knowledge.chunks import split
+from services.chat.knowledge.embeddings import embed
+from services.chat.knowledge.retrieval import Passage, Scope, retrieve
+from shared import ApiError, get_logger
+from shared.metrics import KNOWLEDGE_RETRIEVALS
+
+log = get_logger("wibot.knowledge")
+
+
+@dataclass(frozen=True, slots=True)
+class Consulted:
+    files: list[ReadFile]  # as the prompt shows them: whole, cut, or replaced by a note once indexed
+    passages: list[Passage]
+    embedding_tokens: int
+
+
+async def consult_knowledge(
+    kb: KnowledgeBase, scope: Scope, question: str, files: list[ReadFile], *, has_documents: bool
+) -> Consulted:
+    settings = kb.settings
+    files, tokens, left = await place_files(kb, scope, files)
+    indexed = any(read.indexed for read in files)
+    top_k, max_chars, own_min_similarity = settings.kb_top_k, settings.kb_context_max_chars, settings.kb_min_similarity
+    if indexed:  # the file's passages take the room it would have had, whatever the question's words
+        top_k += left // settings.kb_chunk_chars
+        max_chars += left
+        own_min_similarity = -1.0
+    if settings.kb_top_k == 0 or not (kb.index.size or not kb.index.ready or has_documents or indexed):
+        return Consulted(files, [], tokens)  # nothing to search: no embedding call
+    vector: list[float] | None = None
+    try:
+        embedded = await embed(kb.client, settings, [question], purpose="question")
+        vector, tokens = embedded.vectors[0], tokens + embedded.tokens
+    except ApiError as exc:
+        log.warning("kb_question_not_embedded", status=exc.status, fallback="full_text")
+    passages = await retrieve(
+        kb.pool,
+        kb.index,
+        scope=scope,
+        question=question,
+        vector=vector,
+        top_k=top_k,
+        min_similarity=settings.kb_min_similarity,
+        own_min_similarity=own_min_similarity,
+        max_chars=max_chars,
+    )
+    KNOWLEDGE_RETRIEVALS.labels("used" if passages else "nothing_relevant").inc()
+    log.info("kb_retrieved", passages=len(passages), sources=sorted({p.source for p in passages}), vector=bool(vector))
+    return Consulted(files, passages, tokens)
+
+
+async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) -> tuple[list[ReadFile], int, int]:
+    """Files in order while the budget lasts; a file that does not fit is indexed (or cut when it cannot be).
+    Returns the files as the prompt shows them, the embedding tokens spent, and the budget left."""
+    budget = kb.settings.chat_files_max_chars
+    if not kb.settings.kb_index_attachments or sum(len(read.text) for read in files) <= budget:
+        return fit_budget(files, budget), 0, 0
+    placed: list[ReadFile] = []
+    tokens, left = 0, budget
+    for read in files:
+        if len(read.text) <= left:
+            placed.append(read)
+            left -= len(read.text)
+            continue
+        try:
+            tokens += await index_attachment(kb, scope, read)
+        except ApiError as exc:
+            log.warning("attachment_not_indexed", file=read.name, status=exc.status, fallback="cut")
+            placed += fit_budget([read], left)
+            left = 0
+            continue
+        note = (
+            f"[Fichier de {thousands(read.chars)} caractères, trop long pour être lu en entier : il est indexé pour "
+            "cette conversation et ses passages utiles à la question figurent dans la documentation fournie.]"
+        )
+        placed.append(dataclasses.replace(read, text="", cut_note=note, indexed=True))
+    return placed, tokens, left
+
+
+async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> int:
+    """One attachment's chunks stored for its conversation; the tokens its embedding cost."""
+    settings = kb.settings
+    chunks = split(read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap)
+    embedded = await embed(kb.client, settings, chunks, purpose="attachment")
+    digest = hashlib.sha256(read.text.encode("utf-8", "surrogatepass")).hexdigest()
+    async with kb.pool.acquire() as conn, conn.transaction():
+        document_id = await conn.fetchval(
+            queries.INSERT_CONVERSATION_DOCUMENT_SQL,
+            read.name,
+            digest,
+            len(chunks),
+            scope.conversation_id,
+            scope.user_id,
+        )
+        await conn.copy_records_to_table(
+            "kb_chunks",
+            records=[
+                (document_id, n, text, vec) for n, (text, vec) in enumerate(zip(chunks, embedded.vectors, strict=True))
+            ],
+            columns=queries.CHUNK_COLUMNS,
+        )
+    log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks))
+    return embedded.tokens

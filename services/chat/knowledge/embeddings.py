@@ -1,0 +1,52 @@
+"""Texts to vectors through the mistralai SDK (retried like chat), batched; their token cost logged and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from mistralai.client import Mistral
+
+from services.chat.llm import BAD_REPLY_MESSAGE, estimate_tokens, model_failures
+from shared import ApiError, Settings, get_logger
+from shared.metrics import EMBEDDING_TOKENS
+
+log = get_logger("wibot.knowledge")
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    vectors: list[list[float]]
+    tokens: int
+
+
+async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpose: str) -> Embedded:
+    """One vector per text, in order. Failures are the model's 502/503/504 envelopes."""
+    model = settings.kb_embedding_model
+    started = time.perf_counter()
+    vectors: list[list[float]] = []
+    tokens = 0
+    size = settings.kb_embedding_batch
+    for batch in (texts[i : i + size] for i in range(0, len(texts), size)):
+        with model_failures(model, started):
+            async with asyncio.timeout(settings.mistral_timeout_s):
+                result = await client.embeddings.create_async(model=model, inputs=batch)
+        data = sorted(result.data or [], key=lambda item: item.index or 0)
+        got = [item.embedding for item in data if item.embedding]
+        if len(got) != len(batch) or len({len(vector) for vector in got}) != 1:
+            log.error("embedding_reply_malformed", model=model, expected=len(batch), received=len(got))
+            raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE")
+        vectors.extend(got)
+        usage = result.usage.prompt_tokens if result.usage else None
+        tokens += usage or estimate_tokens(sum(len(text) for text in batch))
+    EMBEDDING_TOKENS.labels(purpose).inc(tokens)
+    log.info(
+        "embeddings",
+        model=model,
+        purpose=purpose,
+        texts=len(texts),
+        tokens=tokens,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return Embedded(vectors, tokens)

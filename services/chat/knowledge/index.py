@@ -1,0 +1,150 @@
+"""The site chunks' vectors in memory, searched exactly (cosine), kept current through LISTEN/NOTIFY.
+
+Each chat process holds one index. It LISTENs on `wibot_kb` (migration 0010's triggers notify every change to
+a site document), then loads everything, so a change made while loading is applied after it. After a lost
+connection it reconnects and loads everything again; until it has, `ready` is False and retrieval uses the
+full-text search alone. Conversation chunks are not held here: they are few, read with the message's query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from services.chat.knowledge import queries
+from shared import get_logger
+
+log = get_logger("wibot.knowledge")
+
+Vectors = npt.NDArray[np.float32]
+CHANNEL = "wibot_kb"
+RECONNECT_DELAY_S = 1.0
+
+
+class VectorIndex:
+    def __init__(self) -> None:
+        self.ready = False
+        self._documents: dict[int, tuple[npt.NDArray[np.int64], Vectors]] = {}
+        self._ids: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self._matrix: Vectors = np.empty((0, 0), dtype=np.float32)
+        self._stale = False
+
+    @property
+    def size(self) -> int:
+        return sum(len(ids) for ids, _ in self._documents.values())
+
+    def replace_all(self, rows: list[asyncpg.Record]) -> None:
+        self._documents = {}
+        self._put(rows)
+
+    def replace_document(self, document_id: int, rows: list[asyncpg.Record]) -> None:
+        self._documents.pop(document_id, None)
+        self._put(rows)
+
+    def _put(self, rows: list[asyncpg.Record]) -> None:
+        by_document: dict[int, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_document.setdefault(row["document_id"], []).append(row)
+        for document_id, chunks in by_document.items():
+            ids = np.array([row["chunk_id"] for row in chunks], dtype=np.int64)
+            self._documents[document_id] = (ids, normalized(np.array([row["embedding"] for row in chunks])))
+        self._stale = True
+
+    def search(self, query: list[float], *, limit: int, min_similarity: float) -> list[tuple[int, float]]:
+        """The `limit` most similar chunks at or above `min_similarity`, best first: [(chunk_id, cosine)]."""
+        if self._stale:
+            self._rebuild()
+        if not len(self._ids) or limit <= 0:
+            return []
+        vector = normalized(np.array([query]))[0]
+        if vector.shape[0] != self._matrix.shape[1]:
+            log.warning("kb_dimension_mismatch", query=vector.shape[0], index=self._matrix.shape[1])
+            return []
+        scores = self._matrix @ vector
+        count = min(limit, len(scores))
+        best = np.argpartition(-scores, count - 1)[:count]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(int(self._ids[i]), float(scores[i])) for i in best if scores[i] >= min_similarity]
+
+    def _rebuild(self) -> None:
+        """One matrix of every document's vectors (of the dimension most of them have: one embedding model)."""
+        self._stale = False
+        dimensions = Counter(matrix.shape[1] for _, matrix in self._documents.values() if matrix.size)
+        if not dimensions:
+            self._ids, self._matrix = np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+            return
+        dimension = dimensions.most_common(1)[0][0]
+        kept = [
+            (ids, matrix) for ids, matrix in self._documents.values() if matrix.size and matrix.shape[1] == dimension
+        ]
+        self._ids = np.concatenate([ids for ids, _ in kept])
+        self._matrix = np.vstack([matrix for _, matrix in kept])
+
+
+def normalized(vectors: npt.NDArray[Any]) -> Vectors:
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or not matrix.size:
+        return np.empty((0, 0), dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+
+
+async def keep_current(index: VectorIndex, dsn: str, loaded: asyncio.Event) -> None:
+    """Runs for the process's life: (re)connect, LISTEN, load all, apply each change as it is notified."""
+    while True:
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await asyncpg.connect(dsn, server_settings={"application_name": "wibot-chat-kb"})
+            changes: asyncio.Queue[str] = asyncio.Queue()
+            lost = asyncio.Event()
+            await connection.add_listener(CHANNEL, functools.partial(_queue_payload, changes))
+            connection.add_termination_listener(functools.partial(_set_on_close, lost))
+            index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
+            index.ready = True
+            loaded.set()
+            log.info("kb_index_loaded", chunks=index.size)
+            while not lost.is_set():
+                payload = await _next_change(changes, lost)
+                if payload == "*":
+                    index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
+                elif payload is not None:
+                    document_id = int(payload)
+                    index.replace_document(document_id, await connection.fetch(queries.SITE_VECTORS_SQL, document_id))
+            raise ConnectionError("listener connection lost")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database went away: retrieval falls back to full text until reloaded
+            index.ready = False
+            log.warning("kb_index_disconnected", error=repr(exc)[:200])
+            await asyncio.sleep(RECONNECT_DELAY_S)
+        finally:
+            if connection is not None and not connection.is_closed():
+                with contextlib.suppress(Exception):
+                    await connection.close(timeout=2)
+
+
+def _queue_payload(changes: asyncio.Queue[str], _connection: object, _pid: int, _channel: str, payload: str) -> None:
+    changes.put_nowait(payload)
+
+
+def _set_on_close(lost: asyncio.Event, _connection: object) -> None:
+    lost.set()
+
+
+async def _next_change(changes: asyncio.Queue[str], lost: asyncio.Event) -> str | None:
+    getter = asyncio.ensure_future(changes.get())
+    waiter = asyncio.ensure_future(lost.wait())
+    try:
+        done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (getter, waiter):
+            if not task.done():
+                task.cancel()
+    return getter.result() if getter in done else None

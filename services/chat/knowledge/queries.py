@@ -1,0 +1,80 @@
+"""SQL of the knowledge base (tables kb_documents, kb_chunks: migration 0010)."""
+
+# Only one ingestion at a time, whichever process runs it (CLI, route, scheduled sync).
+INGEST_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('wibot_kb_ingest'))"
+INGEST_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('wibot_kb_ingest'))"
+
+# The site's documents under a folder ($1, relative to the root; '' for all of it).
+SITE_DOCUMENTS_SQL = """
+SELECT document_id, path, content_hash FROM kb_documents
+WHERE conversation_id IS NULL AND ($1 = '' OR path = $1 OR starts_with(path, $1 || '/'))
+"""
+
+UPSERT_SITE_DOCUMENT_SQL = """
+INSERT INTO kb_documents (source, category, path, content_hash, chunk_count)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (path) WHERE conversation_id IS NULL DO UPDATE
+    SET source = EXCLUDED.source, category = EXCLUDED.category, content_hash = EXCLUDED.content_hash,
+        chunk_count = EXCLUDED.chunk_count, updated_at = NOW() AT TIME ZONE 'UTC'
+RETURNING document_id
+"""
+
+INSERT_CONVERSATION_DOCUMENT_SQL = """
+INSERT INTO kb_documents (source, category, path, content_hash, chunk_count, conversation_id, user_id)
+VALUES ($1, 'attachment', $1, $2, $3, $4, $5)
+RETURNING document_id
+"""
+
+DELETE_CHUNKS_SQL = "DELETE FROM kb_chunks WHERE document_id = $1"
+CHUNK_COLUMNS = ["document_id", "position", "content", "embedding"]
+
+DELETE_DOCUMENTS_SQL = "DELETE FROM kb_documents WHERE document_id = ANY($1::bigint[])"
+
+# Every site chunk's vector, for the in-process index; or one document's ($1) after a change.
+SITE_VECTORS_SQL = """
+SELECT c.document_id, c.chunk_id, c.embedding FROM kb_chunks c JOIN kb_documents d USING (document_id)
+WHERE d.conversation_id IS NULL AND ($1::bigint IS NULL OR d.document_id = $1)
+ORDER BY c.document_id, c.chunk_id
+"""
+
+# One round trip for a message: the best full-text matches ($1: the question, its words OR-ed, French
+# stemming; at most $4), the chunks the vector index chose ($5), and the conversation's own chunks with their
+# vectors (scored in process). Only site chunks and the caller's ($3) chunks of this conversation ($2) qualify.
+CANDIDATES_SQL = """
+WITH query AS (
+    SELECT replace(plainto_tsquery('french', $1)::text, '&', '|')::tsquery AS q
+), text_hits AS (
+    SELECT c.chunk_id, ts_rank_cd(c.tsv, query.q) AS rank
+    FROM kb_chunks c JOIN kb_documents d USING (document_id), query
+    WHERE c.tsv @@ query.q AND (d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3))
+    ORDER BY rank DESC, c.chunk_id
+    LIMIT $4
+), picked AS (
+    SELECT chunk_id, rank FROM text_hits
+    UNION ALL
+    SELECT chunk_id, NULL FROM unnest($5::bigint[]) AS vector_hits(chunk_id)
+    UNION ALL
+    SELECT c.chunk_id, NULL FROM kb_chunks c JOIN kb_documents d USING (document_id)
+    WHERE d.conversation_id = $2 AND d.user_id = $3
+)
+SELECT c.chunk_id, c.content, d.source, d.path, max(p.rank) AS rank,
+       CASE WHEN d.conversation_id IS NOT NULL THEN c.embedding END AS embedding
+FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (document_id)
+WHERE d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3)
+GROUP BY c.chunk_id, d.document_id
+"""
+
+# Attachments indexed for a conversation that was never created (the exchange failed): gone after $1 seconds.
+DELETE_ORPHAN_DOCUMENTS_SQL = """
+DELETE FROM kb_documents d
+WHERE d.conversation_id IS NOT NULL
+  AND d.created_at < (NOW() AT TIME ZONE 'UTC') - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = d.conversation_id)
+"""
+
+STATUS_SQL = """
+SELECT d.category, count(*) AS documents, COALESCE(sum(d.chunk_count), 0) AS chunks,
+       max(d.updated_at) AS last_update
+FROM kb_documents d WHERE d.conversation_id IS NULL
+GROUP BY d.category ORDER BY d.category
+"""
