@@ -1,9 +1,9 @@
 """Knowledge base: a folder ingested (CLI and route) is retrieved in chat, cited, counted; incremental runs skip,
 update and remove; every refusal; a user's attachment never reaches anyone else.
 
-The corpus is devtools/kb_corpus (French IT procedures written for these tests, bench/knowledge.py and make run). The model
-and the embedder are the fake Mistral server (deterministic hashed-word vectors): tests read the prompt it
-received. Each chat app runs its real index listener on the test database.
+The corpus is devtools/kb_corpus (French IT procedures written for these tests, bench/knowledge.py and make
+run). The model and the embedder are the fake Mistral server (deterministic hashed-word vectors): tests read the
+prompt it received. Each chat app runs its real index listener on the test database.
 """
 
 from __future__ import annotations
