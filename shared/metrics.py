@@ -6,7 +6,7 @@ Served at GET /metrics by every service (nginx does not expose it outside).
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 REQUESTS = Counter("wibot_http_requests_total", "HTTP requests", ["service", "route", "method", "status"])
 REQUEST_SECONDS = Histogram(
@@ -31,6 +31,7 @@ EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embe
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]
 )
+KNOWLEDGE_INDEX_CHUNKS = Gauge("wibot_kb_index_chunks", "Site chunks held by this process's vector index")
 DATABASE_ERRORS = Counter("wibot_database_unavailable_total", "Requests answered 503 because the database failed")
 
 

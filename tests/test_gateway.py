@@ -104,6 +104,9 @@ def stack(database_url, tmp_path_factory):
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "INFO",
         "CHAT_REQUESTS_PER_MINUTE": "1000",
+        # The demo corpus, ingested by the tests themselves (no sync at start to race with them).
+        "KB_ROOT": str(ROOT / "devtools" / "kb_corpus"),
+        "KB_SYNC_EVERY_S": "0",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     log = run_dir / "stack.log"
@@ -178,6 +181,7 @@ async def test_spec_curl_tests_pass_through_the_gateway(stack, factory, database
         ("GET", "/webhook/wibot/safeguard/request/abc123"),
         ("POST", "/webhook/wibot/safeguard/approve"),
         ("POST", "/webhook/wibot/safeguard/reject"),
+        ("POST", "/webhook/wibot/rag/ingest"),
     ],
 )
 async def test_every_route_reaches_its_service(stack, http, db, method, path):
@@ -760,3 +764,35 @@ async def run_in_chromium(http, url: str, expression: str, within_s: float = 30)
         proc.kill()
         await proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+async def test_the_knowledge_base_is_ingested_and_used_through_nginx(stack, http, factory, db):
+    admin = await factory.user("chef", role="admin")
+    user = await factory.user("khora")
+    async with http.post(
+        stack.url + "/webhook/wibot/rag/ingest", json={"path": "procedures"}, headers=bearer(user, "khora")
+    ) as r:
+        assert r.status == 403
+    async with http.post(
+        stack.url + "/webhook/wibot/rag/ingest", json={"path": "procedures"}, headers=bearer(admin, "chef", "admin")
+    ) as r:
+        body = await r.json()
+        assert r.status == 200, body
+    assert (body["stats"]["files"], body["stats"]["added"], body["stats"]["failed"]) == (5, 5, [])
+    # Both chat processes hear of it (NOTIFY): wait for each one's index to hold every chunk.
+    chunks = await db.fetchval("SELECT count(*) FROM kb_chunks")
+    async with asyncio.timeout(10):
+        for port in stack.chat_ports:
+            while f"wibot_kb_index_chunks {float(chunks)}" not in await metrics_of(http, port):
+                await asyncio.sleep(0.05)
+    payload = {"conversation_id": str(uuid.uuid4()), "message": "Sur quel port se connecte le VPN FortiClient ?"}
+    async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user, "khora")) as r:
+        assert r.status == 200, await r.text()
+    assert await db.fetchval("SELECT rag_used FROM messages WHERE role = 'user'") is True
+    logs = stack.log.read_text(encoding="utf-8")
+    assert '"event": "kb_retrieved"' in logs and "vpn-forticlient.md" in logs
+
+
+async def metrics_of(http, port: int) -> str:
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()

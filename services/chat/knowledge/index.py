@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from services.chat.knowledge import queries
 from shared import get_logger
+from shared.metrics import KNOWLEDGE_INDEX_CHUNKS
 
 log = get_logger("wibot.knowledge")
 
@@ -108,6 +109,7 @@ async def keep_current(index: VectorIndex, dsn: str, loaded: asyncio.Event) -> N
             connection.add_termination_listener(functools.partial(_set_on_close, lost))
             index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
             index.ready = True
+            KNOWLEDGE_INDEX_CHUNKS.set(index.size)
             loaded.set()
             log.info("kb_index_loaded", chunks=index.size)
             while not lost.is_set():
@@ -117,6 +119,7 @@ async def keep_current(index: VectorIndex, dsn: str, loaded: asyncio.Event) -> N
                 elif payload is not None:
                     document_id = int(payload)
                     index.replace_document(document_id, await connection.fetch(queries.SITE_VECTORS_SQL, document_id))
+                KNOWLEDGE_INDEX_CHUNKS.set(index.size)
             raise ConnectionError("listener connection lost")
         except asyncio.CancelledError:
             raise
