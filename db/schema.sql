@@ -28,6 +28,20 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE FUNCTION public.kb_notify_chunks() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('wibot_kb', d.document_id::text)
+        FROM kb_documents d WHERE d.conversation_id IS NULL AND d.document_id IN (SELECT document_id FROM old_rows);
+    ELSE
+        PERFORM pg_notify('wibot_kb', d.document_id::text)
+        FROM kb_documents d WHERE d.conversation_id IS NULL AND d.document_id IN (SELECT document_id FROM new_rows);
+    END IF;
+    RETURN NULL;
+END $$;
+
 CREATE FUNCTION public.update_updated_at_column() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -282,6 +296,12 @@ CREATE INDEX idx_token_usage_user_month ON public.user_token_usage USING btree (
 CREATE INDEX idx_unsaved_charges_user_month ON public.unsaved_charges USING btree (user_id, month);
 
 CREATE TRIGGER kb_forget_conversation AFTER DELETE ON public.conversations FOR EACH ROW EXECUTE FUNCTION public.kb_forget_conversation();
+
+CREATE TRIGGER kb_notify_chunks_deleted AFTER DELETE ON public.kb_chunks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.kb_notify_chunks();
+
+CREATE TRIGGER kb_notify_chunks_inserted AFTER INSERT ON public.kb_chunks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.kb_notify_chunks();
+
+CREATE TRIGGER kb_notify_chunks_updated AFTER UPDATE ON public.kb_chunks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.kb_notify_chunks();
 
 CREATE TRIGGER kb_notify_document AFTER INSERT OR DELETE OR UPDATE ON public.kb_documents FOR EACH ROW EXECUTE FUNCTION public.kb_notify_change();
 

@@ -319,7 +319,13 @@ async def test_a_symlink_inside_the_root_leading_outside_is_not_followed(client,
 
 
 async def test_bad_requests_and_an_unconfigured_root(make_client, chat_settings, admin_id, client):
-    for body, code in [({"mode": "tout"}, "VALIDATION_ERROR"), ({"path": "absent"}, "KB_PATH_NOT_FOUND")]:
+    cases = [
+        ({"mode": "tout"}, "VALIDATION_ERROR"),
+        ({"path": "absent"}, "KB_PATH_NOT_FOUND"),
+        ({"path": "0" * 1000}, "VALIDATION_ERROR"),  # longer than a file name may be (found by the fuzzer)
+        ({"path": "a\u0000b"}, "VALIDATION_ERROR"),
+    ]
+    for body, code in cases:
         r = await client.post(INGEST, json=body, headers=bearer(admin_id, "chef", "admin"))
         assert (r.status, (await r.json())["code"]) == (400, code)
     unconfigured = await make_client(create_app(chat_settings))
@@ -407,6 +413,15 @@ async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_conn
     remaining = await db.fetchval("SELECT count(*) FROM kb_chunks")
     assert remaining < count
     await wait_until(lambda: other.ready and other.size == remaining)
+
+    # Chunks written apart from their document's row (by hand, a restore, a script) are heard of too.
+    document_id = await db.fetchval("SELECT min(document_id) FROM kb_documents")
+    await db.execute(
+        "INSERT INTO kb_chunks (document_id, position, content, embedding) VALUES ($1, 1000, 'ajout', $2)",
+        document_id,
+        fake_embedding("ajout manuel"),
+    )
+    await wait_until(lambda: other.size == remaining + 1)
 
     await db.execute("TRUNCATE kb_documents CASCADE")  # no row trigger fires: the statement trigger says `*`
     await wait_until(lambda: other.size == 0)

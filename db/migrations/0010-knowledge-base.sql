@@ -1,7 +1,7 @@
 -- 0010 knowledge base: the site's documents (conversation_id NULL, path relative to KB_ROOT) and the large
 -- attachments of a conversation (conversation_id and user_id set: seen by that conversation only), cut into
--- chunks that carry their embedding and a French full-text vector. Every change to a site document notifies
--- `wibot_kb`, so each chat process keeps its in-memory vector index current.
+-- chunks that carry their embedding and a French full-text vector. Every change to a site document or to its
+-- chunks notifies `wibot_kb` (whoever writes them), so each chat process keeps its in-memory vector index current.
 -- depends: 0009-standing-quota
 
 CREATE TABLE IF NOT EXISTS kb_documents (
@@ -67,3 +67,28 @@ CREATE TRIGGER kb_notify_document AFTER INSERT OR UPDATE OR DELETE ON kb_documen
 DROP TRIGGER IF EXISTS kb_notify_truncate ON kb_documents;
 CREATE TRIGGER kb_notify_truncate AFTER TRUNCATE ON kb_documents
     FOR EACH STATEMENT EXECUTE FUNCTION kb_notify_change();
+
+-- Chunks written or removed by any statement (a COPY of thousands included): one notification per site document.
+CREATE OR REPLACE FUNCTION kb_notify_chunks() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('wibot_kb', d.document_id::text)
+        FROM kb_documents d WHERE d.conversation_id IS NULL AND d.document_id IN (SELECT document_id FROM old_rows);
+    ELSE
+        PERFORM pg_notify('wibot_kb', d.document_id::text)
+        FROM kb_documents d WHERE d.conversation_id IS NULL AND d.document_id IN (SELECT document_id FROM new_rows);
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS kb_notify_chunks_inserted ON kb_chunks;
+CREATE TRIGGER kb_notify_chunks_inserted AFTER INSERT ON kb_chunks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kb_notify_chunks();
+
+DROP TRIGGER IF EXISTS kb_notify_chunks_updated ON kb_chunks;
+CREATE TRIGGER kb_notify_chunks_updated AFTER UPDATE ON kb_chunks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION kb_notify_chunks();
+
+DROP TRIGGER IF EXISTS kb_notify_chunks_deleted ON kb_chunks;
+CREATE TRIGGER kb_notify_chunks_deleted AFTER DELETE ON kb_chunks
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION kb_notify_chunks();

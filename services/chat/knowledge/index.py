@@ -41,6 +41,11 @@ class VectorIndex:
     def size(self) -> int:
         return sum(len(ids) for ids, _ in self._documents.values())
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the vectors (each document's, and the search matrix once built)."""
+        return sum(matrix.nbytes for _, matrix in self._documents.values()) + self._matrix.nbytes
+
     def replace_all(self, rows: list[asyncpg.Record]) -> None:
         self._documents = {}
         self._put(rows)
@@ -54,8 +59,13 @@ class VectorIndex:
         for row in rows:
             by_document.setdefault(row["document_id"], []).append(row)
         for document_id, chunks in by_document.items():
-            ids = np.array([row["chunk_id"] for row in chunks], dtype=np.int64)
-            self._documents[document_id] = (ids, normalized(np.array([row["embedding"] for row in chunks])))
+            vectors = [vector_of(row["embedding"]) for row in chunks]
+            dimension = max(len(v) for v in vectors)
+            if dimension == 0:
+                continue
+            kept = [(row["chunk_id"], v) for row, v in zip(chunks, vectors, strict=True) if len(v) == dimension]
+            ids = np.array([chunk_id for chunk_id, _ in kept], dtype=np.int64)
+            self._documents[document_id] = (ids, normalized(np.array([v for _, v in kept])))
         self._stale = True
 
     def search(self, query: list[float], *, limit: int, min_similarity: float) -> list[tuple[int, float]]:
@@ -87,6 +97,22 @@ class VectorIndex:
         ]
         self._ids = np.concatenate([ids for ids, _ in kept])
         self._matrix = np.vstack([matrix for _, matrix in kept])
+
+
+# PostgreSQL's binary array: ndim, has-nulls flag, element type, (size, lower bound) per dimension, then each
+# element as (length, value). One dimension, no null: what ingestion writes.
+_ARRAY_HEADER = np.dtype(">i4")
+_FLOAT4_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
+
+
+def vector_of(value: bytes | list[float]) -> Vectors:
+    """A stored embedding (array_send's bytes, or a list) as float32."""
+    if not isinstance(value, bytes):
+        return np.asarray(value, dtype=np.float32)
+    ndim, has_nulls = np.frombuffer(value, dtype=_ARRAY_HEADER, count=2)
+    if ndim != 1 or has_nulls:  # not written by ingestion: left out of the index
+        return np.empty(0, dtype=np.float32)
+    return np.frombuffer(value, dtype=_FLOAT4_ELEMENT, offset=20)["value"].astype(np.float32)
 
 
 def normalized(vectors: npt.NDArray[Any]) -> Vectors:

@@ -60,12 +60,17 @@ def confine(root: Path | None, path: str | None) -> tuple[Path, Path, str]:
     real_root = root.resolve()
     if not path:
         return real_root, real_root, ""
+    invalid = ApiError(400, "Chemin invalide.", "VALIDATION_ERROR")
     if "\x00" in path:
-        raise ApiError(400, "Chemin invalide.", "VALIDATION_ERROR")
-    target = (real_root / path).resolve()  # an absolute `path` replaces the root: checked like any other
+        raise invalid
+    try:
+        target = (real_root / path).resolve()  # an absolute `path` replaces the root: checked like any other
+        exists = target.exists()
+    except OSError:  # a name too long, a symlink loop: not a path of the knowledge base
+        raise invalid from None
     if target != real_root and real_root not in target.parents:
         raise ApiError(400, "Chemin hors de la base de connaissances.", "KB_PATH_OUTSIDE")
-    if not target.exists():
+    if not exists:
         raise ApiError(400, f"Chemin introuvable dans la base de connaissances : {path}", "KB_PATH_NOT_FOUND")
     return real_root, target, target.relative_to(real_root).as_posix() if target != real_root else ""
 
