@@ -49,7 +49,9 @@ from tests.documents import text_pdf
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "devtools" / "kb_corpus"
 QUESTIONS = json.loads((ROOT / "bench" / "kb_questions.json").read_text(encoding="utf-8"))
-SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVER_URL = os.environ.get(
+    "BENCH_SERVER_URL", os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+)
 
 DISTRACTOR_DOCUMENT_SQL = """
 INSERT INTO kb_documents (source, category, path, content_hash, chunk_count)
@@ -57,7 +59,7 @@ VALUES ($1, 'bruit', $1, repeat('0', 64), $2) RETURNING document_id
 """
 RANDOM_CHUNKS_SQL = """
 INSERT INTO kb_chunks (document_id, position, content, embedding)
-SELECT $1, i, $3::text[] [1 + i % cardinality($3::text[])],
+SELECT $1, i, ($3::text[])[1 + i % cardinality($3::text[])],
        array(SELECT (random() - 0.5 + i * 0)::real FROM generate_series(1, $4::int))
 FROM generate_series(0, $2::int - 1) AS i
 """

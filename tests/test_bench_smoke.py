@@ -76,3 +76,23 @@ async def test_streaming_bench_runs_and_reports(tmp_path, database_url):
     for run in report["runs"].values():  # that it measured both sides, not how fast they were
         assert run["chat"]["streams"] >= 1 and run["ceiling"]["streams"] >= 1
         assert run["chat"]["chunks_per_stream"] == run["ceiling"]["chunks_per_stream"] == report["chunks_per_reply"]
+
+
+@pytest.mark.timeout(180)
+async def test_knowledge_bench_runs_and_reports(tmp_path, database_url):
+    server = database_url.rsplit("/", 1)[0] + "/postgres"
+    env = {**os.environ, "BENCH_SERVER_URL": server, "DATABASE_URL": server}
+    out = tmp_path / "knowledge.json"
+    command = [sys.executable, "-m", "bench.knowledge", "--files", "4", "--pdfs", "1", "--pdf-pages", "2",
+               "--max-chunks", "0", "--samples", "24", "--out", str(out)]  # fmt: skip
+    result = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert (report["ingestion"]["files"], report["ingestion"]["pdf_pages"]) == (5, 2)
+    assert report["ingestion"]["unchanged_skipped"] == 5
+    (size, figures), *_ = report["sizes"].items()
+    assert figures["index_chunks"] == int(size) > 0
+    # Recall is no timing: the fake embedder and the full-text search are deterministic.
+    assert figures["recall_at_5"] >= 0.9
