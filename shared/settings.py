@@ -134,6 +134,9 @@ class Settings(DatabaseSettings):
         0.0, ge=0, description="Incremental sync of KB_ROOT at start and every N seconds (0: off)"
     )
     kb_charge_embeddings: bool = Field(False, description="Charge the tokens of a question's embedding to the user")
+    kb_attachment_max_chunks: int = Field(
+        2_000, ge=1, description="Chunks indexed per attachment at most (the rest of a larger file is left out)"
+    )
     kb_index_attachments: bool = Field(
         True, description="Attachments over CHAT_FILES_MAX_CHARS are indexed for their conversation, not cut"
     )

@@ -17,6 +17,7 @@ from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.chunks import split
 from services.chat.knowledge.embeddings import embed
+from services.chat.knowledge.ingest import write_chunks
 from services.chat.knowledge.retrieval import Passage, Scope, retrieve
 from shared import ApiError, get_logger
 from shared.metrics import KNOWLEDGE_RETRIEVALS
@@ -80,7 +81,8 @@ async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) ->
             left -= len(read.text)
             continue
         try:
-            tokens += await index_attachment(kb, scope, read)
+            spent, indexed_chars = await index_attachment(kb, scope, read)
+            tokens += spent
         except ApiError as exc:
             log.warning("attachment_not_indexed", file=read.name, status=exc.status, fallback="cut")
             placed += fit_budget([read], left)
@@ -90,14 +92,21 @@ async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) ->
             f"[Fichier de {thousands(read.chars)} caractères, trop long pour être lu en entier : il est indexé pour "
             "cette conversation et ses passages utiles à la question figurent dans la documentation fournie.]"
         )
+        if indexed_chars < read.chars:
+            note += f"\n[Seuls les {thousands(indexed_chars)} premiers caractères environ ont été indexés.]"
         placed.append(dataclasses.replace(read, text="", cut_note=note, indexed=True))
     return placed, tokens, left
 
 
-async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> int:
-    """One attachment's chunks stored for its conversation; the tokens its embedding cost."""
+async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> tuple[int, int]:
+    """One attachment's chunks stored for its conversation (KB_ATTACHMENT_MAX_CHUNKS at most): the tokens their
+    embedding cost, and about how many of its characters they hold."""
     settings = kb.settings
-    chunks = split(read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap)
+    chunks: list[str] = await kb.extractor.call(
+        split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap
+    )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
+    complete = len(chunks) <= settings.kb_attachment_max_chunks
+    chunks = chunks[: settings.kb_attachment_max_chunks]
     embedded = await embed(kb.client, settings, chunks, purpose="attachment")
     digest = hashlib.sha256(read.text.encode("utf-8", "surrogatepass")).hexdigest()
     async with kb.pool.acquire() as conn, conn.transaction():
@@ -109,12 +118,7 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> i
             scope.conversation_id,
             scope.user_id,
         )
-        await conn.copy_records_to_table(
-            "kb_chunks",
-            records=[
-                (document_id, n, text, vec) for n, (text, vec) in enumerate(zip(chunks, embedded.vectors, strict=True))
-            ],
-            columns=queries.CHUNK_COLUMNS,
-        )
-    log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks))
-    return embedded.tokens
+        await write_chunks(conn, document_id, chunks, embedded.vectors)
+    indexed_chars = read.chars if complete else len(chunks) * (settings.kb_chunk_chars - settings.kb_chunk_overlap)
+    log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks), complete=complete)
+    return embedded.tokens, indexed_chars

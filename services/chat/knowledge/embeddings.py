@@ -21,25 +21,40 @@ class Embedded:
     tokens: int
 
 
+# Batches in flight at once for one caller: a large document is embedded in a few round trips' time.
+PARALLEL_BATCHES = 4
+
+
 async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpose: str) -> Embedded:
     """One vector per text, in order. Failures are the model's 502/503/504 envelopes."""
     model = settings.kb_embedding_model
     started = time.perf_counter()
-    vectors: list[list[float]] = []
-    tokens = 0
     size = settings.kb_embedding_batch
-    for batch in (texts[i : i + size] for i in range(0, len(texts), size)):
-        with model_failures(model, started):
-            async with asyncio.timeout(settings.mistral_timeout_s):
-                result = await client.embeddings.create_async(model=model, inputs=batch)
+    batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+    slots = asyncio.Semaphore(PARALLEL_BATCHES)
+
+    async def one(batch: list[str]) -> tuple[list[list[float]], int]:
+        async with slots:
+            with model_failures(model, started):
+                async with asyncio.timeout(settings.mistral_timeout_s):
+                    result = await client.embeddings.create_async(model=model, inputs=batch)
         data = sorted(result.data or [], key=lambda item: item.index or 0)
         got = [item.embedding for item in data if item.embedding]
         if len(got) != len(batch) or len({len(vector) for vector in got}) != 1:
             log.error("embedding_reply_malformed", model=model, expected=len(batch), received=len(got))
             raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE")
-        vectors.extend(got)
         usage = result.usage.prompt_tokens if result.usage else None
-        tokens += usage or estimate_tokens(sum(len(text) for text in batch))
+        return got, usage or estimate_tokens(sum(len(text) for text in batch))
+
+    # TaskGroup: the first failure cancels the batches still running, and is the one raised.
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(batch)) for batch in batches]
+    except BaseExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    results = [task.result() for task in tasks]
+    vectors = [vector for got, _ in results for vector in got]
+    tokens = sum(count for _, count in results)
     EMBEDDING_TOKENS.labels(purpose).inc(tokens)
     log.info(
         "embeddings",

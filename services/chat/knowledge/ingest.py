@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+import asyncpg
+
 from services.chat.extraction import FileProblem
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
@@ -202,12 +204,16 @@ async def ingest_file(
             len(chunks),
         )
         await conn.execute(queries.DELETE_CHUNKS_SQL, document_id)
-        await conn.copy_records_to_table(
-            "kb_chunks",
-            records=[
-                (document_id, n, text, vector)
-                for n, (text, vector) in enumerate(zip(chunks, embedded.vectors, strict=True))
-            ],
-            columns=queries.CHUNK_COLUMNS,
-        )
+        await write_chunks(conn, document_id, chunks, embedded.vectors)
     return len(chunks)
+
+
+async def write_chunks(
+    conn: asyncpg.Connection, document_id: int, chunks: list[str], vectors: list[list[float]]
+) -> None:
+    """A document's chunks with their vectors, in one COPY (inside the caller's transaction)."""
+    await conn.copy_records_to_table(
+        "kb_chunks",
+        records=[(document_id, n, text, vector) for n, (text, vector) in enumerate(zip(chunks, vectors, strict=True))],
+        columns=queries.CHUNK_COLUMNS,
+    )
