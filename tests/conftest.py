@@ -90,6 +90,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute(
         "TRUNCATE messages, conversations, user_token_usage, revoked_tokens, user_token_revocations, quota_alerts,"
         " token_reservations, unsaved_charges, rate_limit_windows, kb_chunks, kb_documents,"
+        " conversation_message_counts,"
         " users RESTART IDENTITY CASCADE"
     )
     try:

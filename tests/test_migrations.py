@@ -101,6 +101,12 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0011-conversation-message-count": """
+INSERT INTO conversations (conversation_id, user_id, title)
+  VALUES ('33333333-3333-4333-8333-333333333333', 1, 'Après 0011');
+INSERT INTO messages (conversation_id, user_id, role, content)
+  VALUES ('33333333-3333-4333-8333-333333333333', 1, 'user', 'compté par le trigger');
+""",
     "0010-knowledge-base": """
 INSERT INTO kb_documents (document_id, source, category, path, content_hash, chunk_count)
   VALUES (1, 'vpn.md', 'procedures', 'procedures/vpn.md', repeat('b', 64), 1);
@@ -333,6 +339,51 @@ async def test_message_metadata_defaults_for_existing_messages(scratch):
         await migrate(url, upto="0002-message-metadata")
         metadata = await conn.fetch("SELECT DISTINCT mode, rag_used, files_count FROM messages")
         assert [tuple(r) for r in metadata] == [("flash", False, 0)]
+    finally:
+        await conn.close()
+
+
+COUNTS_SQL = """
+SELECT c.conversation_id, (SELECT count(*) FROM messages m WHERE m.conversation_id = c.conversation_id) AS actual,
+       k.message_count AS kept, c.updated_at
+FROM conversations c LEFT JOIN conversation_message_counts k USING (conversation_id) ORDER BY 1
+"""
+
+
+async def test_message_counts_are_filled_for_existing_conversations_and_kept_by_any_writer(scratch):
+    url = await scratch()
+    await migrate(url, upto="0010-knowledge-base")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SPEC_ROWS)
+        updated_before = {r["conversation_id"]: r["updated_at"] for r in await conn.fetch(
+            "SELECT conversation_id, updated_at FROM conversations")}  # fmt: skip
+        await migrate(url, upto="0011-conversation-message-count")
+        counted = await conn.fetch(COUNTS_SQL)
+        assert counted and all(r["actual"] == (r["kept"] or 0) for r in counted)
+        assert any(r["actual"] > 0 for r in counted)
+        # The backfill wrote a table of its own: no conversation moved in the list (updated_at untouched).
+        assert {r["conversation_id"]: r["updated_at"] for r in counted} == updated_before
+
+        first, *others = [r["conversation_id"] for r in counted]
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, content)"
+            " SELECT $1, user_id, 'user', 'x' FROM conversations WHERE conversation_id = $1"
+            " UNION ALL SELECT $1, user_id, 'assistant', 'y' FROM conversations WHERE conversation_id = $1",
+            first,
+        )
+        if others:
+            await conn.execute(
+                "UPDATE messages SET conversation_id = $2 WHERE message_id = (SELECT min(message_id) FROM messages"
+                " WHERE conversation_id = $1)",
+                first,
+                others[0],
+            )
+        await conn.execute("DELETE FROM messages WHERE message_id = (SELECT max(message_id) FROM messages)")
+        assert all(r["actual"] == (r["kept"] or 0) for r in await conn.fetch(COUNTS_SQL))
+        await conn.execute("DELETE FROM conversations WHERE conversation_id = $1", first)
+        assert await conn.fetchval("SELECT count(*) FROM conversation_message_counts WHERE conversation_id = $1",
+                                   first) == 0  # fmt: skip
     finally:
         await conn.close()
 

@@ -1,14 +1,14 @@
 """SQL owned by the conversations service."""
 
 # The spec's LEFT JOIN + GROUP BY counts every message of every conversation of the user before keeping 50.
-# Here the page is chosen first from the (user_id, updated_at, conversation_id) index, then only its
-# conversations are counted: the cost follows the page, not everything the user ever wrote.
+# Here the page is chosen first from the (user_id, updated_at, conversation_id) index, then each of its rows
+# reads its count, kept by triggers (migration 0011): the cost follows the page, not the messages behind it.
 # $3 is an optional cursor: the conversation_id of the last item of the previous page.
 LIST_CONVERSATIONS_SQL = """
 SELECT page.conversation_id,
        COALESCE(page.title, $4) AS title,
        page.updated_at,
-       counts.message_count
+       COALESCE(counts.message_count, 0) AS message_count
 FROM (
     SELECT conversation_id, title, updated_at
     FROM conversations
@@ -18,9 +18,7 @@ FROM (
     ORDER BY updated_at DESC, conversation_id DESC
     LIMIT $2
 ) AS page
-CROSS JOIN LATERAL (
-    SELECT count(*)::int AS message_count FROM messages m WHERE m.conversation_id = page.conversation_id
-) AS counts
+LEFT JOIN conversation_message_counts AS counts ON counts.conversation_id = page.conversation_id
 ORDER BY page.updated_at DESC, page.conversation_id DESC
 """
 
@@ -30,8 +28,9 @@ CONVERSATION_OWNER_SQL = "SELECT user_id FROM conversations WHERE conversation_i
 
 CONVERSATION_SQL = """
 SELECT c.conversation_id, COALESCE(c.title, $2) AS title, c.updated_at,
-       (SELECT count(*)::int FROM messages m WHERE m.conversation_id = c.conversation_id) AS message_count
+       COALESCE(counts.message_count, 0) AS message_count
 FROM conversations c
+LEFT JOIN conversation_message_counts AS counts ON counts.conversation_id = c.conversation_id
 WHERE c.conversation_id = $1
 """
 
