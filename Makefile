@@ -57,6 +57,7 @@ bench: install
 	$(PY) -m bench.attachments
 	$(PY) -m bench.supervision
 	$(PY) -m bench.streaming
+	$(PY) -m bench.knowledge
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install

@@ -436,6 +436,9 @@ async def test_while_the_index_is_away_full_text_still_answers(client, admin_id,
     assert status == 200
     assert "Source : imprimante-reseau.md" in system_prompt(fake_mistral)
     assert await db.fetchval("SELECT rag_used FROM messages WHERE role = 'user'") is True
+    # A question is plain text: `-7200` is a word to find, not "without 7200".
+    assert (await ask(client, user_id, "Erreur -7200 à la connexion VPN"))[0] == 200
+    assert "[1] Source : vpn-forticlient.md" in system_prompt(fake_mistral)
 
 
 # --- large attachments ----------------------------------------------------------------------------------

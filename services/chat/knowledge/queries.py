@@ -39,15 +39,16 @@ WHERE d.conversation_id IS NULL AND ($1::bigint IS NULL OR d.document_id = $1)
 ORDER BY c.document_id, c.chunk_id
 """
 
-# One round trip for a message: the best full-text matches (at most $4) of the question ($1, French stemming)
-# taken as a web search (every word, "a phrase", a OR b); only when nothing holds them all, of any of its words
+# One round trip for a message: the best full-text matches (at most $4) of the question ($1, French stemming,
+# plain text: a `-` or quotes in a question are not operators) holding every one of its words; only when nothing
+# holds them all, of any of its words
 # (the OR scan, costlier, is skipped otherwise: a one-time filter); the chunks the vector index chose ($5); and
 # the conversation's own chunks with their vectors (scored in process). Only site chunks and the caller's ($3)
 # chunks of this conversation ($2) qualify.
 CANDIDATES_SQL = """
 WITH every_word AS (
     SELECT c.chunk_id, ts_rank_cd(c.tsv, q) AS rank
-    FROM kb_chunks c JOIN kb_documents d USING (document_id), websearch_to_tsquery('french', $1) AS q
+    FROM kb_chunks c JOIN kb_documents d USING (document_id), plainto_tsquery('french', $1) AS q
     WHERE c.tsv @@ q AND (d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3))
     ORDER BY rank DESC, c.chunk_id
     LIMIT $4
