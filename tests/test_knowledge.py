@@ -579,3 +579,19 @@ async def wait_until_count(db, documents: int) -> None:
     async with asyncio.timeout(20):
         while await db.fetchval("SELECT count(*) FROM kb_documents") != documents:
             await asyncio.sleep(0.05)
+
+
+async def test_a_sync_that_found_the_model_away_tries_again_soon(
+    make_client, kb_settings, db, fake_mistral, monkeypatch
+):
+    from services.chat.knowledge import base
+
+    monkeypatch.setattr(base, "SYNC_RETRY_S", 0.2)  # 60 s in service: the test cannot wait that long
+    fake_mistral.embedding_failures = [503] * 10_000
+    await make_client(create_app(kb_settings.model_copy(update={"kb_sync_every_s": 3600})))
+    async with asyncio.timeout(20):
+        while len(fake_mistral.embedded) < 2:  # the first sync tried, and failed
+            await asyncio.sleep(0.05)
+    assert await db.fetchval("SELECT count(*) FROM kb_documents") == 0
+    fake_mistral.embedding_failures = []
+    await wait_until_count(db, CORPUS_FILES)  # long before the hour of KB_SYNC_EVERY_S

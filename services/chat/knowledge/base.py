@@ -22,6 +22,8 @@ log = get_logger("wibot.knowledge")
 
 # How long a starting chat process waits for its index before serving (full text only until it is loaded).
 INDEX_STARTUP_WAIT_S = 10.0
+# A scheduled sync that failed (the model or the database away) tries again this soon.
+SYNC_RETRY_S = 60.0
 
 
 @dataclass
@@ -67,14 +69,18 @@ async def scheduled_sync(kb: KnowledgeBase) -> None:
     from services.chat.knowledge.ingest import ingest
 
     while True:
+        wait_s = kb.settings.kb_sync_every_s
         try:
             stats = await ingest(kb, path=None, mode="incremental", category=None)
             log.info("kb_sync", **stats.as_dict())
-        except ApiError as exc:
+        except ApiError as exc:  # another process is syncing (409), or the embedding model is away (5xx)
             log.info("kb_sync_skipped", reason=exc.message, code=exc.code)
+            if exc.status >= 500:
+                wait_s = min(wait_s, SYNC_RETRY_S)  # e.g. the model server starting beside us: soon again
         except Exception:  # never let the schedule die: the next round retries
             log.exception("kb_sync_failed")
-        await asyncio.sleep(kb.settings.kb_sync_every_s)
+            wait_s = min(wait_s, SYNC_RETRY_S)
+        await asyncio.sleep(wait_s)
 
 
 async def forget_orphans(pool: asyncpg.Pool, *, older_than_s: float) -> None:
