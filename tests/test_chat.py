@@ -4,6 +4,7 @@ Mistral server on loopback reached through the real mistralai SDK."""
 from __future__ import annotations
 
 import json
+import typing
 import uuid
 from datetime import UTC, datetime
 
@@ -276,6 +277,30 @@ async def test_title_is_first_255_characters_and_updated_at_bumps(client, user_i
     assert r.status == 200, await r.text()
     second = await db.fetchrow("SELECT title, updated_at FROM conversations")
     assert second["title"] == "t" * 255 and second["updated_at"] > first["updated_at"]
+
+
+def test_the_sdk_patches_are_pinned_to_the_version_they_were_checked_against():
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from mistralai.client.models import ChatCompletionRequest
+    from mistralai.client.utils import forms, queryparams, url
+
+    from services.chat import sdk_models
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text("utf-8"))
+    pins = [d for d in pyproject["project"]["dependencies"] if d.startswith("mistralai")]
+    # Upgrading the SDK without re-reading the patched modules fails here: move the pin and CHECKED_VERSION
+    # together, after checking services/chat/sdk_models.py against the new SDK's utils/.
+    assert pins == [f"mistralai=={sdk_models.CHECKED_VERSION}"]
+    assert importlib.metadata.version("mistralai") == sdk_models.CHECKED_VERSION
+    assert sdk_models.install() is True
+    for module in (queryparams, url, forms):
+        assert module.get_type_hints is sdk_models._cached_type_hints
+    first = queryparams.get_type_hints(ChatCompletionRequest)
+    first["model"] = None  # a caller's change to its copy
+    assert queryparams.get_type_hints(ChatCompletionRequest) == typing.get_type_hints(ChatCompletionRequest)
 
 
 def test_sdk_model_classes_are_built_once():

@@ -1,29 +1,44 @@
-"""A measured fix for the mistralai SDK's per-call cost.
+"""Measured fixes for the mistralai SDK's per-call cost, checked against one SDK version only.
 
-mistralai 3.x (Speakeasy-generated) builds a brand-new pydantic model class with `create_model` for every
-value it marshals or unmarshals (`utils/serializers.py`: "Marshaller"/"Unmarshaller"), several per chat call.
-Building a pydantic class means generating its core schema: it was most of the chat service's own CPU time
-(profiled with cProfile: 34.5 ms → 21.8 ms per in-process chat once cached; see bench/RESULTS.md).
+mistralai 3.x (Speakeasy-generated) does, on every call, work that depends only on types:
+- it builds a brand-new pydantic model class with `create_model` for every value it marshals or unmarshals
+  (`utils/serializers.py`: "Marshaller"/"Unmarshaller"), several per chat call; building a class means
+  generating its core schema (profiled: 34.5 ms → 21.8 ms per in-process chat once cached; bench/RESULTS.md);
+- it calls `typing.get_type_hints` on the request's class to read its query, path and form parameters
+  (`utils/queryparams.py`, `url.py`, `forms.py`): 18 % of a call's time in cProfile.
+Both depend only on their arguments (a name, a type, a config; a class), so they are memoised. Anything
+unexpected (an unhashable type) falls back to the SDK's own function.
 
-The classes depend only on (name, type, config), so we memoise them. Anything unexpected (an unhashable
-type, a changed signature in a future SDK) falls back to the SDK's own function untouched.
+These replace functions inside the SDK: they are applied only to the version they were checked against
+(CHECKED_VERSION, also the exact pin in pyproject.toml; tests/test_chat.py fails when they differ). Upgrading the
+SDK means reading those modules again, then moving the pin and CHECKED_VERSION together.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import typing
 from typing import Any
 
 from pydantic import ConfigDict
 
+CHECKED_VERSION = "3.7.0"
+HINTED_MODULES = ("queryparams", "url", "forms")
+
 
 def install() -> bool:
+    """True when the fixes are in place (now or already); False, leaving the SDK untouched, on another version."""
+    if importlib.metadata.version("mistralai") != CHECKED_VERSION:
+        return False
     try:
-        from mistralai.client.utils import serializers
+        from mistralai.client.utils import forms, queryparams, serializers, url
     except ImportError:  # pragma: no cover - another SDK layout: leave it alone
         return False
     if getattr(serializers.create_model, "_wibot_cached", False):  # type: ignore[attr-defined]
         return True
+    for module in (queryparams, url, forms):
+        module.get_type_hints = _cached_type_hints  # type: ignore[attr-defined]
     original = serializers.create_model  # type: ignore[attr-defined]
 
     @functools.lru_cache(maxsize=512)
@@ -42,3 +57,18 @@ def install() -> bool:
     create_model._wibot_cached = True  # type: ignore[attr-defined]
     serializers.create_model = create_model  # type: ignore[attr-defined,assignment]
     return True
+
+
+@functools.lru_cache(maxsize=512)
+def _type_hints_of(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _cached_type_hints(obj: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """typing.get_type_hints for the classes the SDK passes (a copy: callers may not mutate the cached one)."""
+    if args or kwargs or not isinstance(obj, type):
+        return typing.get_type_hints(obj, *args, **kwargs)
+    try:
+        return dict(_type_hints_of(obj))
+    except TypeError:  # unhashable
+        return typing.get_type_hints(obj)
