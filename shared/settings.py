@@ -71,6 +71,12 @@ class Settings(DatabaseSettings):
     )
     jwt_ttl_seconds: int = Field(8 * 3600, gt=0, description="Token lifetime (spec: 8 h)")
     bcrypt_rounds: int = Field(10, ge=4, le=16, description="bcrypt cost for new password hashes")
+    bcrypt_workers: int | None = Field(
+        None, ge=1, description="Threads checking passwords per auth process (unset: one core fewer than the machine)"
+    )
+    bcrypt_max_pending: int = Field(
+        64, ge=1, description="Password checks running or waiting per auth process; beyond, login is a 503"
+    )
 
     # --- HTTP limits ----------------------------------------------------------------------------
     # A 10 MB file is ~13.4 MB of JSON once base64-encoded: room for the per-request file total below.
@@ -159,7 +165,7 @@ class Settings(DatabaseSettings):
         previous = self.jwt_secret_previous.get_secret_value() if self.jwt_secret_previous else ""
         return [self.jwt_secret.get_secret_value(), *([previous] if previous else [])]
 
-    @field_validator("jwt_secret_previous", mode="before")
+    @field_validator("jwt_secret_previous", "bcrypt_workers", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # JWT_SECRET_PREVIOUS= in .env: no rotation under way

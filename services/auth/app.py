@@ -156,7 +156,9 @@ ROUTES = [
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="auth")
-    app[HASHER] = hasher = PasswordHasher(settings.bcrypt_rounds)
+    app[HASHER] = hasher = PasswordHasher(
+        settings.bcrypt_rounds, workers=settings.bcrypt_workers, max_pending=settings.bcrypt_max_pending
+    )
     app.on_cleanup.append(lambda _app: asyncio.to_thread(hasher.close))
     app.cleanup_ctx.append(safeguard.safeguard_context(settings))
     app.on_startup.append(warn_about_plain_text_passwords)

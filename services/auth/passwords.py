@@ -11,6 +11,8 @@ from typing import Any
 
 import bcrypt
 
+from shared import ApiError
+
 BCRYPT_MAX_BYTES = 72
 # What bcrypt writes: $2a$/$2b$/$2y$, a two-digit cost, then 53 characters of salt and hash.
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$")
@@ -38,13 +40,33 @@ def _lower_thread_priority() -> None:
         pass
 
 
+def default_workers() -> int:
+    """One core is left to the other routes: a login storm cannot take every core (at least one thread)."""
+    # os.cpu_count() is None only where it cannot be known: the fallback is untestable (no mutate).
+    return max(1, (os.cpu_count() or 2) - 1)  # pragma: no mutate
+
+
+def busy() -> ApiError:
+    return ApiError(
+        503,
+        "Trop de connexions simultanées. Réessayez dans quelques instants.",
+        "LOGIN_BUSY",
+        headers={"Retry-After": "1"},
+    )
+
+
 class PasswordHasher:
-    def __init__(self, rounds: int) -> None:
+    """bcrypt in `workers` threads; with `max_pending`, a check beyond that many running or waiting is refused
+    at once (503 LOGIN_BUSY, Retry-After) instead of joining an unbounded backlog. The operators' CLI sets
+    no bound (it hashes what it was asked to, however long it takes)."""
+
+    def __init__(self, rounds: int, *, workers: int | None = None, max_pending: int | None = None) -> None:
         self.rounds = rounds
-        # os.cpu_count() is None only where it cannot be known: the fallback is untestable (no mutate).
-        workers = os.cpu_count() or 2  # pragma: no mutate
+        self.workers = workers or default_workers()
+        self.max_pending = max_pending
+        self.pending = 0  # checks and hashes running or waiting for a thread
         self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="bcrypt", initializer=_lower_thread_priority
+            max_workers=self.workers, thread_name_prefix="bcrypt", initializer=_lower_thread_priority
         )
         # Checked when the user is unknown or inactive, so that case costs what a wrong password costs.
         self._dummy_hash = bcrypt.hashpw(b"wibot-timing-equaliser", bcrypt.gensalt(rounds))
@@ -67,8 +89,14 @@ class PasswordHasher:
         return password_hash is not None and matches
 
     async def _run(self, function: Any, *args: bytes) -> Any:
-        # bcrypt releases the GIL: its threads run in parallel with each other and with the event loop.
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        if self.max_pending is not None and self.pending >= self.max_pending:
+            raise busy()
+        self.pending += 1
+        try:
+            # bcrypt releases the GIL: its threads run in parallel with each other and with the event loop.
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)  # pragma: no mutate (idle threads at shutdown: wait or not, equal)
