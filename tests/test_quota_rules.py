@@ -84,3 +84,77 @@ async def test_a_deferred_refund_gives_up_at_its_deadline_and_says_so(monkeypatc
     assert elapsed >= 0.5  # tried for as long as it was told, not less
     lost = events(capsys, "refund_lost")
     assert [(e["user_id"], e["tokens"], e["month"]) for e in lost] == [(7, 500, str(held.month))]
+
+
+class AnswerLosingRelay:
+    """A TCP relay to PostgreSQL that forwards the reservation statement but never the server's answer to its
+    execution: the reservation is made, its caller never hears of it. (asyncpg first prepares a statement,
+    whose text holds the marker, then executes it in a second message: answers are lost from that one on.)"""
+
+    def __init__(self, upstream: tuple[str, int], marker: bytes) -> None:
+        self.upstream, self.marker = upstream, marker
+        self.swallowed = 0  # bytes of answers the server sent and the client never got
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self.upstream)
+        lost = asyncio.Event()
+        prepared = False
+
+        async def upstream() -> None:
+            nonlocal prepared
+            while data := await client_reader.read(65536):
+                if prepared:
+                    lost.set()
+                prepared = prepared or self.marker in data
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def downstream() -> None:
+            while data := await server_reader.read(65536):
+                if lost.is_set():
+                    self.swallowed += len(data)
+                    continue
+                client_writer.write(data)
+                await client_writer.drain()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            for writer in (client_writer, server_writer):
+                writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_reservation_whose_answer_is_lost_is_given_back(database_url, db, factory):
+    from urllib.parse import urlsplit
+
+    from shared import current_month
+
+    user_id = await factory.user()
+    target = urlsplit(database_url)
+    relay = AnswerLosingRelay((target.hostname or "127.0.0.1", target.port or 5432), b"INSERT INTO token_reservations")
+    port = await relay.start()
+    through_relay = database_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{port}")
+    pool = await asyncpg.create_pool(through_relay, min_size=0, max_size=2, command_timeout=1)
+    try:
+        with pytest.raises(TimeoutError):
+            await quota.reserve_quota(
+                pool, user_id=user_id, month=current_month(), prompt_tokens=100, max_tokens=200,
+                default_quota=50_000,
+            )  # fmt: skip
+    finally:
+        pool.terminate()  # the connection whose answers are swallowed cannot close politely
+        await relay.close()
+    assert relay.swallowed > 0  # the server did answer: the reservation was made, then lost on the way
+    assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
+    assert await db.fetchval("SELECT used_tokens FROM user_token_usage WHERE user_id = $1", user_id) == 0
