@@ -96,7 +96,7 @@ WITH stale AS (
     WHERE created_at < (NOW() AT TIME ZONE 'UTC') - make_interval(secs => $1)
     RETURNING user_id, month, tokens
 ), per_user AS (
-    SELECT user_id, month, sum(tokens) AS tokens FROM stale GROUP BY user_id, month
+    SELECT user_id, month, sum(tokens)::bigint AS tokens FROM stale GROUP BY user_id, month
 )
 UPDATE user_token_usage u
 SET used_tokens = GREATEST(u.used_tokens - per_user.tokens, 0)

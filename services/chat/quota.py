@@ -43,7 +43,7 @@ class Reservation:
     max_completion_tokens: int  # the reply cannot run past what was reserved
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (slots: memory only, nothing sets attributes)
 class Usage:
     used_tokens: int
     quota_tokens: int
