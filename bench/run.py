@@ -168,15 +168,17 @@ async def run_wrk(base: str, scenario: Scenario, concurrency: int, seconds: floa
     out, _ = await proc.communicate()
     data = parse_wrk(out.decode())
     seconds_run = data["duration_us"] / 1e6
+    refused = data.get("refused_503", 0)
     return Result(
         scenario.name,
         concurrency,
-        round(data["requests"] / seconds_run, 1),
+        round((data["requests"] - data["non_2xx"]) / seconds_run, 1),  # answered requests only
         round(data["p50_ms"], 2),
         round(data["p95_ms"], 2),
         round(data["p99_ms"], 2),
-        data["non_2xx"] + data["socket_errors"],
+        data["non_2xx"] - refused + data["socket_errors"],
         data["requests"],
+        extra={"refused_503": refused} if refused else {},
     )
 
 

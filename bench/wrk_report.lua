@@ -13,8 +13,18 @@ local function uuid4()
   end))
 end
 
+local threads = {}
+
 function setup(thread)
   thread:set("id", math.random(1, 1000000))
+  table.insert(threads, thread)
+end
+
+-- 503s are counted apart: a bounded queue refusing (login beyond BCRYPT_MAX_PENDING) is not an error.
+refused = 0
+
+function response(status, headers, body)
+  if status == 503 then refused = refused + 1 end
 end
 
 function init(args)
@@ -35,9 +45,12 @@ end
 
 function done(summary, latency, requests)
   local errors = summary.errors
+  local refused_total = 0
+  for _, thread in ipairs(threads) do refused_total = refused_total + (thread:get("refused") or 0) end
   io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, ' ..
+    'WRK_JSON {"requests": %d, "duration_us": %d, "non_2xx": %d, "refused_503": %d, "socket_errors": %d, ' ..
     '"p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f, "mean_ms": %.3f}\n',
-    summary.requests, summary.duration, errors.status, errors.connect + errors.read + errors.write + errors.timeout,
+    summary.requests, summary.duration, errors.status, refused_total,
+    errors.connect + errors.read + errors.write + errors.timeout,
     latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000, latency.mean / 1000))
 end
