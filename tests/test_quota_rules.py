@@ -230,3 +230,9 @@ async def test_the_sweeper_logs_each_reservation_it_gives_back(database_url, db,
         assert await quota.sweep_stale_reservations(pool, older_than_s=300) == 1400
     logged = events(capsys, "stale_reservation_refunded")  # numbers in the log, not "Decimal('700')"
     assert sorted((e["user_id"], e["tokens"]) for e in logged) == [(first, 700), (second, 700)]
+
+
+@pytest.mark.parametrize(("used", "quota_tokens", "remaining"), [(0, 50, 50), (50, 50, 0), (60, 50, 0)])
+def test_what_remains_is_never_negative(used, quota_tokens, remaining):
+    # An admin may lower a quota below what was already used this month: the user has 0 left, not -10.
+    assert quota.Usage(used, quota_tokens).remaining == remaining
