@@ -523,6 +523,17 @@ async def test_an_attachment_beyond_the_chunk_limit_is_indexed_in_part_and_says_
     assert "[Seuls les 1 600 premiers caractères environ ont été indexés.]" in sent
 
 
+async def test_with_retrieval_off_a_large_attachment_is_cut_not_indexed(
+    make_client, kb_settings, user_id, db, fake_mistral
+):
+    settings = kb_settings.model_copy(update={"chat_files_max_chars": 1_500, "kb_top_k": 0})
+    client = await make_client(create_app(settings))
+    files = [{"name": "rapport-nuit.txt", "content": b64(long_report().encode())}]
+    assert (await ask(client, user_id, "Résume", files=files))[0] == 200
+    assert "[Contenu tronqué : le fichier rapport-nuit.txt" in fake_mistral.received[-1]["messages"][-1]["content"]
+    assert await db.fetchval("SELECT count(*) FROM kb_documents") == 0 and len(fake_mistral.embedded) == 0
+
+
 async def test_when_indexing_fails_the_attachment_is_cut_as_before(make_client, kb_settings, user_id, db, fake_mistral):
     client = await make_client(create_app(kb_settings.model_copy(update={"chat_files_max_chars": 1_500})))
     fake_mistral.embedding_failures = [500] * 50

@@ -71,7 +71,8 @@ async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) ->
     """Files in order while the budget lasts; a file that does not fit is indexed (or cut when it cannot be).
     Returns the files as the prompt shows them, the embedding tokens spent, and the budget left."""
     budget = kb.settings.chat_files_max_chars
-    if not kb.settings.kb_index_attachments or sum(len(read.text) for read in files) <= budget:
+    retrieval_off = kb.settings.kb_top_k == 0  # an indexed file would never be read back: cut it instead
+    if not kb.settings.kb_index_attachments or retrieval_off or sum(len(read.text) for read in files) <= budget:
         return fit_budget(files, budget), 0, 0
     placed: list[ReadFile] = []
     tokens, left = 0, budget
