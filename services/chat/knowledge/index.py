@@ -36,10 +36,12 @@ class VectorIndex:
         self._ids: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
         self._matrix: Vectors = np.empty((0, 0), dtype=np.float32)
         self._stale = False
+        self._size = 0
 
     @property
     def size(self) -> int:
-        return sum(len(ids) for ids, _ in self._documents.values())
+        """Chunks held (read on every chat message: kept as a count, not summed over the documents)."""
+        return self._size
 
     @property
     def nbytes(self) -> int:
@@ -67,6 +69,7 @@ class VectorIndex:
             ids = np.array([chunk_id for chunk_id, _ in kept], dtype=np.int64)
             self._documents[document_id] = (ids, normalized(np.array([v for _, v in kept])))
         self._stale = True
+        self._size = sum(len(ids) for ids, _ in self._documents.values())
 
     def search(self, query: list[float], *, limit: int, min_similarity: float) -> list[tuple[int, float]]:
         """The `limit` most similar chunks at or above `min_similarity`, best first: [(chunk_id, cosine)]."""
