@@ -40,7 +40,7 @@ from devtools.fake_mistral import create_app as fake_mistral_app
 from services.chat.attachments import Extractor
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.consult import consult_knowledge
-from services.chat.knowledge.index import VectorIndex, keep_current
+from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
 from services.chat.knowledge.ingest import ingest
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import build_client
@@ -167,10 +167,10 @@ async def add_distractors(conn: asyncpg.Connection, embedded: int, random_rows: 
 async def index_load(settings: Settings) -> tuple[float, int, float]:
     """A fresh index loaded as a starting chat process loads it: seconds, chunks, MiB of vectors."""
     kb_index = VectorIndex()
-    loaded = asyncio.Event()
+    follower = IndexFollower(kb_index)
     started = time.perf_counter()
-    task = asyncio.create_task(keep_current(kb_index, settings.dsn, loaded))
-    await asyncio.wait_for(loaded.wait(), timeout=600)
+    task = asyncio.create_task(keep_current(follower, settings.dsn))
+    await asyncio.wait_for(follower.loaded.wait(), timeout=600)
     elapsed = time.perf_counter() - started
     task.cancel()
     return elapsed, kb_index.size, kb_index.nbytes / 2**20
@@ -199,11 +199,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     http_client = httpx2.AsyncClient()
     extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
     kb = KnowledgeBase(settings, pool, build_client(settings, http_client), extractor)
-    loaded = asyncio.Event()
-    listener = asyncio.create_task(keep_current(kb.index, settings.dsn, loaded))
+    listener = asyncio.create_task(keep_current(kb.follower, settings.dsn))
     report: dict[str, Any] = {"distractor_corpus_share": args.corpus_share}
     try:
-        await loaded.wait()
+        await kb.follower.loaded.wait()
         report["ingestion"] = await measure_ingestion(kb, scratch, args.files, args.pdfs, args.pdf_pages)
         await ingest(kb, path="corpus", mode="full", category=None)
         report["sizes"] = {}

@@ -316,6 +316,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         Scenario("chat, 0 ms model", "/webhook/wibot/chat", "POST", token=token("user1"), chat=True),
         Scenario("jwt decode only", "/bench/jwt", token=light, concurrency=(16,)),
         Scenario("jwt + revocation check", "/bench/session", token=light, concurrency=(16,)),
+        Scenario("jwt + session copy", "/bench/session-cached", token=light, concurrency=(16,)),
     ]
     results: list[Result] = []
     try:

@@ -17,14 +17,16 @@ from shared.errors import INVALID_TOKEN_MESSAGE, ApiError
 from shared.http import Handler
 from shared.identity import CurrentUser
 from shared.keys import AppKeys, RequestKeys
+from shared.sessions import SessionCache, SessionUser
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["exp", "iat", "user_id"]
 MAX_USER_ID = 2_147_483_647
 
-# Fresh from the database on every request, in one indexed round trip: a deleted, deactivated or demoted
-# user, a logged-out token, a token of an earlier generation (password change, deactivation) all lose access
-# at once, not 8 hours later when the token expires.
+# What each request must know fresh, not as the token says it: a deleted, deactivated or demoted user, a
+# logged-out token, a token of an earlier generation (password change, deactivation) all lose access at once,
+# not 8 hours later when the token expires. Read from the process's copy (shared/sessions.py); this query
+# only for a user the process has not served yet, or while the copy may be behind.
 SESSION_USER_SQL = """
 SELECT u.user_id, u.username, u.role, u.accreditation_level,
        EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.token_sha256 = $2) AS revoked,
@@ -113,24 +115,33 @@ def token_key(token: str, claims: dict[str, Any]) -> str:
     return hashlib.sha256(f"{signing_input}.{canonical}".encode()).hexdigest()
 
 
-async def load_session_user(pool: asyncpg.Pool, claims: dict[str, Any], token: str) -> CurrentUser:
+async def load_session_user(
+    pool: asyncpg.Pool, sessions: SessionCache, claims: dict[str, Any], token: str
+) -> CurrentUser:
     key = token_key(token, claims)
-    row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"], key)
-    if row is None or row["revoked"]:
+    if sessions.is_revoked(key):
         raise invalid_token()
+    user = sessions.user(claims["user_id"])
+    if user is None:
+        read_at_epoch = sessions.epoch
+        row = await pool.fetchrow(SESSION_USER_SQL, claims["user_id"], key)
+        if row is None or row["revoked"]:
+            raise invalid_token()
+        user = SessionUser.of(row)
+        sessions.keep(user, read_at_epoch=read_at_epoch)
     generation = claims.get("gen", 0)
-    if row["generation"] is not None and (not isinstance(generation, int) or generation < row["generation"]):
+    if user.generation is not None and (not isinstance(generation, int) or generation < user.generation):
         raise invalid_token()
     # Tokens older than the last revocation (whole seconds; the generation also covers that very second).
-    if row["not_before"] is not None and claims["iat"] < row["not_before"]:
+    if user.not_before is not None and claims["iat"] < user.not_before:
         raise invalid_token()
     return CurrentUser(
-        user_id=row["user_id"],
-        username=row["username"],
-        role=row["role"] or "user",
+        user_id=user.user_id,
+        username=user.username,
+        role=user.role,
         token_key=key,
         token_expires_at=int(claims["exp"]),
-        accreditation_level=row["accreditation_level"] or "N1",
+        accreditation_level=user.accreditation_level,
     )
 
 
@@ -143,7 +154,7 @@ def authenticated(*, admin: bool = False) -> Callable[[Handler], Handler]:
             settings = request.app[AppKeys.SETTINGS]
             token = bearer_token(request)
             claims = decode_token(token, settings.verification_secrets)
-            user = await load_session_user(request.app[AppKeys.DB], claims, token)
+            user = await load_session_user(request.app[AppKeys.DB], request.app[AppKeys.SESSIONS], claims, token)
             if admin and not user.is_admin:
                 raise ApiError(403, "Accès réservé aux administrateurs", "FORBIDDEN")
             request[RequestKeys.USER] = user

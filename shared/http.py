@@ -20,6 +20,7 @@ from shared.keys import AppKeys, RequestKeys
 from shared.logs import get_logger
 from shared.metrics import DATABASE_ERRORS, metrics, observe_request
 from shared.migrations import missing_migrations
+from shared.sessions import sessions_context
 from shared.settings import Settings
 
 log = get_logger("wibot.http")
@@ -173,6 +174,7 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
     app[AppKeys.SETTINGS] = settings
     app[AppKeys.SERVICE] = service
     app.cleanup_ctx.append(pool_context(settings, application_name=f"wibot-{service}"))
+    app.cleanup_ctx.append(sessions_context(settings, service=service))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

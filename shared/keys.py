@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from shared.identity import CurrentUser
+from shared.sessions import SESSIONS
 from shared.settings import Settings
 
 
@@ -32,6 +33,7 @@ class AppKeys:
     SCHEMA = web.AppKey("schema", SchemaCheck)
     SETTINGS = web.AppKey("settings", Settings)
     SERVICE = web.AppKey("service", str)
+    SESSIONS = SESSIONS
 
 
 class RequestKeys:

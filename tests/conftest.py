@@ -8,6 +8,7 @@ and drops it at the end. Each test starts from empty tables (TRUNCATE), so tests
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from devtools.stack import with_database
 from shared import Settings, apply_migrations, issue_token
 from shared.logs import configure_logging
+from shared.sessions import SESSIONS
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -84,6 +86,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+USER_ID_BLOCKS = itertools.count(1000, 1000)
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
@@ -93,6 +98,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         " conversation_message_counts,"
         " users RESTART IDENTITY CASCADE"
     )
+    # User ids are never reused in service (a sequence); here the tables are emptied between tests while the
+    # routed stack's processes live on, with their session copies: each test's users get ids of their own.
+    await conn.execute("SELECT setval('users_user_id_seq', $1)", next(USER_ID_BLOCKS))
     try:
         yield conn
     finally:
@@ -197,18 +205,27 @@ def bearer(user_id: int, username: str = "khora", role: str = "user") -> dict[st
     return {"Authorization": f"Bearer {token_for(user_id, username, role)}"}
 
 
-MakeClient = Callable[[web.Application], Awaitable[TestClient]]
+MakeClient = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
 def make_client(aiohttp_client: Any, db: asyncpg.Connection) -> MakeClient:
     """Starts an app on a real loopback port (after the tables were emptied by `db`)."""
 
-    async def start(app: web.Application) -> TestClient:
+    async def start(app: web.Application, *, sessions_loaded: bool = True) -> TestClient:
         client: TestClient = await aiohttp_client(app)
+        # Requests then use the process's session copy, as they do in service, not the fallback query.
+        if sessions_loaded and SESSIONS in app:
+            await asyncio.wait_for(app[SESSIONS].loaded.wait(), 10)
         return client
 
     return start
+
+
+async def sessions_caught_up(client: TestClient, db: asyncpg.Connection) -> None:
+    """Every change committed so far (by SQL here, another process, the CLI) has reached the app's session copy:
+    it is applied a few milliseconds after the commit, not before the next line of a test."""
+    await asyncio.wait_for(client.app[SESSIONS].caught_up(db), 10)
 
 
 @pytest.fixture

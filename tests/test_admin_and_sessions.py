@@ -8,7 +8,7 @@ import pytest
 
 from services.auth.app import create_app as auth_app
 from services.conversations.app import create_app as conversations_app
-from tests.conftest import bearer
+from tests.conftest import bearer, sessions_caught_up
 from tests.figures import FIGURES
 
 ADMIN = "/webhook/wibot/admin/users"
@@ -66,11 +66,13 @@ async def test_admin_lists_users_with_this_months_usage(client, admin_id, factor
     [
         ("GET", None),
         ("POST", {"username": "x", "password": "secret1"}),
-        ("PUT", {"user_id": 1, "role": "user"}),
-        ("DELETE", {"user_id": 1}),
+        ("PUT", {"user_id": "the admin", "role": "user"}),
+        ("DELETE", {"user_id": "the admin"}),
     ],
 )
 async def test_admin_routes_are_403_for_users_and_401_without_token(client, admin_id, factory, db, method, payload):
+    if payload and payload.get("user_id") == "the admin":
+        payload = {**payload, "user_id": admin_id}
     user_id = await factory.user("bob")
     r = await client.request(method, ADMIN, json=payload, headers=bearer(user_id))
     assert r.status == 403, await r.text()
@@ -78,7 +80,7 @@ async def test_admin_routes_are_403_for_users_and_401_without_token(client, admi
     r = await client.request(method, ADMIN, json=payload)
     assert r.status == 401
     assert await db.fetchval("SELECT count(*) FROM users") == 2
-    assert await db.fetchval("SELECT role FROM users WHERE user_id = 1") == "admin"
+    assert await db.fetchval("SELECT role FROM users WHERE user_id = $1", admin_id) == "admin"
 
 
 async def test_admin_creates_a_user_who_can_log_in(client, admin_id, db):
@@ -260,16 +262,18 @@ async def test_a_password_change_revokes_tokens_of_the_same_second(client, admin
     before = await login(client, "bob", "bob-password")
     await users.set_password(client.app[AppKeys.DB], PasswordHasher(4), user_id=bob, password="new-password")
     after = await login(client, "bob", "new-password")  # very likely the same second: no sleeping either way
+    await sessions_caught_up(client, db)
     assert (await client.get("/webhook/auth/me", headers=auth(before))).status == 401
     assert (await client.get("/webhook/auth/me", headers=auth(after))).status == 200
     await users.set_password(client.app[AppKeys.DB], PasswordHasher(4), user_id=bob, password="third-password")
     latest = await login(client, "bob", "third-password")
+    await sessions_caught_up(client, db)
     assert (await client.get("/webhook/auth/me", headers=auth(after))).status == 401
     assert (await client.get("/webhook/auth/me", headers=auth(latest))).status == 200
     assert await db.fetchval("SELECT generation FROM user_token_revocations WHERE user_id = $1", bob) == 2
 
 
-async def test_password_change_and_deactivation_revoke_every_token(client, admin_id, factory, database_url):
+async def test_password_change_and_deactivation_revoke_every_token(client, admin_id, factory, database_url, db):
     import time
 
     from tests.conftest import token_for
@@ -282,6 +286,7 @@ async def test_password_change_and_deactivation_revoke_every_token(client, admin
 
     code, _, err = await users_cli(database_url, "set-password", "bob", stdin="new-password\n")  # the real path
     assert code == 0, err
+    await sessions_caught_up(client, db)  # the CLI's change, notified to the service
     r = await client.get("/webhook/auth/me", headers=earlier)
     assert (r.status, (await r.json())["code"]) == (401, "INVALID_TOKEN")
 
@@ -305,6 +310,7 @@ async def test_a_demoted_admin_is_refused_at_once_though_the_token_says_admin(cl
     bob = await factory.user("bob")
     assert (await client.get(ADMIN, headers=bearer(bob, "bob"))).status == 403
     await db.execute("UPDATE users SET role = 'admin' WHERE user_id = $1", bob)
+    await sessions_caught_up(client, db)
     assert (await client.get(ADMIN, headers=bearer(bob, "bob"))).status == 200
 
 

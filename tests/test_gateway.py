@@ -54,6 +54,8 @@ class Stack:
     url: str
     log: Path
     chat_ports: list[int]
+    auth_port: int
+    conversations_port: int
 
     async def wait_for(self, extract: Any, done: Any, within_s: float = 10.0) -> Any:
         """Log lines travel through honcho: poll until `done(extract(lines))` or the timeout."""
@@ -124,7 +126,7 @@ def stack(database_url, tmp_path_factory):
             wait_for_port(port)
         # The environment handed to every process holds JWT_SECRET: its owner only may read it.
         assert (run_dir / "stack.env").stat().st_mode & 0o777 == 0o600
-        yield Stack(f"http://127.0.0.1:{gateway}", log, [chat1, chat2])
+        yield Stack(f"http://127.0.0.1:{gateway}", log, [chat1, chat2], auth, conversations)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
         try:
@@ -364,6 +366,54 @@ async def test_two_chat_processes_share_quota_and_history(stack, http, factory, 
     )
     assert used <= quota
     assert used - used_before == sum(body["tokens_used"] for status, body in results if status == 200)
+
+
+async def test_a_logout_or_a_deactivation_reaches_every_process_within_a_second(stack, http, factory, db):
+    """Each process authenticates from its own copy of the sessions (shared/sessions.py), kept current by
+    NOTIFY: what one process revokes, the two chat processes, the conversations and the auth service refuse
+    within 1 s. Probes go to each process directly (nginx would pick one); an empty chat body is a 400 once
+    the token is accepted, so a 401 can only be the token."""
+    probes = [
+        *((f"http://127.0.0.1:{port}", "POST", CHAT_PATH) for port in stack.chat_ports),
+        (f"http://127.0.0.1:{stack.conversations_port}", "GET", "/webhook/wibot/user/tokens"),
+        (f"http://127.0.0.1:{stack.auth_port}", "GET", "/webhook/auth/me"),
+    ]
+
+    async def status_of(probe: tuple[str, str, str], headers: dict[str, str]) -> int:
+        base, method, path = probe
+        async with http.request(method, base + path, json={}, headers=headers) as r:
+            return r.status
+
+    async def refused_after(probe: tuple[str, str, str], headers: dict[str, str], since: float) -> float:
+        while await status_of(probe, headers) != 401 and time.monotonic() - since < 5:
+            await asyncio.sleep(0.01)
+        return time.monotonic() - since
+
+    admin = await factory.user("khora", role="admin")
+    await factory.user("lea", "pw-lea-123")
+    async with http.post(stack.url + "/webhook/auth/login", json={"username": "lea", "password": "pw-lea-123"}) as r:
+        assert r.status == 200, await r.text()
+        lea = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    bob_id = await factory.user("bob")
+    bob = bearer(bob_id, "bob")
+    for headers in (lea, bob):  # accepted, and each process now holds the user
+        assert [await status_of(probe, headers) for probe in probes] == [400, 400, 200, 200]
+
+    async with http.post(stack.url + "/webhook/auth/logout", headers=lea) as r:
+        assert r.status == 200
+    since = time.monotonic()
+    delays = await asyncio.gather(*(refused_after(probe, lea, since) for probe in probes))
+    assert max(delays) <= 1.0, delays
+
+    async with http.put(
+        stack.url + "/webhook/wibot/admin/users",
+        json={"user_id": bob_id, "is_active": False},
+        headers=bearer(admin, role="admin"),
+    ) as r:
+        assert r.status == 200, await r.text()
+    since = time.monotonic()
+    delays = await asyncio.gather(*(refused_after(probe, bob, since) for probe in probes))
+    assert max(delays) <= 1.0, delays
 
 
 async def test_login_is_rate_limited_per_ip_in_our_envelope(stack, http, factory, db):

@@ -25,7 +25,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable(make_client, setti
     unreachable = settings.model_copy(
         update={"database_url": f"postgresql://postgres@127.0.0.1:{closed_port()}/wibot", "db_pool_min": 0}
     )
-    client = await make_client(auth_app(unreachable))
+    client = await make_client(auth_app(unreachable), sessions_loaded=False)
     r = await client.get("/healthz")
     assert r.status == 200  # the process is alive...
     r = await client.get("/readyz")

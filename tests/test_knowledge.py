@@ -31,6 +31,7 @@ from services.chat.knowledge.chunks import split
 from services.chat.knowledge.documents import document_text
 from services.chat.knowledge.index import VectorIndex
 from services.conversations.app import create_app as create_conversations_app
+from shared import AppKeys
 from tests.conftest import TEST_SECRET, bearer
 from tests.documents import PNG, b64, text_pdf
 
@@ -69,6 +70,8 @@ async def user_id(factory) -> int:
 
 async def ingest(client, admin_id: int, **body) -> tuple[int, dict]:
     r = await client.post(INGEST, json=body, headers=bearer(admin_id, "chef", "admin"))
+    # The index applies what was written a few milliseconds later, through its notifications: wait for them.
+    await asyncio.wait_for(client.app[KNOWLEDGE].follower.caught_up(client.app[AppKeys.DB]), 10)
     return r.status, await r.json()
 
 

@@ -101,6 +101,7 @@ def test_tokens_with_an_empty_jti_do_not_share_a_revocation_key():
 async def test_the_accreditation_level_comes_from_the_database(database_url, factory, db):
     from shared import create_pool
     from shared.auth import load_session_user
+    from shared.sessions import SessionCache
 
     senior, unset = await factory.user("senior"), await factory.user("unset")
     await db.execute("UPDATE users SET accreditation_level = 'N3' WHERE user_id = $1", senior)
@@ -109,7 +110,8 @@ async def test_the_accreditation_level_comes_from_the_database(database_url, fac
     try:
         for user_id, level in ((senior, "N3"), (unset, "N1")):
             token = signed(user_id=user_id)
-            user = await load_session_user(pool, decode_token(token, TEST_SECRET), token)
+            # a copy never loaded: the database answers (a loaded one keeps what this same query read)
+            user = await load_session_user(pool, SessionCache(), decode_token(token, TEST_SECRET), token)
             assert user.accreditation_level == level
     finally:
         await pool.close()

@@ -83,6 +83,8 @@ async def update_user(request: web.Request) -> web.Response:
             accreditation_level=body.accreditation_level,
             standing_quota_tokens=body.standing_quota_tokens,
         )
+    # This process refuses the old role or the deactivated user at once; the others when notified.
+    request.app[AppKeys.SESSIONS].forget(body.user_id)
     return json_response(AdminUserResponse(user=admin_user(record)))
 
 
@@ -91,4 +93,5 @@ async def delete_user(request: web.Request) -> web.Response:
     body = await parse_body(request, AdminDeleteUserRequest)
     with user_errors():
         user_id, username = await users.delete_user(request.app[AppKeys.DB], user_id=body.user_id)
+    request.app[AppKeys.SESSIONS].forget(user_id)
     return json_response(AdminDeleteResponse(deleted=DeletedUser(user_id=user_id, username=username)))

@@ -81,4 +81,6 @@ async def logout(request: web.Request) -> web.Response:
     await users.revoke_token(
         request.app[AppKeys.DB], token_key=user.token_key, user_id=user.user_id, expires_at=user.token_expires_at
     )
+    # Refused by this process from the next request; by the others as soon as they are notified.
+    request.app[AppKeys.SESSIONS].revoke(user.token_key, user.token_expires_at)
     return json_response(SuccessResponse())

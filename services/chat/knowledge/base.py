@@ -14,7 +14,7 @@ from mistralai.client import Mistral
 
 from services.chat.attachments import EXTRACTOR, Extractor
 from services.chat.knowledge import queries
-from services.chat.knowledge.index import VectorIndex, keep_current
+from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
 from services.chat.llm import LLM_CLIENT
 from shared import ApiError, AppKeys, Settings, get_logger
 
@@ -33,6 +33,10 @@ class KnowledgeBase:
     client: Mistral
     extractor: Extractor
     index: VectorIndex = field(default_factory=VectorIndex)
+    follower: IndexFollower = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.follower = IndexFollower(self.index)
 
 
 KNOWLEDGE = web.AppKey("knowledge", KnowledgeBase)
@@ -44,11 +48,10 @@ def knowledge_context(settings: Settings) -> Any:
     async def _knowledge_ctx(app: web.Application) -> AsyncIterator[None]:
         kb = KnowledgeBase(settings, app[AppKeys.DB], app[LLM_CLIENT], app[EXTRACTOR])
         app[KNOWLEDGE] = kb
-        loaded = asyncio.Event()
-        tasks = [asyncio.create_task(keep_current(kb.index, settings.dsn, loaded))]
+        tasks = [asyncio.create_task(keep_current(kb.follower, settings.dsn))]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(INDEX_STARTUP_WAIT_S):
-                await loaded.wait()
+                await kb.follower.loaded.wait()
         if settings.kb_sync_every_s > 0 and settings.kb_root is not None:
             tasks.append(asyncio.create_task(scheduled_sync(kb)))
         try:

@@ -8,9 +8,6 @@ full-text search alone. Conversation chunks are not held here: they are few, rea
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 from collections import Counter
 from typing import Any
 
@@ -20,13 +17,13 @@ import numpy.typing as npt
 
 from services.chat.knowledge import queries
 from shared import get_logger
+from shared.listen import Follower, follow
 from shared.metrics import KNOWLEDGE_INDEX_CHUNKS
 
 log = get_logger("wibot.knowledge")
 
 Vectors = npt.NDArray[np.float32]
 CHANNEL = "wibot_kb"
-RECONNECT_DELAY_S = 1.0
 
 
 class VectorIndex:
@@ -126,57 +123,36 @@ def normalized(vectors: npt.NDArray[Any]) -> Vectors:
     return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
 
 
-async def keep_current(index: VectorIndex, dsn: str, loaded: asyncio.Event) -> None:
-    """Runs for the process's life: (re)connect, LISTEN, load all, apply each change as it is notified."""
-    while True:
-        connection: asyncpg.Connection | None = None
-        try:
-            connection = await asyncpg.connect(dsn, server_settings={"application_name": "wibot-chat-kb"})
-            changes: asyncio.Queue[str] = asyncio.Queue()
-            lost = asyncio.Event()
-            await connection.add_listener(CHANNEL, functools.partial(_queue_payload, changes))
-            connection.add_termination_listener(functools.partial(_set_on_close, lost))
-            index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
-            index.ready = True
-            KNOWLEDGE_INDEX_CHUNKS.set(index.size)
-            loaded.set()
-            log.info("kb_index_loaded", chunks=index.size)
-            while not lost.is_set():
-                payload = await _next_change(changes, lost)
-                if payload == "*":
-                    index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
-                elif payload is not None:
-                    document_id = int(payload)
-                    index.replace_document(document_id, await connection.fetch(queries.SITE_VECTORS_SQL, document_id))
-                KNOWLEDGE_INDEX_CHUNKS.set(index.size)
-            raise ConnectionError("listener connection lost")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database went away: retrieval falls back to full text until reloaded
-            index.ready = False
-            log.warning("kb_index_disconnected", error=repr(exc)[:200])
-            await asyncio.sleep(RECONNECT_DELAY_S)
-        finally:
-            if connection is not None and not connection.is_closed():
-                with contextlib.suppress(Exception):
-                    await connection.close(timeout=2)
+class IndexFollower(Follower):
+    """Keeps `index` current through `wibot_kb`; until loaded (and from a lost connection until reloaded) the
+    index is not `ready` and retrieval uses the full-text search alone."""
+
+    channel = CHANNEL
+
+    def __init__(self, index: VectorIndex) -> None:
+        super().__init__()
+        self.index = index
+
+    async def load(self, connection: asyncpg.Connection) -> None:
+        self.index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
+        self.index.ready = self.ready = True
+        KNOWLEDGE_INDEX_CHUNKS.set(self.index.size)
+        self.loaded.set()
+        log.info("kb_index_loaded", chunks=self.index.size)
+
+    async def apply(self, connection: asyncpg.Connection, payload: str) -> None:
+        if payload == "*":
+            await self.load(connection)
+            return
+        document_id = int(payload)
+        self.index.replace_document(document_id, await connection.fetch(queries.SITE_VECTORS_SQL, document_id))
+        KNOWLEDGE_INDEX_CHUNKS.set(self.index.size)
+
+    def lost(self) -> None:
+        super().lost()
+        self.index.ready = False
 
 
-def _queue_payload(changes: asyncio.Queue[str], _connection: object, _pid: int, _channel: str, payload: str) -> None:
-    changes.put_nowait(payload)
-
-
-def _set_on_close(lost: asyncio.Event, _connection: object) -> None:
-    lost.set()
-
-
-async def _next_change(changes: asyncio.Queue[str], lost: asyncio.Event) -> str | None:
-    getter = asyncio.ensure_future(changes.get())
-    waiter = asyncio.ensure_future(lost.wait())
-    try:
-        done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (getter, waiter):
-            if not task.done():
-                task.cancel()
-    return getter.result() if getter in done else None
+async def keep_current(follower: IndexFollower, dsn: str) -> None:
+    """Runs for the process's life (shared.listen)."""
+    await follow(dsn, follower, application_name="wibot-chat-kb")

@@ -1,0 +1,159 @@
+"""Authentication without a database round trip (shared/sessions.py): each process's copy of the revoked tokens
+and of the users it serves, kept current by LISTEN/NOTIFY (migration 0012), and the database asked instead
+whenever that copy may be behind. The routed test with several processes is in tests/test_gateway.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.auth.app import create_app as auth_app
+from services.conversations.app import create_app as conversations_app
+from shared.sessions import SESSIONS, SessionCache, SessionUser
+from tests.conftest import bearer, sessions_caught_up
+
+ME = "/webhook/auth/me"
+LIST = "/webhook/wibot/conversations"
+ADMIN = "/webhook/wibot/admin/users"
+SESSION_TABLES = "users, revoked_tokens, user_token_revocations"
+
+
+async def test_a_known_users_request_reads_none_of_the_session_tables(make_client, settings, factory, db):
+    """Zero round trips: with those tables locked against every reader, the listing still answers."""
+    client = await make_client(conversations_app(settings))
+    user = await factory.user("lea")
+    assert (await client.get(LIST, headers=bearer(user, "lea"))).status == 200  # first use: read and kept
+    async with db.transaction():
+        await db.execute(f"LOCK TABLE {SESSION_TABLES} IN ACCESS EXCLUSIVE MODE")
+        r = await asyncio.wait_for(client.get(LIST, headers=bearer(user, "lea")), 10)
+        assert r.status == 200, await r.text()
+
+
+async def test_a_change_made_elsewhere_reaches_the_process(make_client, settings, factory, db):
+    client = await make_client(auth_app(settings))
+    admin = await factory.user("root", role="admin")
+    bob = await factory.user("bob")
+    token = bearer(bob, "bob")
+    assert (await client.get(ADMIN, headers=token)).status == 403  # bob is known to the process as a user
+    await db.execute("UPDATE users SET role = 'admin' WHERE user_id = $1", bob)  # another process's change
+    await sessions_caught_up(client, db)
+    assert (await client.get(ADMIN, headers=token)).status == 200
+    await db.execute("UPDATE users SET accreditation_level = 'N3' WHERE user_id = $1", bob)
+    await sessions_caught_up(client, db)
+    r = await client.get(ADMIN, headers=bearer(admin, "root", role="admin"))
+    assert {u["username"]: u["accreditation_level"] for u in (await r.json())["users"]}["bob"] == "N3"
+    await db.execute("UPDATE users SET is_active = false WHERE user_id = $1", bob)
+    await sessions_caught_up(client, db)
+    assert (await client.get(ME, headers=token)).status == 401
+    await db.execute("DELETE FROM users WHERE user_id = $1", admin)
+    await sessions_caught_up(client, db)
+    assert (await client.get(ME, headers=bearer(admin, "root", role="admin"))).status == 401
+
+
+async def test_a_token_revoked_by_another_process_is_refused(make_client, settings, factory, db):
+    client = await make_client(conversations_app(settings))
+    user = await factory.user("lea", "pw-lea-123")
+    auth = await make_client(auth_app(settings))
+    r = await auth.post("/webhook/auth/login", json={"username": "lea", "password": "pw-lea-123"})
+    headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    assert (await client.get(LIST, headers=headers)).status == 200
+    assert (await auth.post("/webhook/auth/logout", headers=headers)).status == 200
+    assert (await auth.get(ME, headers=headers)).status == 401  # the process that revoked it: at once
+    await sessions_caught_up(client, db)
+    assert (await client.get(LIST, headers=headers)).status == 401
+    # Every token of the user, by a password change made by yet another process (the CLI writes this row).
+    other = bearer(user, "lea")
+    assert (await client.get(LIST, headers=other)).status == 200
+    await db.execute(
+        "INSERT INTO user_token_revocations (user_id, not_before, generation) VALUES ($1, now() + interval '1 s', 1)",
+        user,
+    )
+    await sessions_caught_up(client, db)
+    assert (await client.get(LIST, headers=other)).status == 401
+
+
+async def test_revoked_tokens_are_loaded_at_start(make_client, settings, factory, db):
+    """A token logged out before the process started is in its copy, not only in the database."""
+    user = await factory.user("lea")
+    headers = bearer(user, "lea")
+    auth = await make_client(auth_app(settings))
+    assert (await auth.post("/webhook/auth/logout", headers=headers)).status == 200
+    client = await make_client(conversations_app(settings))
+    assert client.app[SESSIONS].revoked_count == 1
+    async with db.transaction():  # the answer comes from the copy: the tables cannot be read
+        await db.execute(f"LOCK TABLE {SESSION_TABLES} IN ACCESS EXCLUSIVE MODE")
+        r = await asyncio.wait_for(client.get(LIST, headers=headers), 10)
+        assert r.status == 401
+
+
+async def test_a_lost_listener_means_asking_the_database(make_client, settings, factory, db, monkeypatch):
+    monkeypatch.setattr("shared.listen.RECONNECT_DELAY_S", 3.0)  # the checks below run well within it
+    client = await make_client(conversations_app(settings))
+    sessions = client.app[SESSIONS]
+    user = await factory.user("lea")
+    headers = bearer(user, "lea")
+    assert (await client.get(LIST, headers=headers)).status == 200
+    sessions.loaded.clear()
+    # Only this test's database, only this app's listener: nothing else on the server is touched.
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'wibot-conversations-sessions'"
+    )
+    assert killed == 1
+    async with asyncio.timeout(10):
+        while sessions.ready:
+            await asyncio.sleep(0.01)
+    # Revoked while nobody listens: no notification will ever say so; the database does.
+    await db.execute(
+        "INSERT INTO revoked_tokens (token_sha256, user_id, expires_at)"
+        " VALUES ($1, $2, now() AT TIME ZONE 'UTC' + interval '1 hour')",
+        sessions_key(headers),
+        user,
+    )
+    assert (await client.get(LIST, headers=headers)).status == 401
+    await asyncio.wait_for(sessions.loaded.wait(), 10)  # reconnected, everything loaded again
+    assert sessions.ready and sessions.is_revoked(sessions_key(headers))
+    assert (await client.get(LIST, headers=headers)).status == 401
+
+
+def sessions_key(headers: dict[str, str]) -> str:
+    import jwt
+
+    from shared.auth import token_key
+
+    token = headers["Authorization"].removeprefix("Bearer ")
+    return token_key(token, jwt.decode(token, options={"verify_signature": False}))
+
+
+def session_user(user_id: int = 7) -> SessionUser:
+    return SessionUser(user_id=user_id, username="lea", role="user", accreditation_level="N1", generation=None,
+                       not_before=None)  # fmt: skip
+
+
+async def test_a_user_read_before_a_change_is_not_kept_after_it():
+    """The database read that began before a change notified must not store what it read (it may be stale)."""
+    cache = SessionCache()
+    assert cache.user(7) is None  # not loaded: every lookup goes to the database
+    cache.ready = True
+    read_at = cache.epoch
+    cache.forget(7)  # a notification arrives while the read is in flight
+    cache.keep(session_user(), read_at_epoch=read_at)
+    assert cache.user(7) is None
+    cache.keep(session_user(), read_at_epoch=cache.epoch)
+    assert cache.user(7) == session_user()
+    cache.lost()
+    assert cache.user(7) is None and not cache.ready
+
+
+@pytest.mark.parametrize(
+    ("payload", "revoked", "forgotten"),
+    [("u:7", False, True), ("r:abc:4102444800", True, False), ("x:7", False, False), ("u:seven", False, False)],
+)
+async def test_each_notification_does_what_it_says(payload, revoked, forgotten):
+    cache = SessionCache()
+    cache.ready = True
+    cache.keep(session_user(), read_at_epoch=cache.epoch)
+    await cache.apply(None, payload)  # type: ignore[arg-type] # no reload in these payloads: no connection used
+    assert cache.is_revoked("abc") is revoked
+    assert (cache.user(7) is None) is forgotten
