@@ -18,6 +18,7 @@ from aiohttp import web
 from shared import AppKeys, Settings, decode_token, load_settings_or_exit
 from shared.auth import bearer_token, load_session_user
 from shared.db import pool_context
+from shared.http import new_event_loop
 from shared.sessions import SessionCache, sessions_context
 
 
@@ -79,4 +80,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    web.run_app(create_app(load_settings_or_exit()), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    settings = load_settings_or_exit()
+    # The services' loop (EVENT_LOOP), so that ratios to the ceiling compare like with like.
+    loop = new_event_loop(settings)
+    web.run_app(create_app(settings), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from shared.keys import AppKeys, SchemaCheck
@@ -34,8 +35,12 @@ DB_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _jsonb_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def create_pool(settings: Settings, *, application_name: str) -> asyncpg.Pool:

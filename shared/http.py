@@ -10,7 +10,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import structlog
+import uvloop
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -52,8 +54,13 @@ def json_response(model: BaseModel, *, status: int = 200) -> web.Response:
     )
 
 
+def json_body_response(value: Any, *, status: int = 200) -> web.Response:
+    """A JSON response of plain data (orjson: UTF-8 as is, compact), as `json_response` is of a model."""
+    return web.Response(body=orjson.dumps(value), status=status, content_type="application/json", charset="utf-8")
+
+
 def envelope_response(status: int, message: str, code: str | None = None) -> web.Response:
-    return web.json_response(error_envelope(message, code), status=status)
+    return json_body_response(error_envelope(message, code), status=status)
 
 
 @web.middleware
@@ -117,14 +124,23 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "Corps de requête manquant : un objet JSON est attendu")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = _read_strictly_refused(raw)
+    if not isinstance(data, dict):
+        raise ApiError(400, "Corps de requête invalide : un objet JSON est attendu")
+    return data
+
+
+def _read_strictly_refused(raw: bytes) -> Any:
+    """What orjson refuses, read again by json, so that each answer stays what it was: a lone surrogate escape
+    (valid JSON) reaches validation and its field-level message; bad UTF-8 and bad JSON keep their own."""
+    try:
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "Corps de requête invalide : encodage UTF-8 attendu") from None
     except (ValueError, RecursionError):  # JSONDecodeError, and integers past Python's 4,300-digit limit
         raise ApiError(400, "Corps de requête invalide : JSON mal formé") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "Corps de requête invalide : un objet JSON est attendu")
-    return data
 
 
 async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
@@ -183,7 +199,7 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and serving (liveness)."""
-    return web.json_response({"success": True, "status": "ok"})
+    return json_body_response({"success": True, "status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -205,7 +221,11 @@ async def readyz(request: web.Request) -> web.Response:
         log.error("not_ready", reason="database_behind", missing=missing, fix="make migrate")
         return envelope_response(503, SCHEMA_BEHIND_MESSAGE, "SCHEMA_BEHIND")
     schema.current = True
-    return web.json_response({"success": True, "status": "ready"})
+    return json_body_response({"success": True, "status": "ready"})
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
 
 
 def serve(
@@ -230,9 +250,11 @@ def serve(
     args = parser.parse_args()
     settings = load_settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=service)
-    log.info("service_starting", service=service, host=args.host, port=args.port)
+    loop = new_event_loop(settings)
+    event_loop = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio": what runs, not what was asked
+    log.info("service_starting", service=service, host=args.host, port=args.port, event_loop=event_loop)
     try:
-        web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+        web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=loop)
     except DatabaseBehind as exc:
         log.error("database_behind", missing=exc.missing)
         print(f"{service}: refusing to start: {exc}", file=sys.stderr)

@@ -157,6 +157,9 @@ class Settings(DatabaseSettings):
     # --- operations -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="uvloop (libuv, faster); asyncio: the standard loop, should uvloop ever misbehave"
+    )
     quota_alert_webhook_url: str | None = None
 
     @property

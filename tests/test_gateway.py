@@ -368,6 +368,22 @@ async def test_two_chat_processes_share_quota_and_history(stack, http, factory, 
     assert used - used_before == sum(body["tokens_used"] for status, body in results if status == 200)
 
 
+async def test_every_service_process_runs_on_uvloop(stack, db):
+    def loops(lines: list[dict]) -> dict[str, str]:
+        return {
+            f"{line['service']}:{line['port']}": line["event_loop"]
+            for line in lines
+            if line.get("event") == "service_starting"
+        }
+
+    found = await stack.wait_for(loops, lambda found: len(found) == 4)
+    assert found == {
+        f"auth:{stack.auth_port}": "uvloop",
+        **{f"chat:{port}": "uvloop" for port in stack.chat_ports},
+        f"conversations:{stack.conversations_port}": "uvloop",
+    }
+
+
 async def test_a_logout_or_a_deactivation_reaches_every_process_within_a_second(stack, http, factory, db):
     """Each process authenticates from its own copy of the sessions (shared/sessions.py), kept current by
     NOTIFY: what one process revokes, the two chat processes, the conversations and the auth service refuse

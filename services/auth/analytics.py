@@ -7,10 +7,10 @@ period touches (24h → 2 days, 7d → 8, 30d → 31), oldest first, zero-filled
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from services.auth import queries
@@ -58,7 +58,7 @@ async def compute_stats(
         messages=MessageStats(
             total=row["total"],
             today=row["today"],
-            byDay=[DayStats(**day) for day in json.loads(row["by_day"])],
+            byDay=[DayStats(**day) for day in orjson.loads(row["by_day"])],
         ),
         modes=ModeStats(flash=row["flash"], code=row["code"], redaction=row["redaction"]),
         conversations=ConversationStats(total=row["conversations"], active=row["active_conversations"]),

@@ -14,13 +14,13 @@ that did not happen is never reported as done.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from shared import ApiError, Settings, authenticated, current_user, json_response, parse_body, validate
@@ -97,7 +97,7 @@ class SafeguardClient:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw) if raw else {}
+        body = orjson.loads(raw) if raw else {}
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

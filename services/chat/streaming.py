@@ -20,11 +20,11 @@ tokens are charged (the model did that work; the conversation keeps the question
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from mistralai.client import Mistral
 
@@ -140,7 +140,7 @@ class StreamedReply:
             await self._write(_line({"type": "item", "content": delta, "metadata": _metadata()}))
 
     async def finish(self, result: ChatResponse) -> None:
-        body = json.loads(result.model_dump_json())
+        body = orjson.loads(result.model_dump_json())
         if self.fmt == SSE:
             await self._write(_event("done", body))
         else:
@@ -225,11 +225,11 @@ async def _quietly(step: Awaitable[None]) -> None:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def _line(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, ensure_ascii=False) + "\n").encode()
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _metadata() -> dict[str, Any]:
