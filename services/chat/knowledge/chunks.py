@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from semantic_text_splitter import MarkdownSplitter, TextSplitter
-
 
 @functools.lru_cache(maxsize=8)
 def _splitter(markdown: bool, chars: int, overlap: int) -> Any:
+    # Imported here: chunking runs in the extraction worker processes, not in the chat process itself.
+    from semantic_text_splitter import MarkdownSplitter, TextSplitter
+
     kind = MarkdownSplitter if markdown else TextSplitter
     return kind(capacity=chars, overlap=min(overlap, chars - 1), trim=True)
 

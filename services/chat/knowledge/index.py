@@ -4,16 +4,17 @@ Each chat process holds one index. It LISTENs on `wibot_kb` (migration 0010's tr
 a site document), then loads everything, so a change made while loading is applied after it. After a lost
 connection it reconnects and loads everything again; until it has, `ready` is False and retrieval uses the
 full-text search alone. Conversation chunks are not held here: they are few, read with the message's query.
+
+numpy (17 MB of a chat process's memory) is imported with the first vector, not before: a site without
+documents does not carry it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import numpy as np
-import numpy.typing as npt
 
 from services.chat.knowledge import queries
 from shared import get_logger
@@ -22,7 +23,12 @@ from shared.metrics import KNOWLEDGE_INDEX_CHUNKS
 
 log = get_logger("wibot.knowledge")
 
-Vectors = npt.NDArray[np.float32]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Vectors = npt.NDArray[np.float32]
+
 CHANNEL = "wibot_kb"
 
 
@@ -30,8 +36,8 @@ class VectorIndex:
     def __init__(self) -> None:
         self.ready = False
         self._documents: dict[int, tuple[npt.NDArray[np.int64], Vectors]] = {}
-        self._ids: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        self._matrix: Vectors = np.empty((0, 0), dtype=np.float32)
+        self._ids: npt.NDArray[np.int64] | None = None  # None: nothing searched yet (numpy not imported)
+        self._matrix: Vectors | None = None
         self._stale = False
         self._size = 0
 
@@ -43,7 +49,8 @@ class VectorIndex:
     @property
     def nbytes(self) -> int:
         """Memory held by the vectors (each document's, and the search matrix once built)."""
-        return sum(matrix.nbytes for _, matrix in self._documents.values()) + self._matrix.nbytes
+        held = sum(matrix.nbytes for _, matrix in self._documents.values())
+        return held + (self._matrix.nbytes if self._matrix is not None else 0)
 
     def replace_all(self, rows: list[asyncpg.Record]) -> None:
         self._documents = {}
@@ -54,6 +61,11 @@ class VectorIndex:
         self._put(rows)
 
     def _put(self, rows: list[asyncpg.Record]) -> None:
+        if not rows and not self._documents:
+            self._stale, self._size = True, 0
+            return
+        import numpy as np
+
         by_document: dict[int, list[asyncpg.Record]] = {}
         for row in rows:
             by_document.setdefault(row["document_id"], []).append(row)
@@ -72,8 +84,10 @@ class VectorIndex:
         """The `limit` most similar chunks at or above `min_similarity`, best first: [(chunk_id, cosine)]."""
         if self._stale:
             self._rebuild()
-        if not len(self._ids) or limit <= 0:
+        if self._ids is None or self._matrix is None or not len(self._ids) or limit <= 0:
             return []
+        import numpy as np
+
         vector = normalized(np.array([query]))[0]
         if vector.shape[0] != self._matrix.shape[1]:
             log.warning("kb_dimension_mismatch", query=vector.shape[0], index=self._matrix.shape[1])
@@ -87,6 +101,11 @@ class VectorIndex:
     def _rebuild(self) -> None:
         """One matrix of every document's vectors (of the dimension most of them have: one embedding model)."""
         self._stale = False
+        if not self._documents:
+            self._ids, self._matrix = None, None
+            return
+        import numpy as np
+
         dimensions = Counter(matrix.shape[1] for _, matrix in self._documents.values() if matrix.size)
         if not dimensions:
             self._ids, self._matrix = np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
@@ -99,23 +118,24 @@ class VectorIndex:
         self._matrix = np.vstack([matrix for _, matrix in kept])
 
 
-# PostgreSQL's binary array: ndim, has-nulls flag, element type, (size, lower bound) per dimension, then each
-# element as (length, value). One dimension, no null: what ingestion writes.
-_ARRAY_HEADER = np.dtype(">i4")
-_FLOAT4_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f4")])
-
-
 def vector_of(value: bytes | list[float]) -> Vectors:
     """A stored embedding (array_send's bytes, or a list) as float32."""
+    import numpy as np
+
     if not isinstance(value, bytes):
         return np.asarray(value, dtype=np.float32)
-    ndim, has_nulls = np.frombuffer(value, dtype=_ARRAY_HEADER, count=2)
+    # PostgreSQL's binary array: ndim, has-nulls flag, element type, (size, lower bound) per dimension, then each
+    # element as (length, value). One dimension, no null: what ingestion writes.
+    ndim, has_nulls = np.frombuffer(value, dtype=np.dtype(">i4"), count=2)
     if ndim != 1 or has_nulls:  # not written by ingestion: left out of the index
         return np.empty(0, dtype=np.float32)
-    return np.frombuffer(value, dtype=_FLOAT4_ELEMENT, offset=20)["value"].astype(np.float32)
+    element = np.dtype([("length", ">i4"), ("value", ">f4")])
+    return np.frombuffer(value, dtype=element, offset=20)["value"].astype(np.float32)
 
 
 def normalized(vectors: npt.NDArray[Any]) -> Vectors:
+    import numpy as np
+
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or not matrix.size:
         return np.empty((0, 0), dtype=np.float32)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
-import numpy as np
 
 from services.chat.knowledge import queries
 from services.chat.knowledge.index import VectorIndex, normalized
@@ -96,5 +95,7 @@ def conversation_hits(
     own = [row for row in own if len(row["embedding"]) == dimension]
     if not own:
         return []
+    import numpy as np  # here, not at import: see index.py
+
     scores = normalized(np.array([row["embedding"] for row in own])) @ normalized(np.array([vector]))[0]
     return [(row["chunk_id"], float(score)) for row, score in zip(own, scores, strict=True) if score >= min_similarity]
