@@ -123,13 +123,15 @@ async def ingest(
     kb: KnowledgeBase, *, path: str | None, mode: Mode, category: str | None, progress: Progress | None = None
 ) -> IngestStats:
     root, target, relative_target = confine(kb.settings.kb_root, path)
-    async with kb.pool.acquire() as lock:
+    # The lock lives on a connection of its own: closing it releases the lock, whatever interrupts the run
+    # (pooled connections are returned without a reset: shared/db.py).
+    lock = await asyncpg.connect(kb.settings.dsn, server_settings={"application_name": "wibot-kb-ingest"})
+    try:
         if not await lock.fetchval(queries.INGEST_LOCK_SQL):
             raise ApiError(409, "Une indexation de la base de connaissances est déjà en cours.", "KB_BUSY")
-        try:
-            return await _ingest_locked(kb, root, target, relative_target, mode, category, progress)
-        finally:
-            await lock.fetchval(queries.INGEST_UNLOCK_SQL)
+        return await _ingest_locked(kb, root, target, relative_target, mode, category, progress)
+    finally:
+        await asyncio.shield(lock.close(timeout=5))
 
 
 async def _ingest_locked(

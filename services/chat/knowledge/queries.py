@@ -2,7 +2,6 @@
 
 # Only one ingestion at a time, whichever process runs it (CLI, route, scheduled sync).
 INGEST_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('wibot_kb_ingest'))"
-INGEST_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('wibot_kb_ingest'))"
 
 # The site's documents under a folder ($1, relative to the root; '' for all of it).
 SITE_DOCUMENTS_SQL = """
