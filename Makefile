@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: prerequisites install migrate schema openapi run test lint fmt bench security fuzz mutation clean
+.PHONY: prerequisites install migrate schema openapi run test lint fmt bench soak security fuzz mutation clean
 
 # nginx lives in /usr/sbin on Debian, which is not on every user's PATH.
 export PATH := $(PATH):/usr/sbin:/sbin
@@ -58,6 +58,11 @@ bench: install
 	$(PY) -m bench.supervision
 	$(PY) -m bench.streaming
 	$(PY) -m bench.knowledge
+	$(PY) -m bench.json_codec --out bench/json_codec.json
+
+# Memory under a long chat load (10 minutes by default; not part of make bench). Writes bench/soak.json.
+soak: install
+	$(PY) -m bench.soak
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install

@@ -53,17 +53,20 @@ exclude-operators = ["core/ReplaceBinaryOperator_BitOr_.*"]
 """
 
 
-def run_module(module: str, tests: list[str], work: Path, out: Path) -> dict[str, object]:
+def run_module(module: str, tests: list[str], work: Path, out: Path, *, resume: bool = False) -> dict[str, object]:
     stem = module.replace("/", ".").removesuffix(".py")
     config, session = out / f"{stem}.toml", out / f"{stem}.sqlite"
-    config.write_text(CONFIG.format(module=module, command=f"{PYTEST} {' '.join(tests)}"), encoding="utf-8")
-    session.unlink(missing_ok=True)
     cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
-    subprocess.run([*cosmic, "init", str(config), str(session)], cwd=work, check=True)
-    bin_dir = Path(sys.executable).parent
-    subprocess.run([bin_dir / "cr-filter-operators", str(session), str(config)], cwd=work, check=True)
-    subprocess.run([bin_dir / "cr-filter-pragma", str(session)], cwd=work, check=True)
-    subprocess.run([*cosmic, "baseline", str(config)], cwd=work, check=True)
+    if not (resume and session.exists()):
+        config.write_text(CONFIG.format(module=module, command=f"{PYTEST} {' '.join(tests)}"), encoding="utf-8")
+        session.unlink(missing_ok=True)
+        subprocess.run([*cosmic, "init", str(config), str(session)], cwd=work, check=True)
+        bin_dir = Path(sys.executable).parent
+        subprocess.run([bin_dir / "cr-filter-operators", str(session), str(config)], cwd=work, check=True)
+        subprocess.run([bin_dir / "cr-filter-pragma", str(session)], cwd=work, check=True)
+        subprocess.run([*cosmic, "baseline", str(config)], cwd=work, check=True)
+    # With --resume, only the mutants without a result yet run (on a fresh copy of the tree: an interrupted run
+    # may have left its scratch copy mutated).
     subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=work, check=True)
     dump = subprocess.run([*cosmic, "dump", str(session)], cwd=work, check=True, capture_output=True, text=True)
     total = killed = 0
@@ -92,6 +95,7 @@ def run_module(module: str, tests: list[str], work: Path, out: Path) -> dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m mutation.run", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all)")
+    parser.add_argument("--resume", action="store_true", help="go on with an interrupted run's session")
     args = parser.parse_args()
     out = ROOT / "mutation" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def main() -> int:
         work = Path(scratch) / "tree"
         shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", ".run", ".data", "mutation"))
         for module in args.modules:
-            results.append(run_module(module, MODULES[module], work, out))
+            results.append(run_module(module, MODULES[module], work, out, resume=args.resume))
             r = results[-1]
             print(f"{module:<32} {r['killed']}/{r['mutants']} killed ({r['score']}%)", flush=True)
     previous = {}

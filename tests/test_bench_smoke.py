@@ -44,11 +44,21 @@ async def test_bench_harness_runs_and_reports(tmp_path, database_url):
         "list, 10,000 conversations",
         "list during login storm",
         "jwt + revocation check",
+        "jwt + session copy",
     } <= scenarios
     # That it runs, not how fast: on a loaded machine a 1 s window may complete no request at all.
     assert all(r["requests"] >= 0 and r["errors"] == 0 for r in report["results"]), report["results"]
     assert set(report["peak_rss_mb"]) == {"auth", "chat", "conversations"}
     assert "| Scenario |" in (tmp_path / "RESULTS.md").read_text()
+    results = tmp_path / "results.json"
+    compared = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.compare", f"before={results}", f"after={results}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    assert "| Scenario | c | figure | before | after |" in compared.stdout
+    assert "| jwt + session copy | 16 | ratio |" in compared.stdout
 
 
 @pytest.mark.timeout(120)
@@ -96,3 +106,33 @@ async def test_knowledge_bench_runs_and_reports(tmp_path, database_url):
     assert figures["index_chunks"] == int(size) > 0
     # Recall is no timing: the fake embedder and the full-text search are deterministic.
     assert figures["recall_at_5"] >= 0.9
+
+
+@pytest.mark.timeout(180)
+async def test_soak_bench_samples_every_service(tmp_path, database_url):
+    env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
+    out = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "bench.soak", "--minutes", "0.1", "--every", "1", "--out", str(out)]
+    result = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["services"]) == {"auth", "chat", "conversations"}
+    assert len(report["samples"]) >= 3
+    assert all(sample["chat"] > 0 for sample in report["samples"])  # a live process's RSS, in MB
+
+
+async def test_json_codec_bench_compares_both_ways(tmp_path):
+    out = tmp_path / "codec.json"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.json_codec", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4 and all(row["json_us"] > 0 and row["orjson_us"] > 0 for row in rows)
