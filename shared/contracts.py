@@ -13,8 +13,9 @@ from pydantic_core import PydanticCustomError
 def format_utc(value: datetime) -> str:
     """`2024-12-25T14:30:00Z`. Naive values come from TIMESTAMP columns, which hold UTC."""
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    # isoformat is C and 10× strftime's speed (50 dates a conversation page); seconds, as strftime cut them.
+    return value.isoformat(timespec="seconds") + "Z"
 
 
 def storable(value: str) -> str:

@@ -8,7 +8,10 @@ LIST_CONVERSATIONS_SQL = """
 SELECT page.conversation_id,
        COALESCE(page.title, $4) AS title,
        page.updated_at,
-       COALESCE(counts.message_count, 0) AS message_count
+       -- One index lookup per row of the page: a join let the planner hash the whole counts table (a
+       -- sequential scan of every conversation of the site, measured 3.8 ms at 12,500) for a 50-row page.
+       COALESCE((SELECT counts.message_count FROM conversation_message_counts AS counts
+                 WHERE counts.conversation_id = page.conversation_id), 0) AS message_count
 FROM (
     SELECT conversation_id, title, updated_at
     FROM conversations
@@ -18,7 +21,6 @@ FROM (
     ORDER BY updated_at DESC, conversation_id DESC
     LIMIT $2
 ) AS page
-LEFT JOIN conversation_message_counts AS counts ON counts.conversation_id = page.conversation_id
 ORDER BY page.updated_at DESC, page.conversation_id DESC
 """
 
