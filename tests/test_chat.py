@@ -197,6 +197,15 @@ async def test_invalid_requests_are_refused_and_write_nothing(
     assert await count(db, "user_token_usage") == 0
 
 
+async def test_a_message_of_exactly_the_limit_is_accepted(make_client, chat_settings, user_id, db):
+    client = await make_client(create_app(chat_settings.model_copy(update={"chat_message_max_chars": 32})))
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "x" * 32}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    r = await client.post(CHAT, json={"conversation_id": CID, "message": "x" * 33}, headers=bearer(user_id))
+    assert r.status == 400
+    assert await count(db, "messages") == 2
+
+
 async def test_unknown_fields_are_ignored_and_mode_picks_the_model(
     make_client, chat_settings, user_id, fake_mistral, db
 ):

