@@ -89,7 +89,8 @@ class PasswordHasher:
         return password_hash is not None and matches
 
     async def _run(self, function: Any, *args: bytes) -> Any:
-        if self.max_pending is not None and self.pending >= self.max_pending:
+        # pending never passes max_pending (checked and counted in one step of the loop): `==` would do (no mutate)
+        if self.max_pending is not None and self.pending >= self.max_pending:  # pragma: no mutate
             raise busy()
         self.pending += 1
         try:
