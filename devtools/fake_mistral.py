@@ -41,6 +41,7 @@ class FakeMistral:
     reply: str | None = None
     total_tokens: int | None = None  # force usage.total_tokens (prompt/completion split around it)
     hold: asyncio.Event | None = None  # requests wait for it to be set
+    embedding_hold: asyncio.Event | None = None  # the same for embedding requests
     # Streaming (`"stream": true`): the reply in chunks of `chunk_chars`, one every `chunk_delay_s`; the
     # connection dropped after `fail_after_chunks` chunks; usage left out of the last chunk with omit_usage.
     chunk_chars: int = 8
@@ -192,6 +193,8 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
     async def embeddings(request: web.Request) -> web.Response:
         body = await request.json()
         state.embedded.append(body)
+        if state.embedding_hold is not None:
+            await state.embedding_hold.wait()
         if state.embedding_failures:
             status = state.embedding_failures.pop(0)
             if status != 200:

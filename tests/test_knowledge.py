@@ -349,6 +349,34 @@ async def test_one_ingestion_at_a_time(client, admin_id, db):
     assert (await ingest(client, admin_id))[0] == 200
 
 
+# This test database's only: another test run on the same server takes its own.
+ADVISORY_LOCKS_HERE = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def test_an_interrupted_ingestion_leaves_no_lock_behind(client, admin_id, db, fake_mistral):
+    """The lock lives on a connection of its own, closed whatever stops the run (pooled connections go back
+    without a reset, so a lock left on one would outlive the ingestion)."""
+    from services.chat.knowledge.ingest import ingest as run_ingestion
+
+    fake_mistral.embedding_hold = asyncio.Event()
+    kb = client.app[KNOWLEDGE]
+    task = asyncio.create_task(run_ingestion(kb, path=None, mode="full", category=None))
+    async with asyncio.timeout(20):
+        while not fake_mistral.embedded:  # holding the lock, waiting for its first embeddings
+            await asyncio.sleep(0.01)
+    assert await db.fetchval(ADVISORY_LOCKS_HERE) == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with asyncio.timeout(10):
+        while await db.fetchval(ADVISORY_LOCKS_HERE):
+            await asyncio.sleep(0.01)
+    fake_mistral.embedding_hold.set()
+    assert (await ingest(client, admin_id))[0] == 200
+
+
 async def test_a_file_is_written_whole_or_not_at_all(client, admin_id, kb_root, db, fake_mistral):
     assert (await ingest(client, admin_id, path="procedures"))[0] == 200
     before = await db.fetch("SELECT chunk_id, content FROM kb_chunks ORDER BY chunk_id")
