@@ -5,7 +5,11 @@ After a lost connection it reconnects and loads everything again (notifications 
 until it has, the follower is `lost` (not `ready`) and its users ask the database instead.
 
 Payloads are the follower's, but for `sync:<nonce>`: a marker that `caught_up` sends and waits for, so a caller
-knows that every change committed before it has been applied here (NOTIFY delivers in commit order).
+knows that every change committed before it has been applied here (NOTIFY delivers in commit order); and
+`echo:<nonce>`, which the follower sends itself: once before loading (notifications do reach this connection:
+behind a pooler in transaction mode they would not, and the copy would never learn of a change), then after
+every HEARTBEAT_S without news (a connection cut without a word delivers nothing: it must answer within
+HEARTBEAT_TIMEOUT_S). Without its echo the follower is `lost` and its users ask the database.
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from shared.logs import get_logger
 log = get_logger("wibot.listen")
 
 RECONNECT_DELAY_S = 1.0
-# A connection cut without a word (a network gone, not a server stopped) would deliver nothing, silently:
-# after this long without a notification the follower asks it to answer, within HEARTBEAT_TIMEOUT_S.
 HEARTBEAT_S = 10.0
 HEARTBEAT_TIMEOUT_S = 5.0
 QUIET = ""  # never a payload here
 SYNC_PREFIX = "sync:"
+ECHO_PREFIX = "echo:"
 MAX_RECONNECT_DELAY_S = 10.0
 
 
@@ -87,16 +90,12 @@ async def follow(dsn: str, follower: Follower, *, application_name: str) -> None
             closed = asyncio.Event()
             await connection.add_listener(channel, functools.partial(_queue_payload, changes))
             connection.add_termination_listener(functools.partial(_set_on_close, closed))
+            markers = await _echo(connection, channel, changes, closed)
             await follower.load(connection)
+            for nonce in markers:  # sync markers seen before the load: the load covered what preceded them
+                follower._synced(nonce)
             delay = RECONNECT_DELAY_S
-            while not closed.is_set():
-                payload = await _next_change(changes, closed)
-                if payload == QUIET:
-                    await asyncio.wait_for(connection.fetchval("SELECT 1"), HEARTBEAT_TIMEOUT_S)
-                elif payload is not None and payload.startswith(SYNC_PREFIX):
-                    follower._synced(payload.removeprefix(SYNC_PREFIX))
-                elif payload is not None:
-                    await follower.apply(connection, payload)
+            await _apply_changes(connection, follower, changes, closed)
             raise ConnectionError("listener connection lost")
         except asyncio.CancelledError:
             raise
@@ -111,6 +110,53 @@ async def follow(dsn: str, follower: Follower, *, application_name: str) -> None
                     await connection.close(timeout=2)
 
 
+async def _echo(
+    connection: asyncpg.Connection, channel: str, changes: asyncio.Queue[str], closed: asyncio.Event
+) -> list[str]:
+    """Sends an echo and waits for it; returns the sync markers seen meanwhile (other changes are dropped: the
+    load that follows reads everything)."""
+    nonce = ECHO_PREFIX + uuid.uuid4().hex
+    await connection.execute("SELECT pg_notify($1, $2)", channel, nonce)
+    deadline = asyncio.get_running_loop().time() + HEARTBEAT_TIMEOUT_S
+    markers: list[str] = []
+    while True:
+        payload = await _next_change(changes, closed, deadline - asyncio.get_running_loop().time())
+        if payload is None:
+            raise ConnectionError("listener connection lost")
+        if payload == QUIET:
+            raise ConnectionError("notifications do not come back on this connection (a pooler in transaction mode?)")
+        if payload == nonce:
+            return markers
+        if payload.startswith(SYNC_PREFIX):
+            markers.append(payload.removeprefix(SYNC_PREFIX))
+
+
+async def _apply_changes(
+    connection: asyncpg.Connection, follower: Follower, changes: asyncio.Queue[str], closed: asyncio.Event
+) -> None:
+    """Until the connection closes or stops answering: each change in commit order, an echo after every quiet
+    HEARTBEAT_S (echoes and markers of other processes on the channel pass by)."""
+    clock = asyncio.get_running_loop().time
+    echo: str | None = None
+    deadline = 0.0
+    while not closed.is_set():
+        payload = await _next_change(changes, closed, HEARTBEAT_S if echo is None else deadline - clock())
+        if payload is None:
+            return
+        if payload == QUIET:
+            if echo is not None:
+                raise ConnectionError("notifications stopped coming back")
+            echo, deadline = ECHO_PREFIX + uuid.uuid4().hex, clock() + HEARTBEAT_TIMEOUT_S
+            await connection.execute("SELECT pg_notify($1, $2)", follower.channel, echo)
+        elif payload.startswith(ECHO_PREFIX):
+            if payload == echo:
+                echo = None
+        elif payload.startswith(SYNC_PREFIX):
+            follower._synced(payload.removeprefix(SYNC_PREFIX))
+        else:
+            await follower.apply(connection, payload)
+
+
 def _queue_payload(changes: asyncio.Queue[str], _connection: object, _pid: int, _channel: str, payload: str) -> None:
     changes.put_nowait(payload)
 
@@ -119,12 +165,14 @@ def _set_on_close(closed: asyncio.Event, _connection: object) -> None:
     closed.set()
 
 
-async def _next_change(changes: asyncio.Queue[str], closed: asyncio.Event) -> str | None:
-    """The next payload; QUIET after HEARTBEAT_S without one; None once the connection is closed."""
+async def _next_change(changes: asyncio.Queue[str], closed: asyncio.Event, within_s: float) -> str | None:
+    """The next payload; QUIET after `within_s` seconds without one; None once the connection is closed."""
+    if not changes.empty():
+        return changes.get_nowait()
     getter = asyncio.ensure_future(changes.get())
     waiter = asyncio.ensure_future(closed.wait())
     try:
-        done, _ = await asyncio.wait({getter, waiter}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({getter, waiter}, timeout=max(within_s, 0), return_when=asyncio.FIRST_COMPLETED)
         if not done:
             return QUIET
     finally:
