@@ -197,6 +197,15 @@ async def test_invalid_requests_are_refused_and_write_nothing(
     assert await count(db, "user_token_usage") == 0
 
 
+async def test_a_chat_in_a_conversation_created_empty(client, user_id, factory, db):
+    """The frontend may create the conversation first (POST /conversations), then chat in it: its memory is the
+    conversation's row alone, without messages."""
+    conversation = await factory.conversation(user_id)
+    r = await client.post(CHAT, json={"conversation_id": str(conversation), "message": "x"}, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conversation) == 2
+
+
 async def test_a_message_of_exactly_the_limit_is_accepted(make_client, chat_settings, user_id, db):
     client = await make_client(create_app(chat_settings.model_copy(update={"chat_message_max_chars": 32})))
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "x" * 32}, headers=bearer(user_id))

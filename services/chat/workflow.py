@@ -188,7 +188,7 @@ class Exchange:
     reply: str
     total_tokens: int
     completion_tokens: int
-    rag_used: bool = False
+    rag_used: bool = False  # pragma: no mutate (run_chat, its only builder, always says)
 
 
 async def save_exchange(pool: asyncpg.Pool, exchange: Exchange, reservation: Reservation) -> Usage:
