@@ -148,7 +148,14 @@ async def test_a_user_read_before_a_change_is_not_kept_after_it():
 
 @pytest.mark.parametrize(
     ("payload", "revoked", "forgotten"),
-    [("u:7", False, True), ("r:abc:4102444800", True, False), ("x:7", False, False), ("u:seven", False, False)],
+    [
+        ("u:7", False, True),
+        ("r:abc:4102444800", True, False),
+        ("x:7", False, False),
+        ("a:7", False, False),  # kinds are compared whole: nothing sorts its way into another
+        ("u:seven", False, False),
+        ("r:", False, False),
+    ],
 )
 async def test_each_notification_does_what_it_says(payload, revoked, forgotten):
     cache = SessionCache()
@@ -156,4 +163,32 @@ async def test_each_notification_does_what_it_says(payload, revoked, forgotten):
     cache.keep(session_user(), read_at_epoch=cache.epoch)
     await cache.apply(None, payload)  # type: ignore[arg-type] # no reload in these payloads: no connection used
     assert cache.is_revoked("abc") is revoked
+    assert cache.revoked_count == int(revoked)
     assert (cache.user(7) is None) is forgotten
+
+
+def test_several_users_are_kept_side_by_side():
+    cache = SessionCache()
+    cache.ready = True
+    for user_id in (7, 8, 9):
+        cache.keep(session_user(user_id), read_at_epoch=cache.epoch)
+    assert [cache.user(user_id) is not None for user_id in (7, 8, 9)] == [True, True, True]
+
+
+async def test_expired_revocations_are_dropped_hourly_and_only_they():
+    import time
+
+    from shared.sessions import PRUNE_EVERY_S
+
+    cache = SessionCache()
+    now = time.time()
+    cache.revoke("expired", int(now) - 10)
+    assert cache.is_revoked("expired")  # kept until the next pruning: an hour has not passed
+    await cache.apply(None, "r:unreadable:soon")  # type: ignore[arg-type] # an expiry it cannot read: far away
+    cache._pruned_at = now - PRUNE_EVERY_S - 1
+    cache.revoke("current", int(now) + 3600)
+    assert (cache.is_revoked("expired"), cache.is_revoked("current"), cache.is_revoked("unreadable")) == (
+        False,
+        True,
+        True,
+    )
