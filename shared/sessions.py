@@ -70,7 +70,7 @@ class SessionCache(Follower):
         self._users: dict[int, SessionUser] = {}
         # Bumped by every change: a user read from the database is kept only if nothing changed meanwhile
         # (else a read that began before a deactivation could store the user as active after its notification).
-        self.epoch = 0
+        self.epoch = 0  # pragma: no mutate (any start will do: only compared for equality)
         self._pruned_at = time.time()
 
     def user(self, user_id: int) -> SessionUser | None:
@@ -124,7 +124,7 @@ class SessionCache(Follower):
 
     def lost(self) -> None:
         super().lost()
-        self.epoch += 1
+        self.epoch += 1  # pragma: no mutate (not ready until the next load, which moves the epoch again)
         self._users.clear()
 
 

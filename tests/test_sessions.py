@@ -146,6 +146,17 @@ async def test_a_user_read_before_a_change_is_not_kept_after_it():
     assert cache.user(7) is None and not cache.ready
 
 
+async def test_a_user_read_before_a_reload_is_not_kept_after_it(db):
+    """Changes made while the connection was down are only known through the reload: what a request read
+    before it may predate them."""
+    cache = SessionCache()
+    await cache.load(db)
+    read_at = cache.epoch
+    await cache.load(db)
+    cache.keep(session_user(), read_at_epoch=read_at)
+    assert cache.user(7) is None
+
+
 @pytest.mark.parametrize(
     ("payload", "revoked", "forgotten"),
     [
