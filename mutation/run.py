@@ -72,6 +72,12 @@ def run_module(module: str, tests: list[str], work: Path, out: Path, *, resume: 
     # With --resume, only the mutants without a result yet run (on a fresh copy of the tree: an interrupted run
     # may have left its scratch copy mutated).
     subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=work, check=True)
+    return summarize(module, session, work)
+
+
+def summarize(module: str, session: Path, work: Path) -> dict[str, object]:
+    """Killed and survivors among the mutants that have a result (all of them once the run is complete)."""
+    cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
     dump = subprocess.run([*cosmic, "dump", str(session)], cwd=work, check=True, capture_output=True, text=True)
     total = killed = 0
     survivors = []
@@ -93,13 +99,22 @@ def run_module(module: str, tests: list[str], work: Path, out: Path, *, resume: 
                 }
             )
     score = round(100 * killed / total, 1) if total else None
-    return {"module": module, "mutants": total, "killed": killed, "score": score, "survivors": survivors}
+    pending = sum(1 for line in dump.stdout.splitlines() if not json.loads(line)[1])
+    return {
+        "module": module,
+        "mutants": total,
+        "killed": killed,
+        "score": score,
+        "not_run": pending,
+        "survivors": survivors,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m mutation.run", description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all)")
     parser.add_argument("--resume", action="store_true", help="go on with an interrupted run's session")
+    parser.add_argument("--summarize", action="store_true", help="only report the sessions as they stand")
     args = parser.parse_args()
     out = ROOT / "mutation" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +124,11 @@ def main() -> int:
         work = Path(scratch) / "tree"
         shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", ".run", ".data", "mutation"))
         for module in args.modules:
-            results.append(run_module(module, MODULES[module], work, out, resume=args.resume))
+            if args.summarize:
+                stem = module.replace("/", ".").removesuffix(".py")
+                results.append(summarize(module, out / f"{stem}.sqlite", work))
+            else:
+                results.append(run_module(module, MODULES[module], work, out, resume=args.resume))
             r = results[-1]
             print(f"{module:<32} {r['killed']}/{r['mutants']} killed ({r['score']}%)", flush=True)
     previous = {}
