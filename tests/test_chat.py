@@ -263,9 +263,15 @@ ID_TAKEN = {
 }
 
 
-async def test_another_users_conversation_id_is_reported_taken_and_nothing_written(client, factory, db, fake_mistral):
-    owner = await factory.user("owner")
-    intruder = await factory.user("intruder")
+@pytest.mark.parametrize("owner_first", [True, False], ids=["owner-older", "owner-newer"])
+async def test_another_users_conversation_id_is_reported_taken_and_nothing_written(
+    client, factory, db, fake_mistral, owner_first
+):
+    """Whoever was created first: ids are compared for equality, not order."""
+    if owner_first:
+        owner, intruder = await factory.user("owner"), await factory.user("intruder")
+    else:
+        intruder, owner = await factory.user("intruder"), await factory.user("owner")
     cid = await factory.conversation(owner, conversation_id=uuid.UUID(CID))
     await factory.message(cid, owner, "user", "confidentiel")
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "je lis ?"}, headers=bearer(intruder))
