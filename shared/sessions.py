@@ -38,7 +38,7 @@ WHERE expires_at > (now() AT TIME ZONE 'UTC')
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (a record nobody mutates: the flags are hygiene)
 class SessionUser:
     """An active user as authentication sees them (what SESSION_USER_SQL reads, minus the token)."""
 
@@ -77,7 +77,10 @@ class SessionCache(Follower):
         return self._users.get(user_id) if self.ready else None
 
     def keep(self, user: SessionUser, *, read_at_epoch: int) -> None:
-        if self.ready and read_at_epoch == self.epoch:
+        # Not mutated: `is` and `>=` are the same test here (the epoch only grows; an unchanged one is the very
+        # object that was read); the other comparisons keep a stale user, which the tests catch.
+        unchanged = read_at_epoch == self.epoch  # pragma: no mutate
+        if self.ready and unchanged:
             if len(self._users) >= MAX_USERS:
                 self._users.clear()
             self._users[user.user_id] = user

@@ -5,6 +5,7 @@ whenever that copy may be behind. The routed test with several processes is in t
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -166,6 +167,8 @@ async def test_a_user_read_before_a_reload_is_not_kept_after_it(db):
         ("a:7", False, False),  # kinds are compared whole: nothing sorts its way into another
         ("u:seven", False, False),
         ("r:", False, False),
+        ("", False, False),  # kinds that sort before `*` are not a reload either
+        ("!:7", False, False),
     ],
 )
 async def test_each_notification_does_what_it_says(payload, revoked, forgotten):
@@ -178,12 +181,54 @@ async def test_each_notification_does_what_it_says(payload, revoked, forgotten):
     assert (cache.user(7) is None) is forgotten
 
 
+async def test_a_truncate_reloads_everything(make_client, settings, factory, db):
+    """A TRUNCATE fires no row trigger: its `*` must drop every user the process knew and re-read the revocations."""
+    client = await make_client(conversations_app(settings))
+    user = await factory.user("lea")
+    assert (await client.get(LIST, headers=bearer(user, "lea"))).status == 200  # known to the process now
+    await db.execute("TRUNCATE users CASCADE")
+    await sessions_caught_up(client, db)
+    assert (await client.get(LIST, headers=bearer(user, "lea"))).status == 401
+
+
+async def test_an_unknown_notification_is_logged_cut_to_100_characters(capsys):
+    cache = SessionCache()
+    await cache.apply(None, "?" * 150)  # type: ignore[arg-type] # not a reload: no connection used
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "session_cache_unknown" in line]
+    assert [entry["payload"] for entry in logged] == ["?" * 100]
+
+
 def test_several_users_are_kept_side_by_side():
     cache = SessionCache()
     cache.ready = True
     for user_id in (7, 8, 9):
         cache.keep(session_user(user_id), read_at_epoch=cache.epoch)
     assert [cache.user(user_id) is not None for user_id in (7, 8, 9)] == [True, True, True]
+
+
+def test_the_copy_holds_100_000_users_then_starts_over():
+    cache = SessionCache()
+    cache.ready = True
+    for user_id in range(100_000):
+        cache.keep(session_user(user_id), read_at_epoch=cache.epoch)
+    assert cache.user(0) is not None and cache.user(99_999) is not None
+    cache.keep(session_user(100_000), read_at_epoch=cache.epoch)
+    assert cache.user(0) is None and cache.user(100_000) is not None
+
+
+def test_revocations_are_pruned_once_an_hour_has_passed(monkeypatch):
+    import time
+
+    now = 1_800_000_000.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    cache = SessionCache()
+    cache.revoke("expired", int(now) - 10)
+    now += 3600  # an hour since the cache started, not more
+    cache.revoke("current", int(now) + 60)
+    assert cache.is_revoked("expired")
+    now += 0.5  # past the hour
+    cache.revoke("other", int(now) + 60)
+    assert not cache.is_revoked("expired") and cache.is_revoked("current") and cache.is_revoked("other")
 
 
 async def test_expired_revocations_are_dropped_hourly_and_only_they():

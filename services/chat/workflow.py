@@ -133,10 +133,11 @@ class Memory:
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> Memory:
     """The last `window` messages, oldest first; 409 if the conversation id is someone else's."""
     rows = await pool.fetch(queries.MEMORY_SQL, conversation_id, user_id, window)
-    if rows and rows[0]["owner"] != user_id:  # pragma: no mutate (every row carries the same owner: [-1] is [0])
+    first = next(iter(rows), None)  # every row carries the conversation's owner and its attachments flag
+    if first is not None and first["owner"] != user_id:
         raise conversation_id_taken()
     messages = [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
-    return Memory(is_new=not rows, messages=messages, has_documents=bool(rows) and rows[0]["has_documents"])
+    return Memory(is_new=first is None, messages=messages, has_documents=first is not None and first["has_documents"])
 
 
 async def check_conversation_cap(pool: asyncpg.Pool, *, user_id: int, limit: int) -> None:
