@@ -30,6 +30,7 @@ log = get_logger("wibot.sessions")
 CHANNEL = "wibot_sessions"
 MAX_USERS = 100_000  # a site has a few thousand: past this, start over rather than grow without bound
 PRUNE_EVERY_S = 3600
+NEVER = 2**62  # pragma: no mutate (an expiry read as "not before the end of time": any far-off value will do)
 
 REVOKED_TOKENS_SQL = """
 SELECT token_sha256, floor(extract(epoch FROM expires_at))::bigint AS expires_at
@@ -118,7 +119,7 @@ class SessionCache(Follower):
             self.forget(int(rest))
         elif kind == "r" and rest:
             token_key, _, expires_at = rest.partition(":")
-            self.revoke(token_key, int(expires_at) if expires_at.isdigit() else 2**62)
+            self.revoke(token_key, int(expires_at) if expires_at.isdigit() else NEVER)
         elif kind == "*":
             self.lost()  # nothing stale is served while the reload runs: the database answers meanwhile
             await self.load(connection)
