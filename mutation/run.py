@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 120"
 MODULES: dict[str, list[str]] = {
-    "shared/auth.py": ["tests/test_token_rules.py", "tests/test_secret_rotation.py", "tests/test_auth_login.py",
-                       "tests/test_admin_and_sessions.py", "tests/test_security.py", "tests/test_bad_input.py"],
+    "shared/auth.py": ["tests/test_token_rules.py", "tests/test_secret_rotation.py", "tests/test_sessions.py",
+                       "tests/test_auth_login.py", "tests/test_admin_and_sessions.py", "tests/test_security.py",
+                       "tests/test_bad_input.py"],
     "shared/sessions.py": ["tests/test_sessions.py", "tests/test_admin_and_sessions.py", "tests/test_token_rules.py",
                            "tests/test_listen.py"],
     "services/auth/passwords.py": ["tests/test_login_storm.py", "tests/test_auth_login.py",
