@@ -92,7 +92,7 @@ USER_ID_BLOCKS = itertools.count(1000, 1000)
 # migration and n8n tests make scratch databases) waits for a checkpoint that fsyncs every one of them. With two
 # busy loops on two cores each fsync waited ~4 ms for a CPU: 11,521 files, a 42 s teardown against a 60 s timeout.
 # Children first; the sequences go back to 1 as RESTART IDENTITY did (setval, unlike ALTER SEQUENCE RESTART,
-# writes no new file).
+# writes no new file), but the users' one, which the fixture sets to a block of its own.
 EMPTY_TABLES_SQL = """
 DELETE FROM kb_chunks; DELETE FROM kb_documents;
 DELETE FROM messages; DELETE FROM conversation_message_counts; DELETE FROM conversations;
@@ -101,7 +101,7 @@ DELETE FROM quota_alerts; DELETE FROM token_reservations; DELETE FROM unsaved_ch
 DELETE FROM rate_limit_windows; DELETE FROM users;
 SELECT setval(sequence, 1, false)
   FROM unnest(ARRAY['kb_chunks_chunk_id_seq', 'kb_documents_document_id_seq', 'messages_message_id_seq',
-                    'user_token_usage_usage_id_seq', 'users_user_id_seq']::regclass[]) AS sequence;
+                    'user_token_usage_usage_id_seq']::regclass[]) AS sequence;
 """
 
 
