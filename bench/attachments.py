@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.run import SECRET, peak_rss_mb, recreate_database, start_stack, stop_stack
+from bench.run import SECRET, peak_rss_mb, pool_max_with_room, recreate_database, start_stack, stop_stack
 from services.chat.extraction import pdf_text
 from shared import apply_migrations, issue_token
 from tests.documents import b64, text_pdf
@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pdf = pdf_of(1.0)
     files = [{"name": "rapport.pdf", "content": b64(pdf)}]
     with tempfile.TemporaryDirectory() as run_dir:
-        base, processes, _ = start_stack(url, Path(run_dir))
+        base, processes, _ = start_stack(url, Path(run_dir), await pool_max_with_room(url))
         try:
             await chat_latencies(base, token, files, 2)  # warm-up: workers started, pools filled
             without = await chat_latencies(base, token, None, args.count)

@@ -37,6 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "wrk_report.lua"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CONCURRENCY = (1, 16, 64)
+POOL_MAX = 20
+# auth, chat, conversations and the ceiling each open a pool; beside them, one connection per LISTEN (sessions in
+# all four, the knowledge base in chat), and a few for the harness itself (seeding, the database's drop).
+POOLED_PROCESSES = 4
+LISTENERS = 5
+SPARE_CONNECTIONS = 4
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -216,7 +222,27 @@ async def drop_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
-def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:
+async def pool_max_with_room(database_url: str) -> int:
+    """POOL_MAX, or less when the server has no room for four full pools beside the connections it serves already
+    (a test run's, a developer's stack): past max_connections a connection is refused ("too many clients") and
+    the scenario that needed it counts errors."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        limit = await conn.fetchval(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+        )
+        in_use = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+    finally:
+        await conn.close()
+    room = int(limit - in_use - LISTENERS - SPARE_CONNECTIONS) // POOLED_PROCESSES
+    if room < POOL_MAX:
+        print(f"pools cut to {max(room, 2)} connections each: the server has room for no more", flush=True)
+    return max(2, min(POOL_MAX, room))
+
+
+def start_stack(
+    database_url: str, run_dir: Path, pool_max: int
+) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:
     gateway, auth, chat, conversations, fake, ceiling, safeguard = free_ports(7)
     os.environ.update(
         {
@@ -225,7 +251,7 @@ def start_stack(database_url: str, run_dir: Path) -> tuple[str, dict[str, subpro
             "MISTRAL_API_KEY": "",
             "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake}",
             "LOG_LEVEL": "WARNING",
-            "DB_POOL_MAX": "20",
+            "DB_POOL_MAX": str(pool_max),
             # The benchmark is a load on purpose: no per-user request limits.
             "CHAT_REQUESTS_PER_MINUTE": "0",
             "CONVERSATION_CREATIONS_PER_MINUTE": "0",
@@ -298,7 +324,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     seed_seconds = round(time.monotonic() - started, 1)
     run_dir = Path(args.out).resolve() / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    base, processes, _ = start_stack(database_url, run_dir)
+    base, processes, _ = start_stack(database_url, run_dir, await pool_max_with_room(database_url))
     pids = {name: proc.pid for name, proc in processes.items() if name in {"auth", "chat", "conversations"}}
 
     def token(user: str, role: str = "user") -> str:
@@ -421,6 +447,7 @@ def summarize(
         "data": {"conversations": ids["_conversations"], "messages": ids["_messages"], "seed_seconds": seed_seconds},
         "results": [r.__dict__ for r in results],
         "peak_rss_mb": rss,
+        "db_pool_max": int(os.environ["DB_POOL_MAX"]),
         "targets": [{"target": t, "measured": m, "goal": g, "met": ok} for t, m, g, ok in targets],
     }
 

@@ -24,7 +24,17 @@ from typing import Any
 
 import asyncpg
 
-from bench.run import ROOT, SECRET, Scenario, drop_database, recreate_database, run_wrk, start_stack, stop_stack
+from bench.run import (
+    ROOT,
+    SECRET,
+    Scenario,
+    drop_database,
+    pool_max_with_room,
+    recreate_database,
+    run_wrk,
+    start_stack,
+    stop_stack,
+)
 from shared import apply_migrations, issue_token
 
 PLATEAU_MB_PER_10K = 0.5
@@ -102,7 +112,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Each chat opens a conversation (wrk_report.lua): tens of thousands here, beyond the per-user cap.
     os.environ["MAX_CONVERSATIONS_PER_USER"] = "0"
-    base, processes, _ = start_stack(url, run_dir)
+    base, processes, _ = start_stack(url, run_dir, await pool_max_with_room(url))
     pids = {service: processes[service].pid for service in SERVICES if service in processes}
     token = issue_token(user_id=user_id, username="soak", role="user", secret=SECRET, ttl_seconds=86_400)
     chat = Scenario(f"soak {uuid.uuid4().hex[:6]}", "/webhook/wibot/chat", "POST", token=token, chat=True)

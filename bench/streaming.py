@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.run import SECRET, drop_database, recreate_database, start_stack, stop_stack
+from bench.run import SECRET, drop_database, pool_max_with_room, recreate_database, start_stack, stop_stack
 from devtools.fake_mistral import REPLY_PREFIX
 from shared import apply_migrations, issue_token
 
@@ -95,7 +95,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     url = await recreate_database(server, name)
     ids = await seed(url, max(args.concurrency))
     run_dir = Path(tempfile.mkdtemp(prefix="wibot-bench-streaming-"))
-    base, processes, _ = start_stack(url, run_dir)
+    base, processes, _ = start_stack(url, run_dir, await pool_max_with_room(url))
     tokens = [issue_token(user_id=i, username=f"u{i}", role="user", secret=SECRET, ttl_seconds=3600) for i in ids]
     message = "Décris la procédure de sauvegarde du site, étape par étape."
     chunks = -(-len(f"{REPLY_PREFIX} Vous avez écrit : {message}") // CHUNK_CHARS)
