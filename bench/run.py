@@ -222,22 +222,28 @@ async def drop_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
+async def free_connections(conn: asyncpg.Connection) -> int:
+    """Client connections the server would still accept (max_connections less its reserved ones and those open)."""
+    free: int = await conn.fetchval(
+        "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+        " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+    )
+    return free
+
+
 async def pool_max_with_room(database_url: str) -> int:
     """POOL_MAX, or less when the server has no room for four full pools beside the connections it serves already
     (a test run's, a developer's stack): past max_connections a connection is refused ("too many clients") and
     the scenario that needed it counts errors."""
     conn = await asyncpg.connect(database_url)
     try:
-        limit = await conn.fetchval(
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-        )
-        in_use = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        free = await free_connections(conn)
     finally:
         await conn.close()
-    room = int(limit - in_use - LISTENERS - SPARE_CONNECTIONS) // POOLED_PROCESSES
-    if room < POOL_MAX:
-        print(f"pools cut to {max(room, 2)} connections each: the server has room for no more", flush=True)
-    return max(2, min(POOL_MAX, room))
+    pool_max = max(2, min(POOL_MAX, (free - LISTENERS - SPARE_CONNECTIONS) // POOLED_PROCESSES))
+    if pool_max < POOL_MAX:
+        print(f"pools cut to {pool_max} connections each: the server has room for no more", flush=True)
+    return pool_max
 
 
 def start_stack(

@@ -144,17 +144,14 @@ async def test_the_benchmark_pools_shrink_to_the_room_the_server_has(database_ur
     the benchmark's pools take what room is left."""
     import asyncpg
 
-    from bench.run import POOL_MAX, pool_max_with_room
+    from bench.run import POOL_MAX, free_connections, pool_max_with_room
 
     probe = await asyncpg.connect(database_url)
-    limit = await probe.fetchval(
-        "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-    )
-    in_use = await probe.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+    free = await free_connections(probe)
     await probe.close()
     roomy = await pool_max_with_room(database_url)
     # Leave room for pools of about 10: the 9 connections the harness keeps aside, 4 pools of 10.
-    taken = [await asyncpg.connect(database_url) for _ in range(max(0, limit - in_use - 9 - 40))]
+    taken = [await asyncpg.connect(database_url) for _ in range(max(0, free - 9 - 40))]
     try:
         crowded = await pool_max_with_room(database_url)
     finally:
