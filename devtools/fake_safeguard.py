@@ -13,6 +13,7 @@ SAFEGUARD_URL is unset (a development stand-in, seeded with demo requests: its a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -79,10 +80,24 @@ class FakeSafeguard:
     unauthorized: int = 0  # calls refused for a missing or wrong header
     # Requests someone else decides between the gateway's check and its call: the decision answers 409.
     decided_elsewhere: set[str] = field(default_factory=set)
+    # Above 0: each answer is sent in two writes this far apart, as a real server's answer may arrive.
+    split_answer_s: float = 0.0
 
     def add(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests[request["approval_id"]] = request
         return request
+
+
+async def in_two_writes(request: web.Request, response: web.Response, pause_s: float) -> web.StreamResponse:
+    body = bytes(response.body)  # type: ignore[arg-type]
+    # Chunked, without Content-Length: the gateway cannot know the size before it has read it all.
+    split = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+    await split.prepare(request)
+    await split.write(body[: len(body) // 2])
+    await asyncio.sleep(pause_s)
+    await split.write(body[len(body) // 2 :])
+    await split.write_eof()
+    return split
 
 
 def create_app(state: FakeSafeguard) -> web.Application:
@@ -95,7 +110,10 @@ def create_app(state: FakeSafeguard) -> web.Application:
             if request.headers.get(name) != value:
                 state.unauthorized += 1
                 return web.json_response({"error": "unauthorized"}, status=401)
-        return await handler(request)
+        response = await handler(request)
+        if state.split_answer_s <= 0 or not isinstance(response, web.Response) or response.body is None:
+            return response
+        return await in_two_writes(request, response, state.split_answer_s)
 
     async def pending(_request: web.Request) -> web.Response:
         return web.json_response({"requests": [r for r in state.requests.values() if r["status"] == "pending"]})

@@ -19,7 +19,9 @@ from services.chat import quota
 from services.chat.app import create_app
 from services.chat.extraction import FileProblem, decode_text, extract
 from tests.conftest import bearer
-from tests.documents import ELF, PNG, b64, data_url, encrypted_pdf, scanned_pdf, text_pdf
+from tests.documents import ELF, PNG, b64, data_url, encrypted_pdf, flate_pdf, scanned_pdf, text_pdf
+
+DEFLATE_BOMB = flate_pdf(b"BT /F1 11 Tf (a) Tj ET\n" + b" " * 300_000_000)  # 290 KB that inflate to 300 MB
 
 CHAT = "/webhook/wibot/chat"
 ACCEPTED = "Types acceptés : PDF, TXT, MD, CSV, JSON."
@@ -100,8 +102,10 @@ def test_a_pdf_gives_its_text_page_by_page():
         (scanned_pdf(), "PDF sans texte (document scanné ?)"),
         (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> garbage", "PDF corrompu"),
         (text_pdf(["x"] * 6), "6 pages, 5 au maximum"),
+        # F5: pypdf's LimitReachedError is not a PdfReadError; it escaped as a 500 with a traceback.
+        (DEFLATE_BOMB, "PDF trop complexe : une limite de sécurité a été atteinte"),
     ],
-    ids=["encrypted", "scanned", "corrupt", "too-many-pages"],
+    ids=["encrypted", "scanned", "corrupt", "too-many-pages", "deflate-bomb"],
 )
 def test_unreadable_pdfs_say_why(pdf, reason):
     with pytest.raises(FileProblem) as problem:
@@ -164,6 +168,38 @@ async def test_a_txt_and_a_pdf_sent_as_the_newer_frontend_sends_them_reach_the_m
     # Metadata only, never the content (the assistant's reply is the fake model's echo: not ours to judge).
     stored = await db.fetchval("SELECT content || attachments::text FROM messages WHERE role = 'user'")
     assert "Panne Internet" not in stored and "EHPAD" not in stored
+
+
+# F7: each of these starts with a magic number (BMP, DOS executable, MP3, Flash, GIF, Ogg) and was refused 415.
+TEXT_THAT_LOOKS_MAGIC = [
+    "BMW;Série 3;2019\nAudi;A4;2021\n",
+    "MZ-2024-118 : ticket de maintenance\n",
+    "ID3 du poste : PC-ACCUEIL-04\n",
+    "FWS : pare-feu du site, règle 12\n",
+    "GIF8 : code interne de l'imprimante\n",
+    "OggS et autres formats audio refusés par le proxy\n",
+]
+
+
+@pytest.mark.parametrize("text", TEXT_THAT_LOOKS_MAGIC, ids=["bmp", "exe", "mp3", "swf", "gif", "ogg"])
+@pytest.mark.parametrize("encoding", ["data-url", "base64"])
+async def test_text_starting_with_a_magic_number_is_text(client, user_id, fake_mistral, text, encoding):
+    data = text.encode("utf-8")
+    content = data_url(data, "text/csv") if encoding == "data-url" else b64(data)
+    r = await send(client, user_id, [{"name": "notes.csv", "content": content}], "Lis")
+    assert r.status == 200, await r.text()
+    assert fake_mistral.received[-1]["messages"][-1]["content"] == f"Lis\n\n--- Fichier : notes.csv ---\n{text}"
+
+
+async def test_a_deflate_bomb_is_a_422_naming_it_and_nothing_happens(client, user_id, db, fake_mistral):
+    r = await send(client, user_id, [{"name": "bombe.pdf", "content": b64(DEFLATE_BOMB)}])
+    assert r.status == 422, await r.text()
+    assert await r.json() == {
+        "success": False,
+        "error": "Fichier illisible : bombe.pdf (PDF trop complexe : une limite de sécurité a été atteinte).",
+        "code": "FILE_UNREADABLE",
+    }
+    await assert_nothing_happened(db, fake_mistral)
 
 
 @pytest.mark.parametrize(

@@ -269,3 +269,54 @@ async def test_a_race_lost_upstream_is_a_409_not_a_success(client, people, held,
 
 def test_iso_dates_of_the_fake_are_utc_z():
     assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) + timedelta(0)) == "2026-01-02T03:04:05Z"
+
+
+async def test_an_answer_arriving_in_two_writes_is_read_whole(client, people, held, upstream):
+    """F4: the gateway read only what had arrived of the body (`content.read(n)`), so an answer sent in two
+    writes 20 ms apart read as a cut JSON: lists empty, decisions 503."""
+    upstream.split_answer_s = 0.02
+    r = await client.get(f"{SAFEGUARD}/requests", headers=as_(people, "N2"))
+    body = await r.json()
+    assert "message" not in body, body  # "Serveur Safeguard non disponible" would be here
+    assert [item["approval_id"] for item in body["requests"]] == ["req-l1", "req-l2", "req-l3"]
+    r = await client.post(f"{SAFEGUARD}/approve", json={"approval_id": "req-l1"}, headers=as_(people, "N2"))
+    assert r.status == 200, await r.text()
+    assert upstream.requests["req-l1"]["status"] == "approved"
+
+
+async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people, upstream):
+    """F4: an answer over ~64 KB arrives in several socket reads; 300 requests of 1 KB each must all be listed."""
+    for number in range(300):
+        upstream.add(
+            held_request(
+                approval_id=f"req-{number:03d}",
+                tool_name="glpi_close_ticket",
+                security_level="L1",
+                expires_in_s=3600,
+                context={"description": "x" * 1000},
+            )
+        )
+    r = await client.get(f"{SAFEGUARD}/requests", headers=as_(people, "N1"))
+    body = await r.json()
+    assert body["total"] == 300, {k: v for k, v in body.items() if k != "requests"}
+
+
+@pytest.mark.parametrize("split_s", [0.0, 0.01], ids=["content-length", "chunked"])
+async def test_an_answer_past_the_upstream_limit_is_unavailable_not_held(client, people, upstream, monkeypatch, split_s):
+    import services.auth.safeguard as safeguard
+
+    monkeypatch.setattr(safeguard, "MAX_UPSTREAM_BYTES", 10_000)
+    for number in range(30):
+        upstream.add(
+            held_request(
+                approval_id=f"req-{number:03d}",
+                tool_name="glpi_close_ticket",
+                security_level="L1",
+                expires_in_s=3600,
+                context={"description": "x" * 1000},
+            )
+        )
+    upstream.split_answer_s = split_s  # chunked: no Content-Length, the count while reading refuses it
+    r = await client.get(f"{SAFEGUARD}/requests", headers=as_(people, "N1"))
+    body = await r.json()
+    assert body["requests"] == [] and body["message"] == "Serveur Safeguard non disponible"

@@ -86,13 +86,22 @@ class SafeguardClient:
             raise SafeguardUnavailable("SAFEGUARD_URL is not set")
         try:
             async with self._session.request(method, self._base_url + path, **kwargs) as response:
-                raw = await response.content.read(MAX_UPSTREAM_BYTES + 1)
-                if len(raw) > MAX_UPSTREAM_BYTES:
-                    raise SafeguardUnavailable(f"{path}: answer larger than {MAX_UPSTREAM_BYTES} bytes")
-                body = _json_object(raw)
-                return response.status, body
+                return response.status, _json_object(await read_whole(response, path))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SafeguardUnavailable(f"{path}: {type(exc).__name__}") from None
+
+
+async def read_whole(response: aiohttp.ClientResponse, path: str) -> bytes:
+    """The whole body, however many writes it arrives in (`content.read(n)` returns only what has arrived),
+    refused past MAX_UPSTREAM_BYTES without holding more than that."""
+    if (response.content_length or 0) > MAX_UPSTREAM_BYTES:
+        raise SafeguardUnavailable(f"{path}: answer larger than {MAX_UPSTREAM_BYTES} bytes")
+    body = bytearray()
+    async for piece in response.content.iter_chunked(64 * 1024):
+        body += piece
+        if len(body) > MAX_UPSTREAM_BYTES:
+            raise SafeguardUnavailable(f"{path}: answer larger than {MAX_UPSTREAM_BYTES} bytes")
+    return bytes(body)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

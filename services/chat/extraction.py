@@ -91,8 +91,8 @@ def sniff(data: bytes) -> Kind | None:
     """What the bytes are: a PDF, text, or None (something else: an image, an archive, an executable, noise)."""
     if data.startswith(b"%PDF-"):
         return "pdf"
-    if filetype.guess(data) is not None:
-        return None
+    # Text first: magic numbers are a few printable letters ("BM", "MZ", "ID3 ", "GIF8", "OggS") that a CSV
+    # or a log may start with; a real image or program holds NULs and control bytes, which text does not.
     return "text" if decode_text(data) is not None else None
 
 
@@ -146,7 +146,7 @@ def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
 def pdf_text(data: bytes, *, max_pages: int) -> tuple[str, int]:
     """Page by page, each under a `[Page n/N]` marker."""
     from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PdfReadError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -158,6 +158,8 @@ def pdf_text(data: bytes, *, max_pages: int) -> tuple[str, int]:
         pages = [page.extract_text() or "" for page in reader.pages]
     except FileProblem:
         raise
+    except LimitReachedError:  # pypdf's own bounds (a deflate bomb, a huge page tree): not a PdfReadError
+        raise unreadable("PDF trop complexe : une limite de sécurité a été atteinte") from None
     except (FileNotDecryptedError, DependencyError):
         raise unreadable("PDF protégé par un mot de passe") from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
