@@ -57,6 +57,36 @@ async def test_login_failures_are_one_and_the_same_401(client, factory, username
     assert await r.json() == INVALID
 
 
+@pytest.mark.parametrize("typed", ["rt_ﬁ", "RT_FI", "Rt_Fi", "rt_fi"])
+async def test_a_username_logs_in_spelt_as_it_was_created_whatever_its_case_or_ligature(client, factory, typed):
+    """F9: usernames are unique whatever their case and stored NFKC ("rt_ﬁ" is stored "rt_fi"), but login
+    compared them byte for byte, so "rt_ﬁ" and "RT_FI" were refused. The token names the stored spelling."""
+    user_id = await factory.user("rt_fi", "test123")
+    r = await client.post(LOGIN, json={"username": typed, "password": "test123"})
+    assert r.status == 200, await r.text()
+    assert (await r.json())["user"] == {"id": user_id, "username": "rt_fi", "role": "user"}
+    r = await client.post(LOGIN, json={"username": typed, "password": "wrong"})
+    assert await r.json() == INVALID
+
+
+async def test_an_n8n_database_with_names_differing_in_case_logs_in_the_exact_spelling_first(client, factory):
+    """An n8n database may hold "Khora" and "khora" side by side (it had no case rule): each logs in as itself."""
+    lower = await factory.user("khora", "motdepasse-1")
+    upper = await factory.user("Khora", "motdepasse-2")
+    r = await client.post(LOGIN, json={"username": "Khora", "password": "motdepasse-2"})
+    assert (await r.json())["user"]["id"] == upper
+    r = await client.post(LOGIN, json={"username": "khora", "password": "motdepasse-1"})
+    assert (await r.json())["user"]["id"] == lower
+    r = await client.post(LOGIN, json={"username": "khora", "password": "motdepasse-2"})
+    assert r.status == 401  # the exact spelling's account was checked, not the other one's
+
+
+async def test_an_inactive_account_is_not_reached_through_another_case(client, factory):
+    await factory.user("sleeper", "test123", is_active=False)
+    r = await client.post(LOGIN, json={"username": "SLEEPER", "password": "test123"})
+    assert await r.json() == INVALID
+
+
 async def test_password_of_exactly_72_bytes_still_logs_in(client, factory):
     password = "p" * 72
     await factory.user("longpw", password)

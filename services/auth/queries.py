@@ -2,11 +2,15 @@
 
 # With the user's token generation, read in the same snapshot as the password hash: a login racing a
 # password change gets either the old hash and the old generation, or both new.
+# $1 is what was typed, $2 its NFKC form (how usernames are created). Names are unique whatever their case
+# (CREATE_USER_SQL), so the case-insensitive match finds the one user; a database from n8n may hold names that
+# differ only in case: the exact spelling wins, then the oldest account.
 LOGIN_USER_SQL = """
 SELECT u.user_id, u.username, u.password_hash, u.role, COALESCE(a.generation, 0) AS generation
 FROM users u
 LEFT JOIN user_token_revocations a ON a.user_id = u.user_id
-WHERE u.username = $1 AND u.is_active IS TRUE
+WHERE (u.username = $1 OR lower(u.username) = lower($2)) AND u.is_active IS TRUE
+ORDER BY u.username = $1 DESC, u.username = $2 DESC, u.user_id
 LIMIT 1
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import asyncpg
 from aiohttp import web
 
@@ -45,7 +47,8 @@ async def verify_credentials(
     password, password over 72 bytes."""
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
         raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
-    row = await pool.fetchrow(queries.LOGIN_USER_SQL, username)
+    # Spelt as new usernames are stored (NFKC: "rt_ﬁ" is "rt_fi"), found whatever its case.
+    row = await pool.fetchrow(queries.LOGIN_USER_SQL, username, unicodedata.normalize("NFKC", username))
     stored = row["password_hash"] if row else None
     if row is not None and not is_bcrypt_hash(stored or ""):
         # An n8n install's plain text: never compared as such; costs what a wrong password costs.
