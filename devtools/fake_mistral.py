@@ -50,6 +50,7 @@ class FakeMistral:
     chunks_sent: int = 0  # text chunks written to clients, all streams together
     streams_closed_early: int = 0  # streams whose reader went away before the end
     answered: int = 0  # completions sent back (what a user may have been given)
+    abandoned: int = 0  # completions whose caller hung up before they were answered
     embedded: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))  # /v1/embeddings bodies
     embedding_failures: list[int] = field(default_factory=list)  # like `failures`, for /v1/embeddings
     _arrival: asyncio.Event = field(default_factory=asyncio.Event)
@@ -175,7 +176,11 @@ def create_app(state: FakeMistral | None = None) -> web.Application:
         body = await request.json()
         state.record(body)
         if state.hold is not None:
-            await state.hold.wait()
+            try:
+                await state.hold.wait()
+            except asyncio.CancelledError:  # the caller closed the connection (this server cancels handlers)
+                state.abandoned += 1
+                raise
         if state.latency_s:
             await asyncio.sleep(state.latency_s)
         if state.failures:

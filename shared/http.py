@@ -228,6 +228,13 @@ def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
 
 
+# How every service's server runs, in production as in the tests (pytest-aiohttp's TestServer always cancels):
+# a client that leaves cancels its handler, so the model call, an extraction job or a retrieval it started stops
+# instead of running to its end for nobody (aiohttp's own default is not to cancel). tests/test_server_process.py
+# starts a real process and shows it.
+SERVER_OPTIONS: dict[str, Any] = {"handler_cancellation": True}
+
+
 def serve(
     create_app: Callable[[Settings], web.Application], *, service: str, default_port: int, epilog: str | None = None
 ) -> None:
@@ -254,7 +261,15 @@ def serve(
     event_loop = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio": what runs, not what was asked
     log.info("service_starting", service=service, host=args.host, port=args.port, event_loop=event_loop)
     try:
-        web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=loop)
+        web.run_app(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            loop=loop,
+            **SERVER_OPTIONS,
+        )
     except DatabaseBehind as exc:
         log.error("database_behind", missing=exc.missing)
         print(f"{service}: refusing to start: {exc}", file=sys.stderr)

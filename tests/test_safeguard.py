@@ -302,7 +302,9 @@ async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people,
 
 
 @pytest.mark.parametrize("split_s", [0.0, 0.01], ids=["content-length", "chunked"])
-async def test_an_answer_past_the_upstream_limit_is_unavailable_not_held(client, people, upstream, monkeypatch, split_s):
+async def test_an_answer_past_the_upstream_limit_is_unavailable_not_held(
+    client, people, upstream, monkeypatch, split_s
+):
     import services.auth.safeguard as safeguard
 
     monkeypatch.setattr(safeguard, "MAX_UPSTREAM_BYTES", 10_000)

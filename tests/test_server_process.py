@@ -1,0 +1,82 @@
+"""The services run as production runs them: a real `python -m services.chat` process (shared.http.serve), not
+pytest-aiohttp's TestServer, which always cancels a handler whose client left. With aiohttp's default
+(`handler_cancellation=False`) the model call of an abandoned request ran to its end and was charged to a user
+who never received it (F3 of the security round 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from devtools.stack import free_ports, wait_for_port
+from shared.http import SERVER_OPTIONS
+from tests.conftest import TEST_SECRET, bearer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def chat_process(database_url, fake_mistral, tmp_path):
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": TEST_SECRET,
+        "MISTRAL_API_KEY": "test-key",
+        "MISTRAL_SERVER_URL": fake_mistral.url,
+        "MISTRAL_TIMEOUT_S": "30",
+        "CHAT_REQUESTS_PER_MINUTE": "0",
+        "KB_TOP_K": "0",
+        "DB_POOL_MAX": "4",
+    }
+    log = (tmp_path / "chat.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.chat", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_the_production_server_cancels_a_handler_whose_client_left():
+    assert SERVER_OPTIONS["handler_cancellation"] is True  # what the TestServer of every other test does
+
+
+async def test_an_abandoned_chat_stops_its_model_call_and_is_not_charged(chat_process, factory, db, fake_mistral):
+    user_id = await factory.user()
+    fake_mistral.hold = asyncio.Event()
+    body = {"conversation_id": str(uuid.uuid4()), "message": "Une question longue à traiter"}
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(
+            session.post(f"{chat_process}/webhook/wibot/chat", json=body, headers=bearer(user_id))
+        )
+        await fake_mistral.wait_for_requests(1, within_s=20)
+        assert await db.fetchval("SELECT count(*) FROM token_reservations") == 1  # the model is working
+        request.cancel()  # the client (or nginx at its timeout) hangs up
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    # The server's handler is cancelled: its call to the model is dropped before the model answers.
+    async with asyncio.timeout(20):
+        while fake_mistral.abandoned == 0:
+            await asyncio.sleep(0.02)
+        while await db.fetchval("SELECT count(*) FROM token_reservations"):
+            await asyncio.sleep(0.02)
+    fake_mistral.hold.set()
+    assert fake_mistral.answered == 0
+    assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0  # refunded
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
