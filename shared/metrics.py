@@ -32,6 +32,9 @@ KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]
 )
 KNOWLEDGE_INDEX_CHUNKS = Gauge("wibot_kb_index_chunks", "Site chunks held by this process's vector index")
+EXTRACTIONS_REFUSED = Counter(
+    "wibot_extractions_refused_total", "Attachments refused because the extraction pool was full", ["bound"]
+)
 DATABASE_ERRORS = Counter("wibot_database_unavailable_total", "Requests answered 503 because the database failed")
 
 

@@ -93,6 +93,12 @@ class Settings(DatabaseSettings):
     pdf_max_pages: int = Field(500, gt=0, description="A PDF with more pages is refused (422)")
     extraction_timeout_s: float = Field(20.0, gt=0, description="Decoding + extraction of one file (422 beyond)")
     extraction_workers: int = Field(2, ge=1, description="Processes extracting files (PDF) off the event loop")
+    extraction_max_jobs: int = Field(
+        40, ge=0, description="Files being extracted or waiting, per process (503 EXTRACTION_BUSY beyond; 0: no bound)"
+    )
+    extraction_max_jobs_per_user: int = Field(
+        10, ge=0, description="Of them, one user's (429 EXTRACTION_BUSY beyond: a message's files fit; 0: no bound)"
+    )
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
     chat_requests_per_minute: int = Field(30, ge=0, description="Chat requests per user and minute (0: no limit)")

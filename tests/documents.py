@@ -50,6 +50,21 @@ def flate_pdf(content: bytes, *, page_count: int = 1) -> bytes:
     return _assemble(objects)
 
 
+def slow_pdf(path_ops: int = 200_000) -> bytes:
+    """One page: a word, then `path_ops` line drawings that pypdf parses one by one (about 2 s per 100,000 here)
+    and that add no text: slow to read, a few characters to return."""
+    content = b"BT /F1 11 Tf 50 750 Td (Lent) Tj ET\n" + b"0 0 m 10 10 l S\n" * path_ops
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        4: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+        b" /Contents 5 0 R >>",
+        5: b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+    }
+    return _assemble(objects)
+
+
 def _assemble(objects: dict[int, bytes]) -> bytes:
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")

@@ -21,6 +21,7 @@ from aiohttp import web
 from services.chat.extraction import Extracted, FileProblem, extract
 from shared import ApiError, Settings, get_logger
 from shared.contracts import FileAttachment
+from shared.metrics import EXTRACTIONS_REFUSED
 
 log = get_logger("wibot.attachments")
 
@@ -62,25 +63,74 @@ class ReadFile:
         return meta | {"chars": self.chars, "truncated": self.truncated} | ({"indexed": True} if self.indexed else {})
 
 
-class Extractor:
-    """Worker processes for decoding and extraction, started on first use, stopped with the app."""
+class ExtractionBusy(Exception):
+    """The extraction pool holds as many jobs as it may (`per_user`: as many of this user's as they may)."""
 
-    def __init__(self, *, workers: int, timeout_s: float) -> None:
+    def __init__(self, *, per_user: bool) -> None:
+        super().__init__("per user" if per_user else "per process")
+        self.per_user = per_user
+
+
+class Extractor:
+    """Worker processes for decoding and extraction, started on first use, stopped with the app.
+
+    Bounded: at most `max_jobs` jobs admitted (running or waiting) per process and `max_jobs_per_user` per user,
+    beyond which a job is refused at once (ExtractionBusy) instead of joining a queue nobody can see the end of.
+    A user's jobs run on `workers - 1` workers at most, so that one user's slow files always leave a worker to
+    the others. A job's deadline counts from its submission (time spent waiting included), and cancelling the
+    awaiting task (the client left) withdraws a waiting job or kills the worker running it.
+    """
+
+    def __init__(self, *, workers: int, timeout_s: float, max_jobs: int = 0, max_jobs_per_user: int = 0) -> None:
         self.workers, self.timeout_s = workers, timeout_s
+        self.max_jobs, self.max_jobs_per_user = max_jobs, max_jobs_per_user
+        self.jobs = 0  # admitted and not finished, all users together
+        self._per_user: dict[int, UserLane] = {}
         self._pool: pebble.ProcessPool | None = None
 
-    async def run(self, content: str, *, max_bytes: int, max_pages: int) -> Extracted:
-        result: Extracted = await self.call(extract, content, max_bytes=max_bytes, max_pages=max_pages)
+    async def run(self, content: str, *, max_bytes: int, max_pages: int, owner: int | None = None) -> Extracted:
+        result: Extracted = await self.call(extract, content, max_bytes=max_bytes, max_pages=max_pages, owner=owner)
         return result
 
-    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`function(*args, **kwargs)` in a worker process, killed past the timeout (TimeoutError)."""
+    async def call(self, function: Callable[..., Any], *args: Any, owner: int | None = None, **kwargs: Any) -> Any:
+        """`function(*args, **kwargs)` in a worker process; TimeoutError past the timeout from now. `owner` is the
+        user whose request needs it (None: the operators' ingestion, which no user limit applies to)."""
+        lane = self._admit(owner)
+        self.jobs += 1
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if lane is None:
+                    return await self._schedule(function, args, kwargs)
+                async with lane.running:
+                    return await self._schedule(function, args, kwargs)
+        finally:
+            self.jobs -= 1
+            if lane is not None:
+                lane.jobs -= 1
+                if lane.jobs == 0:
+                    del self._per_user[lane.owner]
+
+    def _admit(self, owner: int | None) -> UserLane | None:
+        if self.max_jobs and self.jobs >= self.max_jobs:
+            raise ExtractionBusy(per_user=False)
+        if owner is None:
+            return None
+        lane = self._per_user.get(owner)
+        if lane is None:
+            lane = self._per_user[owner] = UserLane(owner, asyncio.Semaphore(max(1, self.workers - 1)))
+        if self.max_jobs_per_user and lane.jobs >= self.max_jobs_per_user:
+            raise ExtractionBusy(per_user=True)
+        lane.jobs += 1
+        return lane
+
+    async def _schedule(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._pool is None:
             # forkserver: workers never inherit the event loop's threads and sockets.
             context: Any = multiprocessing.get_context("forkserver")
             self._pool = pebble.ProcessPool(max_workers=self.workers, context=context)
         future = self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
-        # Cancelling the awaiting task (client gone) cancels the job: pebble kills a worker that is running it.
+        # Cancelling the awaiting task (client gone, deadline passed) cancels the job: pebble kills a worker
+        # that is running it.
         return await asyncio.wrap_future(future)
 
     def close(self) -> None:
@@ -89,12 +139,24 @@ class Extractor:
             self._pool.join(timeout=5)
 
 
+@dataclass(slots=True)
+class UserLane:
+    owner: int
+    running: asyncio.Semaphore  # the workers this user's jobs may hold at once
+    jobs: int = 0  # admitted and not finished
+
+
 EXTRACTOR = web.AppKey("extractor", Extractor)
 
 
 def extractor_context(settings: Settings) -> Any:
     async def _extractor_ctx(app: web.Application) -> AsyncIterator[None]:
-        extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
+        extractor = Extractor(
+            workers=settings.extraction_workers,
+            timeout_s=settings.extraction_timeout_s,
+            max_jobs=settings.extraction_max_jobs,
+            max_jobs_per_user=settings.extraction_max_jobs_per_user,
+        )
         app[EXTRACTOR] = extractor
         try:
             yield
@@ -102,6 +164,24 @@ def extractor_context(settings: Settings) -> Any:
             await asyncio.to_thread(extractor.close)
 
     return _extractor_ctx
+
+
+def extraction_busy(busy: ExtractionBusy) -> ApiError:
+    EXTRACTIONS_REFUSED.labels("user" if busy.per_user else "process").inc()
+    if busy.per_user:
+        return ApiError(
+            429,
+            "Vos fichiers précédents sont encore en cours d'analyse : attendez leur réponse avant d'en envoyer"
+            " d'autres.",
+            "EXTRACTION_BUSY",
+            headers={"Retry-After": "5"},
+        )
+    return ApiError(
+        503,
+        "Trop de fichiers en cours d'analyse. Réessayez dans quelques instants.",
+        "EXTRACTION_BUSY",
+        headers={"Retry-After": "5"},
+    )
 
 
 def too_large(message: str) -> ApiError:
@@ -137,14 +217,16 @@ def check_files(files: list[FileAttachment], settings: Settings) -> None:
             raise file_error(attachment.name, FileProblem(413, "taille"), settings)
 
 
-async def read_attachments(extractor: Extractor, files: list[FileAttachment], settings: Settings) -> list[ReadFile]:
+async def read_attachments(
+    extractor: Extractor, files: list[FileAttachment], settings: Settings, *, owner: int
+) -> list[ReadFile]:
     """The step: decode and extract every file (in parallel), check the sizes. The text is whole: what does not
     fit the message's budget is indexed or cut by the next step (services/chat/knowledge/consult.py)."""
     if not files:
         return []
     check_files(files, settings)
     results = await asyncio.gather(
-        *(extract_one(extractor, attachment, settings) for attachment in files), return_exceptions=True
+        *(extract_one(extractor, attachment, settings, owner) for attachment in files), return_exceptions=True
     )
     for result in results:  # the first file's problem, in the order the user attached them
         if isinstance(result, BaseException):
@@ -155,11 +237,13 @@ async def read_attachments(extractor: Extractor, files: list[FileAttachment], se
     return extracted
 
 
-async def extract_one(extractor: Extractor, attachment: FileAttachment, settings: Settings) -> ReadFile:
+async def extract_one(extractor: Extractor, attachment: FileAttachment, settings: Settings, owner: int) -> ReadFile:
     try:
         result = await extractor.run(
-            attachment.content, max_bytes=settings.chat_file_max_bytes, max_pages=settings.pdf_max_pages
+            attachment.content, max_bytes=settings.chat_file_max_bytes, max_pages=settings.pdf_max_pages, owner=owner
         )
+    except ExtractionBusy as busy:
+        raise extraction_busy(busy) from None
     except FileProblem as problem:
         raise file_error(attachment.name, problem, settings) from None
     except TimeoutError:

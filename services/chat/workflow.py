@@ -65,7 +65,7 @@ async def run_chat(
     )
     if memory.is_new:
         await check_conversation_cap(pool, user_id=user.user_id, limit=settings.max_conversations_per_user)
-    files = await read_attachments(deps.extractor, body.files or [], settings)
+    files = await read_attachments(deps.extractor, body.files or [], settings, owner=user.user_id)
     scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
     knowledge = await consult_knowledge(deps.knowledge, scope, body.message, files, has_documents=memory.has_documents)
     messages = prepare_context(

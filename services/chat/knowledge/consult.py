@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from services.chat.attachments import ReadFile, fit_budget, thousands
+from services.chat.attachments import ExtractionBusy, ReadFile, fit_budget, thousands
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.chunks import split
@@ -84,8 +84,11 @@ async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) ->
         try:
             spent, indexed_chars = await index_attachment(kb, scope, read)
             tokens += spent
-        except ApiError as exc:
-            log.warning("attachment_not_indexed", file=read.name, status=exc.status, fallback="cut")
+        except (ApiError, ExtractionBusy, TimeoutError) as exc:  # the embedder or the extraction pool could not
+            status = exc.status if isinstance(exc, ApiError) else None
+            log.warning(
+                "attachment_not_indexed", file=read.name, status=status, reason=type(exc).__name__, fallback="cut"
+            )
             placed += fit_budget([read], left)
             left = 0
             continue
@@ -104,7 +107,7 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> t
     embedding cost, and about how many of its characters they hold."""
     settings = kb.settings
     chunks: list[str] = await kb.extractor.call(
-        split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap
+        split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap, owner=scope.user_id
     )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
     complete = len(chunks) <= settings.kb_attachment_max_chunks
     chunks = chunks[: settings.kb_attachment_max_chunks]

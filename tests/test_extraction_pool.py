@@ -1,0 +1,104 @@
+"""The extraction pool is shared by every user of a chat process: bounded per process and per user, a deadline
+counted from submission, one user's slow files never holding every worker, an abandoned job stopped (F3 of the
+security round 3: four deflate bombs abandoned after 1.5 s made another user's 5-byte .txt wait 39 s)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.chat.app import create_app
+from services.chat.attachments import EXTRACTOR
+from tests.documents import b64, slow_pdf
+from tests.test_attachments import assert_nothing_happened, send
+
+# Seconds of parsing on this machine (about 4 s), far longer than a small text file's milliseconds, for a few
+# characters of text: its job ends as soon as its worker is done (no megabytes of text to hand back).
+SLOW_PDF = b64(slow_pdf())
+SMALL_TXT = {"name": "note.txt", "content": b64(b"Bonjour")}
+
+
+def slow(name: str = "lent.pdf") -> dict[str, str]:
+    return {"name": name, "content": SLOW_PDF}
+
+
+async def until(condition, within_s: float = 20.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def jobs_running(client, count: int) -> None:
+    await until(lambda: client.app[EXTRACTOR].jobs >= count)
+
+
+async def test_one_users_slow_files_leave_a_worker_to_the_others(make_client, chat_settings, factory):
+    client = await make_client(create_app(chat_settings.model_copy(update={"extraction_workers": 2})))
+    hostile, other = await factory.user("hostile"), await factory.user("other")
+    attacks = [asyncio.ensure_future(send(client, hostile, [slow(f"lent{i}.pdf")])) for i in range(2)]
+    await jobs_running(client, 2)
+    r = await send(client, other, [SMALL_TXT])
+    assert r.status == 200, await r.text()
+    # Served while both of the hostile user's files are still being read (seconds each): they held one worker,
+    # never both, or this file would have waited for one of them to finish.
+    assert client.app[EXTRACTOR].jobs == 2
+    assert not any(attack.done() for attack in attacks)
+    for attack in attacks:
+        attack.cancel()  # the hostile client leaves
+    await until(lambda: client.app[EXTRACTOR].jobs == 0)  # its jobs withdrawn or their worker killed
+
+
+async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
+    make_client, chat_settings, factory, db, fake_mistral
+):
+    settings = chat_settings.model_copy(update={"extraction_max_jobs_per_user": 1})
+    client = await make_client(create_app(settings))
+    user_id = await factory.user()
+    first = asyncio.ensure_future(send(client, user_id, [slow()]))
+    await jobs_running(client, 1)
+    r = await send(client, user_id, [SMALL_TXT])
+    assert r.status == 429, await r.text()
+    assert r.headers["Retry-After"] == "5"
+    assert await r.json() == {
+        "success": False,
+        "error": "Vos fichiers précédents sont encore en cours d'analyse : attendez leur réponse avant d'en envoyer"
+        " d'autres.",
+        "code": "EXTRACTION_BUSY",
+    }
+    first.cancel()
+    await until(lambda: client.app[EXTRACTOR].jobs == 0)
+    await assert_nothing_happened(db, fake_mistral)
+    # Nothing kept from the refusal: the user's next file is read.
+    r = await send(client, user_id, [SMALL_TXT])
+    assert r.status == 200, await r.text()
+
+
+async def test_a_full_pool_is_a_503_with_retry_after_for_everyone_else(make_client, chat_settings, factory):
+    client = await make_client(create_app(chat_settings.model_copy(update={"extraction_max_jobs": 1})))
+    hostile, other = await factory.user("hostile"), await factory.user("other")
+    attack = asyncio.ensure_future(send(client, hostile, [slow()]))
+    await jobs_running(client, 1)
+    r = await send(client, other, [SMALL_TXT])
+    assert r.status == 503, await r.text()
+    assert r.headers["Retry-After"] == "5"
+    assert (await r.json())["code"] == "EXTRACTION_BUSY"
+    attack.cancel()
+    await until(lambda: client.app[EXTRACTOR].jobs == 0)
+
+
+async def test_a_jobs_deadline_counts_from_its_submission(make_client, chat_settings, factory):
+    """One worker, busy with a slow file: a file waiting behind it is given up at its deadline, counted from when
+    it was sent, not granted a full timeout of its own once a worker frees up (its client would have waited the
+    sum of every job ahead of it)."""
+    settings = chat_settings.model_copy(update={"extraction_workers": 1, "extraction_timeout_s": 1.5})
+    client = await make_client(create_app(settings))
+    first, second = await factory.user("first"), await factory.user("second")
+    attack = asyncio.ensure_future(send(client, first, [slow()]))
+    await jobs_running(client, 1)
+    r = await send(client, second, [SMALL_TXT])
+    assert await r.json() == {
+        "success": False,
+        "error": "Fichier illisible : note.txt (extraction interrompue après 1.5 s).",
+        "code": "FILE_UNREADABLE",
+    }
+    assert (await attack).status == 422
+    assert client.app[EXTRACTOR].jobs == 0
