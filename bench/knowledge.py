@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_curre
 from services.chat.knowledge.ingest import ingest
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import build_client
+from services.chat.quota import Budget, Reservation
 from shared import Settings, apply_migrations, configure_logging, create_pool
 from tests.documents import text_pdf
 
@@ -122,13 +124,15 @@ async def measure_ingestion(kb: KnowledgeBase, root: Path, files_md: int, pdfs: 
 
 async def recall_and_latency(kb: KnowledgeBase, samples: int) -> dict[str, Any]:
     scope = Scope(user_id=1, conversation_id=uuid.uuid4())
+    # Questions without attachments: nothing is embedded for them, nothing is held.
+    budget = Budget(kb.pool, Reservation(uuid.uuid4(), 1, date.today(), 0, 0), max_tokens=0)
     found = 0
     timings = []
     for _ in range(max(1, samples // len(QUESTIONS))):
         found = 0
         for item in QUESTIONS:
             started = time.perf_counter()
-            consulted = await consult_knowledge(kb, scope, item["question"], [], has_documents=False)
+            consulted = await consult_knowledge(kb, scope, item["question"], [], budget, has_documents=False)
             timings.append((time.perf_counter() - started) * 1000)
             found += item["source"] in {passage.source for passage in consulted.passages}
     timings.sort()

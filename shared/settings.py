@@ -145,9 +145,17 @@ class Settings(DatabaseSettings):
     kb_sync_every_s: float = Field(
         0.0, ge=0, description="Incremental sync of KB_ROOT at start and every N seconds (0: off)"
     )
-    kb_charge_embeddings: bool = Field(False, description="Charge the tokens of a question's embedding to the user")
+    kb_charge_embeddings: bool = Field(
+        False, description="Charge the tokens of a question's embedding to the user (an attachment's always are)"
+    )
     kb_attachment_max_chunks: int = Field(
         2_000, ge=1, description="Chunks indexed per attachment at most (the rest of a larger file is left out)"
+    )
+    kb_conversation_max_chunks: int = Field(
+        4_000, ge=0, description="Chunks of attachments one conversation may keep indexed (413 beyond; 0: no cap)"
+    )
+    kb_user_max_chunks: int = Field(
+        20_000, ge=0, description="Chunks of attachments one user may keep indexed, all conversations (429 beyond)"
     )
     kb_index_attachments: bool = Field(
         True, description="Attachments over CHAT_FILES_MAX_CHARS are indexed for their conversation, not cut"

@@ -18,7 +18,7 @@ from typing import Any
 import pebble
 from aiohttp import web
 
-from services.chat.extraction import Extracted, FileProblem, extract
+from services.chat.extraction import Extracted, FileProblem, extract, least_size
 from shared import ApiError, Settings, get_logger
 from shared.contracts import FileAttachment
 from shared.metrics import EXTRACTIONS_REFUSED
@@ -85,6 +85,7 @@ class Extractor:
         self.workers, self.timeout_s = workers, timeout_s
         self.max_jobs, self.max_jobs_per_user = max_jobs, max_jobs_per_user
         self.jobs = 0  # admitted and not finished, all users together
+        self.submitted = 0  # jobs ever admitted by this process
         self._per_user: dict[int, UserLane] = {}
         self._pool: pebble.ProcessPool | None = None
 
@@ -97,6 +98,7 @@ class Extractor:
         user whose request needs it (None: the operators' ingestion, which no user limit applies to)."""
         lane = self._admit(owner)
         self.jobs += 1
+        self.submitted += 1
         try:
             async with asyncio.timeout(self.timeout_s):
                 if lane is None:
@@ -188,6 +190,10 @@ def too_large(message: str) -> ApiError:
     return ApiError(413, message, "FILES_TOO_LARGE")
 
 
+def files_too_large(settings: Settings) -> ApiError:
+    return too_large(f"Fichiers trop volumineux : {human_size(settings.chat_files_max_bytes)} au total au maximum")
+
+
 def human_size(size: int) -> str:
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.1f}".rstrip("0").rstrip(".") + " Mo"
@@ -215,16 +221,18 @@ def check_files(files: list[FileAttachment], settings: Settings) -> None:
             raise file_error(attachment.name, FileProblem(415, "type"), settings)
         if len(attachment.content) > settings.chat_file_max_bytes * BASE64_OVERHEAD + 1024:
             raise file_error(attachment.name, FileProblem(413, "taille"), settings)
+    if sum(least_size(attachment.content) for attachment in files) > settings.chat_files_max_bytes:
+        raise files_too_large(settings)
 
 
 async def read_attachments(
     extractor: Extractor, files: list[FileAttachment], settings: Settings, *, owner: int
 ) -> list[ReadFile]:
-    """The step: decode and extract every file (in parallel), check the sizes. The text is whole: what does not
-    fit the message's budget is indexed or cut by the next step (services/chat/knowledge/consult.py)."""
+    """The step: decode and extract every file (in parallel), check the sizes (check_files ran before the quota
+    was reserved). The text is whole: what does not fit the message's budget is indexed or cut by the next step
+    (services/chat/knowledge/consult.py)."""
     if not files:
         return []
-    check_files(files, settings)
     results = await asyncio.gather(
         *(extract_one(extractor, attachment, settings, owner) for attachment in files), return_exceptions=True
     )
@@ -232,8 +240,8 @@ async def read_attachments(
         if isinstance(result, BaseException):
             raise result
     extracted: list[ReadFile] = [r for r in results if isinstance(r, ReadFile)]
-    if sum(f.size for f in extracted) > settings.chat_files_max_bytes:
-        raise too_large(f"Fichiers trop volumineux : {human_size(settings.chat_files_max_bytes)} au total au maximum")
+    if sum(f.size for f in extracted) > settings.chat_files_max_bytes:  # the exact sizes, once decoded
+        raise files_too_large(settings)
     return extracted
 
 

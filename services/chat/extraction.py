@@ -124,6 +124,19 @@ def file_bytes(content: str) -> tuple[bytes, Kind] | None:
     return None  # base64-looking letters that decode to nothing: it was text all along
 
 
+def least_size(content: str) -> int:
+    """A lower bound of the bytes `content` holds, without decoding it (the chat checks its limits with it before
+    reserving anything): a data URL's base64 payload is 3/4 of its length, bare base64 may be read either as
+    its bytes or as its letters (file_bytes decides), anything else is its UTF-8 text."""
+    match = _DATA_URL.match(content)
+    if match:
+        payload = content[match.end() :]
+        return len(payload) * 3 // 4 - payload[-2:].count("=") if match["base64"] else len(payload) // 3
+    if _BASE64.match(content.replace("\r", "").replace("\n", "")):
+        return len(content) * 3 // 4 - 2
+    return len(content.encode("utf-8", "surrogatepass"))
+
+
 def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     """The text of one file (the worker's entry point). Raises FileProblem."""
     decoded = file_bytes(content)

@@ -57,6 +57,34 @@ SELECT $4, user_id, month, $3 FROM reserved
 RETURNING reservation_id
 """
 
+# A reservation ($3, still held) grows by $4 tokens when the quota has that much room: one conditional UPDATE
+# (as RESERVE_TOKENS_SQL), so concurrent requests cannot overspend. No row: no room (or nothing held any more).
+GROW_RESERVATION_SQL = """
+WITH grown AS (
+    UPDATE user_token_usage
+    SET used_tokens = used_tokens + $4
+    WHERE user_id = $1 AND month = $2 AND used_tokens + $4 <= quota_tokens
+      AND EXISTS (SELECT 1 FROM token_reservations WHERE reservation_id = $3)
+    RETURNING user_id
+)
+UPDATE token_reservations SET tokens = tokens + $4
+WHERE reservation_id = $3 AND EXISTS (SELECT 1 FROM grown)
+RETURNING tokens
+"""
+
+# Gives back $2 of the tokens a reservation ($1) holds, once the prompt is known to need less.
+SHRINK_RESERVATION_SQL = """
+WITH shrunk AS (
+    UPDATE token_reservations SET tokens = tokens - $2
+    WHERE reservation_id = $1 AND tokens >= $2
+    RETURNING user_id, month
+)
+UPDATE user_token_usage u
+SET used_tokens = GREATEST(u.used_tokens - $2, 0)
+FROM shrunk
+WHERE u.user_id = shrunk.user_id AND u.month = shrunk.month
+"""
+
 # Idempotent: a reservation already settled, refunded or never recorded changes nothing.
 REFUND_TOKENS_SQL = """
 WITH released AS (

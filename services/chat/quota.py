@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from uuid import UUID, uuid4
 
@@ -89,6 +89,79 @@ async def reserve_quota(
             return reservation
         # Someone else took the room between our read and our update: read again.
     raise quota_exceeded(quota_tokens)
+
+
+class Budget:
+    """What one chat request holds on its user's quota, from before its first costly step until it is settled:
+    the reservation grows before an attachment is embedded (`cover`) and fits the prompt once it is known
+    (`fit`), whatever the embeddings did not use then going to the reply."""
+
+    def __init__(self, pool: asyncpg.Pool, reservation: Reservation, *, max_tokens: int) -> None:
+        self.pool = pool
+        self.reservation = reservation
+        self.max_tokens = max_tokens
+        self.embedding_tokens = 0  # what this request's attachments' embeddings cost (charged whatever happens)
+
+    async def room(self) -> int:
+        """Tokens the quota could still add to this request's reservation."""
+        row = await self.pool.fetchrow(
+            queries.READ_OR_CREATE_USAGE_SQL, self.reservation.user_id, self.reservation.month, 0
+        )
+        return Usage(row["used_tokens"], row["quota_tokens"]).remaining if row else 0
+
+    async def cover(self, tokens: int) -> bool:
+        """Hold `tokens` more for an embedding about to be made; False when the quota has no such room."""
+        return await self._grow(tokens)
+
+    async def fit(self, prompt_tokens: int) -> Reservation:
+        """The reservation made exactly what this prompt needs: the reply's budget up to max_tokens, the excess
+        given back, or grown when the prompt came out larger than foreseen (429 when the quota cannot)."""
+        held = self.reservation
+        left_for_reply = held.tokens - self.embedding_tokens - prompt_tokens
+        wanted = prompt_tokens + self.embedding_tokens + self.max_tokens
+        if left_for_reply < self.max_tokens and held.tokens < wanted:  # the reply would be short: try for more
+            room = await self._grow_up_to(wanted - held.tokens)
+            left_for_reply += room
+        if left_for_reply < MIN_COMPLETION_TOKENS:
+            raise quota_exceeded(await self._quota_tokens())
+        completion = min(self.max_tokens, left_for_reply)
+        needed = prompt_tokens + self.embedding_tokens + completion
+        if needed < self.reservation.tokens:
+            await self.pool.execute(
+                queries.SHRINK_RESERVATION_SQL, held.reservation_id, self.reservation.tokens - needed
+            )
+        self.reservation = replace(self.reservation, tokens=needed, max_completion_tokens=completion)
+        return self.reservation
+
+    async def _grow_up_to(self, tokens: int) -> int:
+        """As many of `tokens` as the quota holds (all of them, or what remains)."""
+        room = min(tokens, await self.room())
+        if room <= 0 or not await self._grow(room):
+            return 0
+        return room
+
+    async def _grow(self, tokens: int) -> bool:
+        held = self.reservation
+        grown = await self.pool.fetchval(
+            queries.GROW_RESERVATION_SQL, held.user_id, held.month, held.reservation_id, tokens
+        )
+        if grown is not None:
+            self.reservation = replace(held, tokens=held.tokens + tokens)
+        return grown is not None
+
+    async def _quota_tokens(self) -> int:
+        row = await self.pool.fetchrow(
+            queries.READ_OR_CREATE_USAGE_SQL, self.reservation.user_id, self.reservation.month, 0
+        )
+        return int(row["quota_tokens"]) if row else 0
+
+    async def give_back(self) -> None:
+        """No answer (the model failed, the client left, a later step refused): the reservation is refunded,
+        but for what was already spent embedding this request's attachments, which is charged."""
+        if self.embedding_tokens:
+            await charge_unsaved(self.pool, self.reservation, tokens=self.embedding_tokens, reason="no_answer")
+        else:
+            await refund(self.pool, self.reservation)
 
 
 async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:

@@ -21,7 +21,7 @@ import asyncpg
 from mistralai.client import Mistral
 
 from services.chat import alerts, llm, queries, quota
-from services.chat.attachments import Extractor, ReadFile, read_attachments
+from services.chat.attachments import Extractor, ReadFile, check_files, read_attachments
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.consult import consult_knowledge
 from services.chat.knowledge.retrieval import Passage, Scope
@@ -65,31 +65,30 @@ async def run_chat(
     )
     if memory.is_new:
         await check_conversation_cap(pool, user_id=user.user_id, limit=settings.max_conversations_per_user)
-    files = await read_attachments(deps.extractor, body.files or [], settings, owner=user.user_id)
-    scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
-    knowledge = await consult_knowledge(deps.knowledge, scope, body.message, files, has_documents=memory.has_documents)
-    messages = prepare_context(
-        deps.prompts.render(mode), memory.messages, body.message, knowledge.files, knowledge.passages
-    )
-    reservation = await quota.reserve_quota(
-        pool,
-        user_id=user.user_id,
-        month=current_month(),
-        prompt_tokens=quota.estimate_prompt_tokens([m["content"] for m in messages]),
-        max_tokens=settings.mistral_max_tokens,
-        default_quota=settings.default_quota_tokens,
-    )
-    call_model = call_model or functools.partial(llm.complete, deps.llm_client, settings)
+    files_sent = body.files or []
+    check_files(files_sent, settings)
+    system_prompt = deps.prompts.render(mode)
+    has_documents = memory.has_documents
+    budget = await reserve_budget(deps, user, system_prompt, memory, body.message)
     try:
+        files = await read_attachments(deps.extractor, files_sent, settings, owner=user.user_id)
+        scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
+        knowledge = await consult_knowledge(
+            deps.knowledge, scope, body.message, files, budget, has_documents=has_documents
+        )
+        messages = prepare_context(system_prompt, memory.messages, body.message, knowledge.files, knowledge.passages)
+        reservation = await budget.fit(quota.estimate_prompt_tokens([m["content"] for m in messages]))
+        call_model = call_model or functools.partial(llm.complete, deps.llm_client, settings)
         reply = await call_model(
             model=settings.model_for_mode(mode),
             messages=messages,
             max_tokens=reservation.max_completion_tokens,
         )
-    except BaseException:  # no answer (the model failed, or the client left first): give the tokens back
-        await quota.refund(pool, reservation)
+    except BaseException:  # no answer (a step refused, the model failed, or the client left first): give it back
+        await budget.give_back()
         raise
-    charged_embeddings = knowledge.embedding_tokens if settings.kb_charge_embeddings else 0
+    # Attachments' embeddings are always the user's; the question's only when KB_CHARGE_EMBEDDINGS says so.
+    charged_embeddings = knowledge.embedding_tokens if settings.kb_charge_embeddings else budget.embedding_tokens
     exchange = Exchange(
         body.conversation_id,
         user.user_id,
@@ -113,6 +112,24 @@ async def run_chat(
         tokens_remaining=usage.remaining,
         conversation_id=body.conversation_id,
     )
+
+
+async def reserve_budget(
+    deps: ChatDeps, user: CurrentUser, system_prompt: str, memory: Memory, message: str
+) -> quota.Budget:
+    """The quota reserved before any step that costs (extraction, embeddings, storage, the model): the prompt
+    known so far and the reply's budget; 429 when the quota cannot hold them. The attachments' embeddings are
+    added before they are made, and the budget is fitted to the whole prompt before the model is called."""
+    settings = deps.settings
+    reservation = await quota.reserve_quota(
+        deps.pool,
+        user_id=user.user_id,
+        month=current_month(),
+        prompt_tokens=quota.estimate_prompt_tokens([system_prompt, *(m["content"] for m in memory.messages), message]),
+        max_tokens=settings.mistral_max_tokens,
+        default_quota=settings.default_quota_tokens,
+    )
+    return quota.Budget(deps.pool, reservation, max_tokens=settings.mistral_max_tokens)
 
 
 def check_message(body: ChatRequest, settings: Settings) -> None:

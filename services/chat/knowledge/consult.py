@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
+import asyncpg
+
 from services.chat.attachments import ExtractionBusy, ReadFile, fit_budget, thousands
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
@@ -19,6 +21,7 @@ from services.chat.knowledge.chunks import split
 from services.chat.knowledge.embeddings import embed
 from services.chat.knowledge.ingest import write_chunks
 from services.chat.knowledge.retrieval import Passage, Scope, retrieve
+from services.chat.quota import Budget, estimate_prompt_tokens
 from shared import ApiError, get_logger
 from shared.metrics import KNOWLEDGE_RETRIEVALS
 
@@ -33,10 +36,10 @@ class Consulted:
 
 
 async def consult_knowledge(
-    kb: KnowledgeBase, scope: Scope, question: str, files: list[ReadFile], *, has_documents: bool
+    kb: KnowledgeBase, scope: Scope, question: str, files: list[ReadFile], budget: Budget, *, has_documents: bool
 ) -> Consulted:
     settings = kb.settings
-    files, tokens, left = await place_files(kb, scope, files)
+    files, tokens, left = await place_files(kb, scope, files, budget)
     indexed = any(read.indexed for read in files)
     top_k, max_chars, own_min_similarity = settings.kb_top_k, settings.kb_context_max_chars, settings.kb_min_similarity
     if indexed:  # the file's passages take the room it would have had, whatever the question's words
@@ -67,23 +70,32 @@ async def consult_knowledge(
     return Consulted(files, passages, tokens)
 
 
-async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) -> tuple[list[ReadFile], int, int]:
+async def place_files(
+    kb: KnowledgeBase, scope: Scope, files: list[ReadFile], budget: Budget
+) -> tuple[list[ReadFile], int, int]:
     """Files in order while the budget lasts; a file that does not fit is indexed (or cut when it cannot be).
     Returns the files as the prompt shows them, the embedding tokens spent, and the budget left."""
-    budget = kb.settings.chat_files_max_chars
+    chars = kb.settings.chat_files_max_chars
     retrieval_off = kb.settings.kb_top_k == 0  # an indexed file would never be read back: cut it instead
-    if not kb.settings.kb_index_attachments or retrieval_off or sum(len(read.text) for read in files) <= budget:
-        return fit_budget(files, budget), 0, 0
+    if not kb.settings.kb_index_attachments or retrieval_off or sum(len(read.text) for read in files) <= chars:
+        return fit_budget(files, chars), 0, 0
     placed: list[ReadFile] = []
-    tokens, left = 0, budget
+    tokens, left = 0, chars
     for read in files:
         if len(read.text) <= left:
             placed.append(read)
             left -= len(read.text)
             continue
         try:
-            spent, indexed_chars = await index_attachment(kb, scope, read)
+            spent, indexed_chars = await index_attachment(kb, scope, read, budget, left=left)
             tokens += spent
+        except IndexFull:
+            raise
+        except NoBudget:
+            log.info("attachment_not_indexed", file=read.name, reason="quota", fallback="cut")
+            placed += fit_budget([read], left)
+            left = 0
+            continue
         except (ApiError, ExtractionBusy, TimeoutError) as exc:  # the embedder or the extraction pool could not
             status = exc.status if isinstance(exc, ApiError) else None
             log.warning(
@@ -102,18 +114,58 @@ async def place_files(kb: KnowledgeBase, scope: Scope, files: list[ReadFile]) ->
     return placed, tokens, left
 
 
-async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> tuple[int, int]:
-    """One attachment's chunks stored for its conversation (KB_ATTACHMENT_MAX_CHUNKS at most): the tokens their
-    embedding cost, and about how many of its characters they hold."""
+class NoBudget(Exception):
+    """The user's quota cannot hold this attachment's embedding: it is cut instead of indexed."""
+
+
+class IndexFull(ApiError):
+    """A cap on what attachments may keep indexed is reached: the user is told (never a silent cut)."""
+
+
+def conversation_full(limit: int) -> IndexFull:
+    return IndexFull(
+        413,
+        f"Cette conversation a déjà {thousands(limit)} passages de fichiers indexés, sa limite : démarrez une"
+        " nouvelle conversation pour ce fichier.",
+        "KB_CONVERSATION_FULL",
+    )
+
+
+def user_full(limit: int) -> IndexFull:
+    return IndexFull(
+        429,
+        f"Vos conversations ont déjà {thousands(limit)} passages de fichiers indexés, votre limite : supprimez"
+        " d'anciennes conversations avec pièces jointes pour en indexer d'autres.",
+        "KB_USER_FULL",
+    )
+
+
+async def index_attachment(
+    kb: KnowledgeBase, scope: Scope, read: ReadFile, budget: Budget, *, left: int
+) -> tuple[int, int]:
+    """One attachment's chunks stored for its conversation: the tokens their embedding cost, and about how many
+    of its characters they hold. As many chunks as KB_ATTACHMENT_MAX_CHUNKS, the conversation's and the user's
+    caps and the user's quota allow (413 / 429 when a cap is already reached, NoBudget when the quota cannot
+    hold one chunk); their embedding, and the passages they may bring to the prompt (`left` characters of
+    files' room and KB_CONTEXT_MAX_CHARS), are held on the quota before the embedding is asked for."""
     settings = kb.settings
+    room = await room_for_chunks(kb, scope)
     chunks: list[str] = await kb.extractor.call(
         split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap, owner=scope.user_id
     )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
-    complete = len(chunks) <= settings.kb_attachment_max_chunks
-    chunks = chunks[: settings.kb_attachment_max_chunks]
+    whole = len(chunks)
+    chunks = chunks[: min(settings.kb_attachment_max_chunks, room)]
+    passages = estimate_prompt_tokens([" " * (left + settings.kb_context_max_chars)])
+    chunks = chunks[: affordable(chunks, await budget.room() - passages)]
+    if not chunks or not await budget.cover(estimate_prompt_tokens(chunks) + passages):
+        raise NoBudget
     embedded = await embed(kb.client, settings, chunks, purpose="attachment")
+    budget.embedding_tokens += embedded.tokens
     digest = hashlib.sha256(read.text.encode("utf-8", "surrogatepass")).hexdigest()
     async with kb.pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.LOCK_USER_ATTACHMENTS_SQL, scope.user_id)
+        if await room_for_chunks(kb, scope, conn) < len(chunks):  # another request of this user took it meanwhile
+            raise user_full(settings.kb_user_max_chunks)
         document_id = await conn.fetchval(
             queries.INSERT_CONVERSATION_DOCUMENT_SQL,
             read.name,
@@ -123,6 +175,34 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile) -> t
             scope.user_id,
         )
         await write_chunks(conn, document_id, chunks, embedded.vectors)
+    complete = len(chunks) == whole
     indexed_chars = read.chars if complete else len(chunks) * (settings.kb_chunk_chars - settings.kb_chunk_overlap)
     log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks), complete=complete)
     return embedded.tokens, indexed_chars
+
+
+async def room_for_chunks(kb: KnowledgeBase, scope: Scope, conn: asyncpg.Connection | None = None) -> int:
+    """Chunks this conversation and this user may still index (413 / 429 when either has none left)."""
+    settings = kb.settings
+    row = await (conn or kb.pool).fetchrow(queries.INDEXED_CHUNKS_SQL, scope.conversation_id, scope.user_id)
+    room = settings.kb_attachment_max_chunks
+    if settings.kb_conversation_max_chunks:
+        if row["conversation"] >= settings.kb_conversation_max_chunks:
+            raise conversation_full(settings.kb_conversation_max_chunks)
+        room = min(room, settings.kb_conversation_max_chunks - row["conversation"])
+    if settings.kb_user_max_chunks:
+        if row["user_total"] >= settings.kb_user_max_chunks:
+            raise user_full(settings.kb_user_max_chunks)
+        room = min(room, settings.kb_user_max_chunks - row["user_total"])
+    return int(room)
+
+
+def affordable(chunks: list[str], tokens: int) -> int:
+    """How many of the first chunks an embedding budget of `tokens` covers (by the quota's estimate)."""
+    count = 0
+    for chunk in chunks:
+        tokens -= estimate_prompt_tokens([chunk])
+        if tokens < 0:
+            break
+        count += 1
+    return count

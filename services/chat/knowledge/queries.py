@@ -18,6 +18,15 @@ ON CONFLICT (path) WHERE conversation_id IS NULL DO UPDATE
 RETURNING document_id
 """
 
+# The chunks already indexed for this conversation ($1) and for this user ($2), each by its own index.
+INDEXED_CHUNKS_SQL = """
+SELECT (SELECT COALESCE(sum(chunk_count), 0) FROM kb_documents WHERE conversation_id = $1) AS conversation,
+       (SELECT COALESCE(sum(chunk_count), 0) FROM kb_documents WHERE user_id = $2) AS user_total
+"""
+
+# Attachments of one user are indexed one at a time (two requests racing past the caps would both fit).
+LOCK_USER_ATTACHMENTS_SQL = "SELECT pg_advisory_xact_lock(hashtext('wibot_kb_user'), $1)"
+
 INSERT_CONVERSATION_DOCUMENT_SQL = """
 INSERT INTO kb_documents (source, category, path, content_hash, chunk_count, conversation_id, user_id)
 VALUES ($1, 'attachment', $1, $2, $3, $4, $5)
