@@ -315,6 +315,34 @@ async def test_nginx_own_errors_answer_the_json_envelope(stack, db, request_byte
     assert envelope["success"] is False and envelope["code"] == code and envelope["error"]
 
 
+MANY_HEADERS = b"".join(b"X-Header-%d: %d\r\n" % (n, n) for n in range(200))
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        *(
+            (method + b" /webhook/auth/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405, "METHOD_NOT_ALLOWED")
+            for method in (b"BREW", b"X", b"GETS", b"PRI")
+        ),
+        (b"GET /webhook/auth/me HTTP/1.1\r\nHost: x\r\n" + MANY_HEADERS + b"Connection: close\r\n\r\n", 401, None),
+        (b"GET /webhook/auth/me HTTP/1.0\r\n\r\n", 401, None),
+    ],
+    ids=["BREW", "X", "GETS", "PRI", "200-headers", "http1.0-without-host"],
+)
+async def test_what_aiohttp_would_answer_in_plain_text_is_answered_in_the_envelope(
+    stack, db, request_bytes, status, code
+):
+    """F6: these reached the services, whose HTTP parser answered a plain-text 400 echoing the request line.
+    Now an unknown method is nginx's 405 envelope, and the rest reach the route (401: no token)."""
+    got, headers, body = await asyncio.to_thread(raw_exchange, stack.url, request_bytes)
+    assert got == status, body[:300]
+    assert headers["content-type"].startswith("application/json"), (headers, body[:300])
+    envelope = json.loads(body)
+    assert envelope["success"] is False and envelope["error"], envelope
+    assert envelope["code"] == (code or "INVALID_TOKEN"), envelope
+
+
 async def test_request_id_is_the_same_in_nginx_and_service_logs(stack, http, db):
     async with http.post(stack.url + "/webhook/auth/login", json={}, headers={"X-Request-ID": "trace-e2e-42"}) as r:
         assert r.status == 400
