@@ -56,7 +56,8 @@ class Topology:
     proxy_timeout: str = "30s"
     chat_proxy_timeout: str = "90s"
     client_timeout: str = "10s"
-    conn_limit_per_ip: int = 100
+    conn_limit_per_ip: int = 1000
+    conn_limit_per_client: int = 50
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Topology:
@@ -80,7 +81,8 @@ class Topology:
             proxy_timeout=env.get("PROXY_TIMEOUT", "30s"),
             chat_proxy_timeout=env.get("CHAT_PROXY_TIMEOUT", "90s"),
             client_timeout=env.get("CLIENT_TIMEOUT", "10s"),
-            conn_limit_per_ip=int(env.get("CONN_LIMIT_PER_IP", "100")),
+            conn_limit_per_ip=int(env.get("CONN_LIMIT_PER_IP", "1000")),
+            conn_limit_per_client=int(env.get("CONN_LIMIT_PER_CLIENT", "50")),
         )
 
 
@@ -131,6 +133,7 @@ def render_nginx(topology: Topology, template: str = TEMPLATE.read_text(encoding
         "CHAT_PROXY_TIMEOUT": topology.chat_proxy_timeout,
         "CLIENT_TIMEOUT": topology.client_timeout,
         "CONN_LIMIT_PER_IP": str(topology.conn_limit_per_ip),
+        "CONN_LIMIT_PER_CLIENT": str(topology.conn_limit_per_client),
         "RESOLVER": "",  # fixed loopback ports: nothing to resolve
     }
     return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], template)

@@ -30,7 +30,7 @@ import pytest
 
 from devtools.fake_mistral import REPLY_PREFIX
 from devtools.stack import Topology, free_ports, wait_for_port, write_nginx_main
-from tests.conftest import TEST_SECRET, bearer
+from tests.conftest import TEST_SECRET, bearer, token_for
 from tests.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -535,12 +535,16 @@ def nginx_rss_mb(run_dir: Path) -> float:
     return total_kb / 1024
 
 
-async def slow_upload(url: str, sent: int, declared: int = 20_000_000) -> tuple[asyncio.StreamReader, Any]:
+async def slow_upload(
+    url: str, sent: int, declared: int = 20_000_000, token: str | None = None
+) -> tuple[asyncio.StreamReader, Any]:
     """A client that announces a large chat body, sends `sent` bytes of it, and then waits."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
+    authorization = f"Authorization: Bearer {token}\r\n".encode() if token else b""
     writer.write(
         b"POST /webhook/wibot/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + authorization
         + f"Content-Length: {declared}\r\n\r\n".encode()
     )
     writer.write(b"x" * sent)
@@ -581,6 +585,53 @@ async def test_connections_beyond_the_per_ip_limit_get_a_429_envelope(tmp_path, 
                 assert r.status == 429
                 body = await r.json()
                 assert body["success"] is False and body["code"] == "RATE_LIMITED"
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+async def held_until_spooled(tmp_path: Path, uploads: list, per_upload: int) -> None:
+    """Connections are counted once nginx has read their headers; it spools their bodies only after that."""
+    async with asyncio.timeout(30):
+        while spooled_bytes(tmp_path) < len(uploads) * (per_upload - 16384):
+            await asyncio.sleep(0.05)
+
+
+async def test_one_clients_slow_uploads_leave_its_address_to_the_others(tmp_path, http):
+    """F8: one client holding its address's connections (a byte every few seconds) made every other client
+    behind the same NAT get 429. Now one client (one token) holds CONN_LIMIT_PER_CLIENT at most."""
+    slow_client, other_client = token_for(1, "lent"), token_for(2, "voisin")
+    env = {"CONN_LIMIT_PER_IP": "20", "CONN_LIMIT_PER_CLIENT": "3", "CLIENT_TIMEOUT": "60s"}
+    async with lone_nginx(tmp_path, CONVERSATIONS_PORTS=str(free_ports(1)[0]), **env) as url:
+        held = [await slow_upload(url, 64 * 1024, token=slow_client) for _ in range(3)]
+        try:
+            await held_until_spooled(tmp_path, held, 64 * 1024)
+            statuses = {}
+            for who, token in (("slow", slow_client), ("other", other_client), ("no token", None)):
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                async with http.get(url + "/webhook/wibot/conversations", headers=headers) as r:
+                    statuses[who] = (r.status, (await r.json())["code"])
+            # Past the slow client's share: its own next request is refused; the others reach the service (here
+            # a port where nothing listens: 502).
+            assert statuses == {
+                "slow": (429, "RATE_LIMITED"),
+                "other": (502, "BAD_GATEWAY"),
+                "no token": (502, "BAD_GATEWAY"),
+            }
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+async def test_the_default_per_address_limit_is_not_held_by_100_slow_uploads(tmp_path, http):
+    """The finding's own figure, with the shipped defaults (sized for a NAT): 100 slow uploads from one address
+    without a token, and another client of that address is still served."""
+    async with lone_nginx(tmp_path, CONVERSATIONS_PORTS=str(free_ports(1)[0]), CLIENT_TIMEOUT="60s") as url:
+        held = [await slow_upload(url, 32 * 1024) for _ in range(100)]
+        try:
+            await held_until_spooled(tmp_path, held, 32 * 1024)
+            async with http.get(url + "/webhook/wibot/conversations", headers=bearer(2, "voisin")) as r:
+                assert (r.status, (await r.json())["code"]) == (502, "BAD_GATEWAY")
         finally:
             for _, writer in held:
                 writer.close()
