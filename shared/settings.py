@@ -142,6 +142,9 @@ class Settings(DatabaseSettings):
         0.75, ge=-1, le=1, description="Cosine below which a passage found by meaning alone is not used"
     )
     kb_context_max_chars: int = Field(6_000, gt=0, description="Characters of passages added to the prompt")
+    kb_retrieval_timeout_s: float = Field(
+        2.0, gt=0, description="A retrieval statement slower than this is cancelled: the chat goes on without passages"
+    )
     kb_sync_every_s: float = Field(
         0.0, ge=0, description="Incremental sync of KB_ROOT at start and every N seconds (0: off)"
     )

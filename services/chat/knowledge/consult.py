@@ -54,17 +54,23 @@ async def consult_knowledge(
         vector, tokens = embedded.vectors[0], tokens + embedded.tokens
     except ApiError as exc:
         log.warning("kb_question_not_embedded", status=exc.status, fallback="full_text")
-    passages = await retrieve(
-        kb.pool,
-        kb.index,
-        scope=scope,
-        question=question,
-        vector=vector,
-        top_k=top_k,
-        min_similarity=settings.kb_min_similarity,
-        own_min_similarity=own_min_similarity,
-        max_chars=max_chars,
-    )
+    try:
+        passages = await retrieve(
+            kb.pool,
+            kb.index,
+            scope=scope,
+            question=question,
+            vector=vector,
+            top_k=top_k,
+            min_similarity=settings.kb_min_similarity,
+            own_min_similarity=own_min_similarity,
+            max_chars=max_chars,
+            timeout_s=settings.kb_retrieval_timeout_s,
+        )
+    except TimeoutError:  # a slow retrieval costs its own message its passages, never a pool connection held
+        log.warning("kb_retrieval_timeout", timeout_s=settings.kb_retrieval_timeout_s, fallback="no_passages")
+        KNOWLEDGE_RETRIEVALS.labels("timeout").inc()
+        return Consulted(files, [], tokens)
     KNOWLEDGE_RETRIEVALS.labels("used" if passages else "nothing_relevant").inc()
     log.info("kb_retrieved", passages=len(passages), sources=sorted({p.source for p in passages}), vector=bool(vector))
     return Consulted(files, passages, tokens)

@@ -42,46 +42,64 @@ DELETE_DOCUMENTS_SQL = "DELETE FROM kb_documents WHERE document_id = ANY($1::big
 # binary array form (array_send), read straight into numpy: 100,000 vectors never become 100 million floats.
 SITE_VECTORS_SQL = """
 SELECT c.document_id, c.chunk_id, array_send(c.embedding) AS embedding
-FROM kb_chunks c JOIN kb_documents d USING (document_id)
-WHERE d.conversation_id IS NULL AND ($1::bigint IS NULL OR d.document_id = $1)
+FROM kb_chunks c
+WHERE c.conversation_id IS NULL AND ($1::bigint IS NULL OR c.document_id = $1)
 ORDER BY c.document_id, c.chunk_id
 """
 
-# One round trip for a message: the best full-text matches (at most $4) of the question ($1, French stemming,
-# plain text: a `-` or quotes in a question are not operators) holding every one of its words; only when nothing
-# holds them all, of any of its words
-# (the OR scan, costlier, is skipped otherwise: a one-time filter); the chunks the vector index chose ($5); and
-# the conversation's own chunks with their vectors (scored in process). Only site chunks and the caller's ($3)
-# chunks of this conversation ($2) qualify.
+# One round trip for a message. Every part reads only what this message may see, by an index that holds only
+# that (migration 0014): the site's chunks by their own GIN index, this conversation's by its key; another
+# conversation's chunks, however many, are never read, ranked or filtered out.
+#   site_every / site_any: the best full-text matches (at most $4) among the site's chunks, of the question ($1,
+#     French stemming, plain text: a `-` or quotes are not operators) holding every one of its words; only when
+#     none holds them all, of any of its words (the OR query, costlier, skipped otherwise). Each ranks at most
+#     $6 candidates: a question of common words never ranks every chunk that holds one of them.
+#   own: the caller's ($3) chunks of this conversation ($2), at most $7, with their vectors (scored in process)
+#     and their full-text rank when they match.
+#   the chunks the site's vector index chose ($5).
 CANDIDATES_SQL = """
-WITH every_word AS (
-    SELECT c.chunk_id, ts_rank_cd(c.tsv, q) AS rank
-    FROM kb_chunks c JOIN kb_documents d USING (document_id), plainto_tsquery('french', $1) AS q
-    WHERE c.tsv @@ q AND (d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3))
-    ORDER BY rank DESC, c.chunk_id
+WITH question AS (
+    SELECT plainto_tsquery('french', $1) AS every_word,
+           to_tsquery('simple', replace(plainto_tsquery('french', $1)::text, '&', '|')) AS any_word
+), site_every AS (
+    SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.every_word) AS rank
+    FROM question, LATERAL (
+        SELECT c.chunk_id, c.tsv FROM kb_chunks c
+        WHERE c.conversation_id IS NULL AND c.tsv @@ question.every_word
+        LIMIT $6
+    ) AS candidate
+    ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
-), any_word AS (
-    SELECT c.chunk_id, ts_rank_cd(c.tsv, q) AS rank
-    FROM kb_chunks c JOIN kb_documents d USING (document_id),
-         to_tsquery('simple', replace(plainto_tsquery('french', $1)::text, '&', '|')) AS q
-    WHERE NOT EXISTS (SELECT 1 FROM every_word)
-      AND c.tsv @@ q AND (d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3))
-    ORDER BY rank DESC, c.chunk_id
+), site_any AS (
+    SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.any_word) AS rank
+    FROM question, LATERAL (
+        SELECT c.chunk_id, c.tsv FROM kb_chunks c
+        WHERE c.conversation_id IS NULL AND c.tsv @@ question.any_word
+        LIMIT $6
+    ) AS candidate
+    WHERE NOT EXISTS (SELECT 1 FROM site_every)
+    ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
+), own AS (
+    SELECT c.chunk_id,
+           CASE WHEN c.tsv @@ question.any_word THEN ts_rank_cd(c.tsv, question.any_word) END AS rank
+    FROM question, kb_chunks c JOIN kb_documents d USING (document_id)
+    WHERE c.conversation_id = $2 AND d.user_id = $3
+    ORDER BY c.chunk_id
+    LIMIT $7
 ), picked AS (
-    SELECT chunk_id, rank FROM every_word
+    SELECT chunk_id, rank FROM site_every
     UNION ALL
-    SELECT chunk_id, rank FROM any_word
+    SELECT chunk_id, rank FROM site_any
     UNION ALL
     SELECT chunk_id, NULL FROM unnest($5::bigint[]) AS vector_hits(chunk_id)
     UNION ALL
-    SELECT c.chunk_id, NULL FROM kb_chunks c JOIN kb_documents d USING (document_id)
-    WHERE d.conversation_id = $2 AND d.user_id = $3
+    SELECT chunk_id, rank FROM own
 )
 SELECT c.chunk_id, c.content, d.source, d.path, max(p.rank) AS rank,
-       CASE WHEN d.conversation_id IS NOT NULL THEN c.embedding END AS embedding
+       CASE WHEN c.conversation_id IS NOT NULL THEN c.embedding END AS embedding
 FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (document_id)
-WHERE d.conversation_id IS NULL OR (d.conversation_id = $2 AND d.user_id = $3)
+WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
 GROUP BY c.chunk_id, d.document_id
 """
 

@@ -17,6 +17,21 @@ from services.chat.knowledge.index import VectorIndex, normalized
 
 RRF_K = 60
 CANDIDATES_PER_SIDE = 20
+# Full-text matches ranked per side at most: a question of common words ranks these, never every chunk holding
+# one of its words.
+TEXT_CANDIDATES = 1_000
+# A conversation's own chunks read per message at most, with their vectors (the default conversation cap,
+# KB_CONVERSATION_MAX_CHUNKS: 16 MB of mistral-embed vectors at most in one request).
+OWN_CHUNKS_READ = 4_000
+# Words of the question the full-text side searches for: a 3,500-word message made a query of 3,500 terms that
+# every index lookup and every rank had to walk (60 s by hand); the embedding still reads the whole question.
+TEXT_QUERY_WORDS = 64
+
+
+def text_query(question: str) -> str:
+    """The question as the full-text side searches it: its first TEXT_QUERY_WORDS distinct words."""
+    words = list(dict.fromkeys(question.split()))
+    return " ".join(words[:TEXT_QUERY_WORDS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +61,11 @@ async def retrieve(
     min_similarity: float,
     own_min_similarity: float,
     max_chars: int,
+    timeout_s: float,
 ) -> list[Passage]:
     """The passages for a question, best first (vector None: full text only). The conversation's own chunks
-    must reach `own_min_similarity` (lower when a file was indexed by this very message)."""
+    must reach `own_min_similarity` (lower when a file was indexed by this very message). TimeoutError past
+    `timeout_s` (the statement is cancelled on the server, its connection back in the pool)."""
     per_side = max(CANDIDATES_PER_SIDE, top_k)
     vector_hits = (
         index.search(vector, limit=per_side, min_similarity=min_similarity)
@@ -57,11 +74,14 @@ async def retrieve(
     )
     rows = await pool.fetch(
         queries.CANDIDATES_SQL,
-        question,
+        text_query(question),
         scope.conversation_id,
         scope.user_id,
         per_side,
         [chunk_id for chunk_id, _ in vector_hits],
+        TEXT_CANDIDATES,
+        OWN_CHUNKS_READ,
+        timeout=timeout_s,
     )
     by_id = {row["chunk_id"]: row for row in rows}
     text_order = sorted((r for r in rows if r["rank"] is not None), key=lambda r: (-r["rank"], r["chunk_id"]))

@@ -1,0 +1,121 @@
+"""One conversation's chunks cost only that conversation's messages (F2 of the security round 3): ten long
+questions in a conversation of 26,000 indexed chunks made every user's retrieval slow and another user's
+"Bonjour" wait 9 s. Checked on the executed plan (EXPLAIN ANALYZE), like the listing's scale test: the rows of
+kb_chunks a message's retrieval reads, whatever other conversations hold or held (dead rows of deleted ones
+stay until a VACUUM, and this machine's PostgreSQL runs with autovacuum off)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from services.chat.app import create_app
+from services.chat.knowledge import queries
+from services.chat.knowledge.base import KNOWLEDGE
+from services.chat.knowledge.retrieval import OWN_CHUNKS_READ, TEXT_CANDIDATES, TEXT_QUERY_WORDS, text_query
+from tests.test_knowledge import ask, wait_until
+
+QUESTION = "Pourquoi l'onduleur est-il passé sur batterie ?"
+MATCHING = "L'onduleur du local technique est passé sur batterie pendant la coupure : vérifier les batteries."
+
+
+def rows_read(plan: dict, relation: str = "kb_chunks") -> int:
+    """Rows every scan of the relation produced or read and threw away, over all loops."""
+    total = 0
+    if plan.get("Relation Name") == relation:
+        loops = plan["Actual Loops"]
+        total += int((plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops)
+        total += int(plan.get("Rows Removed by Index Recheck", 0))
+    return total + sum(rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+async def explain(db, sql: str, *args) -> dict:
+    raw = await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+    return json.loads(raw)[0]["Plan"]
+
+
+async def add_document(db, *, chunks: int, content: str, conversation_id=None, user_id=None) -> int:
+    document_id = await db.fetchval(
+        "INSERT INTO kb_documents (source, category, path, content_hash, chunk_count, conversation_id, user_id)"
+        " VALUES ($1, 'test', $1, repeat('a', 64), $2, $3, $4) RETURNING document_id",
+        f"doc-{uuid.uuid4()}.md",
+        chunks,
+        conversation_id,
+        user_id,
+    )
+    await db.execute(
+        "INSERT INTO kb_chunks (document_id, position, content, embedding)"
+        " SELECT $1, n, $2 || ' ' || n, '{0.6,0.8}' FROM generate_series(0, $3 - 1) AS n",
+        document_id,
+        content,
+        chunks,
+    )
+    return document_id
+
+
+async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks(db, factory):
+    owner, crowd = await factory.user("proprietaire"), await factory.user("foule")
+    own_conversation = uuid.uuid4()
+    await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")  # the site's
+    await add_document(db, chunks=3, content=MATCHING, conversation_id=own_conversation, user_id=owner)
+    for _ in range(30):  # another user's conversations: 3,000 chunks holding every word of the question
+        await add_document(db, chunks=100, content=MATCHING, conversation_id=uuid.uuid4(), user_id=crowd)
+    gone = await add_document(db, chunks=3_000, content=MATCHING, conversation_id=uuid.uuid4(), user_id=crowd)
+    await db.execute("DELETE FROM kb_documents WHERE document_id = $1", gone)  # 3,000 dead rows, no VACUUM
+    assert await db.fetchval("SHOW autovacuum") in ("on", "off")
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks") == 3_008
+
+    # The scope is the database's, from each chunk's document: no writer can leave it out.
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE conversation_id IS NULL") == 5
+    args = (QUESTION, own_conversation, owner, 20, [], TEXT_CANDIDATES, OWN_CHUNKS_READ)
+    plan = await explain(db, queries.CANDIDATES_SQL, *args)
+    read = rows_read(plan)
+    # The site's 5 and this conversation's 3, each read by its search and again to be returned: never the
+    # 3,000 chunks of other conversations nor the 3,000 deleted ones.
+    assert read <= 4 * (5 + 3), json.dumps(plan)[:3000]
+    rows = await db.fetch(queries.CANDIDATES_SQL, *args)
+    assert len(rows) == 8
+    assert sum(row["embedding"] is not None for row in rows) == 3  # vectors come only with the caller's chunks
+
+    # Another user's message, in a conversation of theirs, finds the site's chunks and nothing of the crowd's.
+    other_rows = await db.fetch(queries.CANDIDATES_SQL, QUESTION, uuid.uuid4(), owner, 20, [], 1_000, 4_000)
+    assert len(other_rows) == 5
+
+
+def test_a_long_question_searches_its_first_words_only():
+    """F2: ten 3,500-word questions made full-text queries of 3,500 terms (the statement ran over 60 s)."""
+    question = " ".join(f"mot{n}" for n in range(3_500))
+    assert text_query(question).split() == [f"mot{n}" for n in range(TEXT_QUERY_WORDS)]
+    assert text_query("onduleur batterie onduleur  batterie") == "onduleur batterie"  # repeats count once
+
+
+async def test_a_slow_retrieval_is_dropped_and_the_chat_answered_without_passages(
+    make_client, chat_settings, factory, db, fake_mistral, capsys
+):
+    """A retrieval past KB_RETRIEVAL_TIMEOUT_S is cancelled on the server: the chat goes on without passages
+    (logged), the pool connection is given back, nothing waits until a 503."""
+    settings = chat_settings.model_copy(update={"kb_retrieval_timeout_s": 0.5, "db_pool_max": 2})
+    client = await make_client(create_app(settings))
+    user_id = await factory.user()
+    await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")
+    # The site's index learns of the document through its notification: until then the message may not search.
+    await wait_until(lambda: client.app[KNOWLEDGE].index.size == 5)
+    blocker = await db.fetchval("SELECT pg_backend_pid()")
+    async with db.transaction():  # the retrieval's reads wait behind this lock, as behind a slow plan
+        await db.execute("LOCK TABLE kb_chunks IN ACCESS EXCLUSIVE MODE")
+        status, body = await ask(client, user_id, QUESTION)
+    assert status == 200, body
+    assert "Documentation WIDIP" not in fake_mistral.received[-1]["messages"][0]["content"]
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "kb_retrieval_timeout" in line]
+    assert [event["fallback"] for event in events] == ["no_passages"]
+    # The statement was cancelled on the server: nothing of the service is left waiting on the lock.
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND pid <> $1",
+        blocker,
+    )
+    assert waiting == 0
+    # With the lock gone, the next message reads the passages again.
+    status, _ = await ask(client, user_id, QUESTION)
+    assert status == 200
+    assert "Procédure onduleur" in fake_mistral.received[-1]["messages"][0]["content"]
