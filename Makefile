@@ -59,6 +59,7 @@ bench: install
 	$(PY) -m bench.streaming
 	$(PY) -m bench.knowledge
 	$(PY) -m bench.json_codec --out bench/json_codec.json
+	$(PY) -m bench.attacks
 
 # Memory under a long chat load (10 minutes by default; not part of make bench). Writes bench/soak.json.
 soak: install
@@ -67,7 +68,9 @@ soak: install
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install
 	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
-		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py \
+		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py tests/test_attacks.py \
+		tests/test_budget_first.py tests/test_extraction_pool.py tests/test_retrieval_isolation.py \
+		tests/test_server_process.py \
 		tests/test_admin_and_sessions.py::test_a_logged_out_token_stays_out_whatever_its_spelling \
 		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
 		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \

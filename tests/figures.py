@@ -24,6 +24,12 @@ LABELS = [
     ("fuzz_5xx", "fuzz 5xx"),
     ("hostile_inputs", "hostile inputs (NUL, surrogates, huge ints…)"),
     ("hostile_5xx", "hostile inputs answered 5xx"),
+    ("attack_requests", "round-3 attack requests"),
+    ("attack_5xx", "round-3 attack requests answered 5xx"),
+    ("no_quota_attempts", "spending attempts without quota"),
+    ("no_quota_spent", "tokens, chunks, charges they spent"),
+    ("bystander_chats", "another user's chats during the attacks"),
+    ("bystander_5xx", "another user's chats answered 5xx"),
 ]
 
 
@@ -37,6 +43,9 @@ README_ROWS = {
     "hostile inputs": ("hostile_inputs", "hostile_5xx"),
     "faults injected": ("faults_injected", "rows_lost"),
     "fuzz cases": ("fuzz_cases", "fuzz_5xx"),
+    "round-3 attack requests": ("attack_requests", "attack_5xx"),
+    "spending attempts by a user without quota": ("no_quota_attempts", "no_quota_spent"),
+    "another user's chats during the attacks": ("bystander_chats", "bystander_5xx"),
 }
 
 

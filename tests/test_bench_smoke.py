@@ -159,3 +159,18 @@ async def test_the_benchmark_pools_shrink_to_the_room_the_server_has(database_ur
             await conn.close()
     assert 2 <= crowded <= 10
     assert crowded <= roomy <= POOL_MAX
+
+
+async def test_attacks_bench_runs_and_reports(tmp_path, database_url):
+    env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
+    out = tmp_path / "attacks.json"
+    command = [sys.executable, "-m", "bench.attacks", "--idle-chats", "5", "--out", str(out)]
+    result = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for attack in ("budget", "retrieval", "extraction"):  # that each attack ran beside another user's chats
+        assert report[attack]["other_chats"] >= 5 and report[attack]["other_5xx"] == 0, report[attack]
+    assert report["budget"]["attack_statuses"] == [429] and report["budget"]["tokens_spent_without_quota"] == 0
+    assert "x idle" in result.stdout

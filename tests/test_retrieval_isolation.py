@@ -12,7 +12,13 @@ import uuid
 from services.chat.app import create_app
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KNOWLEDGE
-from services.chat.knowledge.retrieval import OWN_CHUNKS_READ, TEXT_CANDIDATES, TEXT_QUERY_WORDS, text_query
+from services.chat.knowledge.retrieval import (
+    OWN_CHUNKS_READ,
+    OWN_TEXT_CANDIDATES,
+    TEXT_CANDIDATES,
+    TEXT_QUERY_WORDS,
+    text_query,
+)
 from tests.test_knowledge import ask, wait_until
 
 QUESTION = "Pourquoi l'onduleur est-il passé sur batterie ?"
@@ -67,7 +73,7 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
 
     # The scope is the database's, from each chunk's document: no writer can leave it out.
     assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE conversation_id IS NULL") == 5
-    args = (QUESTION, own_conversation, owner, 20, [], TEXT_CANDIDATES, OWN_CHUNKS_READ)
+    args = (QUESTION, own_conversation, owner, 20, [], TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES)
     plan = await explain(db, queries.CANDIDATES_SQL, *args)
     read = rows_read(plan)
     # The site's 5 and this conversation's 3, each read by its search and again to be returned: never the
@@ -78,7 +84,7 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
     assert sum(row["embedding"] is not None for row in rows) == 3  # vectors come only with the caller's chunks
 
     # Another user's message, in a conversation of theirs, finds the site's chunks and nothing of the crowd's.
-    other_rows = await db.fetch(queries.CANDIDATES_SQL, QUESTION, uuid.uuid4(), owner, 20, [], 1_000, 4_000)
+    other_rows = await db.fetch(queries.CANDIDATES_SQL, QUESTION, uuid.uuid4(), owner, *args[3:])
     assert len(other_rows) == 5
 
 

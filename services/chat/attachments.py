@@ -21,6 +21,7 @@ from aiohttp import web
 from services.chat.extraction import Extracted, FileProblem, extract, least_size
 from shared import ApiError, Settings, get_logger
 from shared.contracts import FileAttachment
+from shared.lanes import LaneFull, Lanes
 from shared.metrics import EXTRACTIONS_REFUSED
 
 log = get_logger("wibot.attachments")
@@ -63,31 +64,29 @@ class ReadFile:
         return meta | {"chars": self.chars, "truncated": self.truncated} | ({"indexed": True} if self.indexed else {})
 
 
-class ExtractionBusy(Exception):
-    """The extraction pool holds as many jobs as it may (`per_user`: as many of this user's as they may)."""
-
-    def __init__(self, *, per_user: bool) -> None:
-        super().__init__("per user" if per_user else "per process")
-        self.per_user = per_user
-
-
 class Extractor:
     """Worker processes for decoding and extraction, started on first use, stopped with the app.
 
-    Bounded: at most `max_jobs` jobs admitted (running or waiting) per process and `max_jobs_per_user` per user,
-    beyond which a job is refused at once (ExtractionBusy) instead of joining a queue nobody can see the end of.
-    A user's jobs run on `workers - 1` workers at most, so that one user's slow files always leave a worker to
-    the others. A job's deadline counts from its submission (time spent waiting included), and cancelling the
-    awaiting task (the client left) withdraws a waiting job or kills the worker running it.
+    Admission is bounded (shared/lanes.py): at most `max_jobs` jobs admitted (running or waiting) per process and
+    `max_jobs_per_user` per user, beyond which a job is refused at once (LaneFull) instead of joining a queue
+    nobody can see the end of; a user's jobs run on `workers - 1` workers at most, so that one user's slow files
+    always leave a worker to the others. A job's deadline counts from its submission (time spent waiting
+    included), and cancelling the awaiting task (the client left) withdraws a waiting job or kills the worker
+    running it.
     """
 
     def __init__(self, *, workers: int, timeout_s: float, max_jobs: int = 0, max_jobs_per_user: int = 0) -> None:
         self.workers, self.timeout_s = workers, timeout_s
-        self.max_jobs, self.max_jobs_per_user = max_jobs, max_jobs_per_user
-        self.jobs = 0  # admitted and not finished, all users together
-        self.submitted = 0  # jobs ever admitted by this process
-        self._per_user: dict[int, UserLane] = {}
+        self.lanes = Lanes(running_per_user=max(1, workers - 1), max_jobs=max_jobs, max_jobs_per_user=max_jobs_per_user)
         self._pool: pebble.ProcessPool | None = None
+
+    @property
+    def jobs(self) -> int:
+        return self.lanes.jobs
+
+    @property
+    def submitted(self) -> int:
+        return self.lanes.submitted
 
     async def run(self, content: str, *, max_bytes: int, max_pages: int, owner: int | None = None) -> Extracted:
         result: Extracted = await self.call(extract, content, max_bytes=max_bytes, max_pages=max_pages, owner=owner)
@@ -96,34 +95,8 @@ class Extractor:
     async def call(self, function: Callable[..., Any], *args: Any, owner: int | None = None, **kwargs: Any) -> Any:
         """`function(*args, **kwargs)` in a worker process; TimeoutError past the timeout from now. `owner` is the
         user whose request needs it (None: the operators' ingestion, which no user limit applies to)."""
-        lane = self._admit(owner)
-        self.jobs += 1
-        self.submitted += 1
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                if lane is None:
-                    return await self._schedule(function, args, kwargs)
-                async with lane.running:
-                    return await self._schedule(function, args, kwargs)
-        finally:
-            self.jobs -= 1
-            if lane is not None:
-                lane.jobs -= 1
-                if lane.jobs == 0:
-                    del self._per_user[lane.owner]
-
-    def _admit(self, owner: int | None) -> UserLane | None:
-        if self.max_jobs and self.jobs >= self.max_jobs:
-            raise ExtractionBusy(per_user=False)
-        if owner is None:
-            return None
-        lane = self._per_user.get(owner)
-        if lane is None:
-            lane = self._per_user[owner] = UserLane(owner, asyncio.Semaphore(max(1, self.workers - 1)))
-        if self.max_jobs_per_user and lane.jobs >= self.max_jobs_per_user:
-            raise ExtractionBusy(per_user=True)
-        lane.jobs += 1
-        return lane
+        async with asyncio.timeout(self.timeout_s), self.lanes.slot(owner):
+            return await self._schedule(function, args, kwargs)
 
     async def _schedule(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._pool is None:
@@ -139,13 +112,6 @@ class Extractor:
         if self._pool is not None:
             self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join(timeout=5)
-
-
-@dataclass(slots=True)
-class UserLane:
-    owner: int
-    running: asyncio.Semaphore  # the workers this user's jobs may hold at once
-    jobs: int = 0  # admitted and not finished
 
 
 EXTRACTOR = web.AppKey("extractor", Extractor)
@@ -168,7 +134,7 @@ def extractor_context(settings: Settings) -> Any:
     return _extractor_ctx
 
 
-def extraction_busy(busy: ExtractionBusy) -> ApiError:
+def extraction_busy(busy: LaneFull) -> ApiError:
     EXTRACTIONS_REFUSED.labels("user" if busy.per_user else "process").inc()
     if busy.per_user:
         return ApiError(
@@ -250,7 +216,7 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
         result = await extractor.run(
             attachment.content, max_bytes=settings.chat_file_max_bytes, max_pages=settings.pdf_max_pages, owner=owner
         )
-    except ExtractionBusy as busy:
+    except LaneFull as busy:
         raise extraction_busy(busy) from None
     except FileProblem as problem:
         raise file_error(attachment.name, problem, settings) from None

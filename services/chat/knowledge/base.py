@@ -17,6 +17,7 @@ from services.chat.knowledge import queries
 from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
 from services.chat.llm import LLM_CLIENT
 from shared import ApiError, AppKeys, Settings, get_logger
+from shared.lanes import Lanes
 
 log = get_logger("wibot.knowledge")
 
@@ -24,6 +25,10 @@ log = get_logger("wibot.knowledge")
 INDEX_STARTUP_WAIT_S = 10.0
 # A scheduled sync that failed (the model or the database away) tries again this soon.
 SYNC_RETRY_S = 60.0
+# Retrieval statements are the database's heaviest: one user runs one at a time and has at most four waiting
+# (beyond, their message goes without passages), and the process runs at most half its pool's connections of
+# them, so that everyone else's short statements always find a connection and a core.
+RETRIEVALS_PER_USER, RETRIEVALS_WAITING_PER_USER = 1, 4
 
 
 @dataclass
@@ -34,9 +39,15 @@ class KnowledgeBase:
     extractor: Extractor
     index: VectorIndex = field(default_factory=VectorIndex)
     follower: IndexFollower = field(init=False)
+    retrievals: Lanes = field(init=False)
 
     def __post_init__(self) -> None:
         self.follower = IndexFollower(self.index)
+        self.retrievals = Lanes(
+            running_per_user=RETRIEVALS_PER_USER,
+            max_jobs_per_user=RETRIEVALS_PER_USER + RETRIEVALS_WAITING_PER_USER,
+            running=max(1, self.settings.db_pool_max // 2),
+        )
 
 
 KNOWLEDGE = web.AppKey("knowledge", KnowledgeBase)

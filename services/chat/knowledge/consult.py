@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.chat.attachments import ExtractionBusy, ReadFile, fit_budget, thousands
+from services.chat.attachments import ReadFile, fit_budget, thousands
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.chunks import split
@@ -23,6 +23,7 @@ from services.chat.knowledge.ingest import write_chunks
 from services.chat.knowledge.retrieval import Passage, Scope, retrieve
 from services.chat.quota import Budget, estimate_prompt_tokens
 from shared import ApiError, get_logger
+from shared.lanes import LaneFull
 from shared.metrics import KNOWLEDGE_RETRIEVALS
 
 log = get_logger("wibot.knowledge")
@@ -55,21 +56,26 @@ async def consult_knowledge(
     except ApiError as exc:
         log.warning("kb_question_not_embedded", status=exc.status, fallback="full_text")
     try:
-        passages = await retrieve(
-            kb.pool,
-            kb.index,
-            scope=scope,
-            question=question,
-            vector=vector,
-            top_k=top_k,
-            min_similarity=settings.kb_min_similarity,
-            own_min_similarity=own_min_similarity,
-            max_chars=max_chars,
-            timeout_s=settings.kb_retrieval_timeout_s,
-        )
+        async with kb.retrievals.slot(scope.user_id):
+            passages = await retrieve(
+                kb.pool,
+                kb.index,
+                scope=scope,
+                question=question,
+                vector=vector,
+                top_k=top_k,
+                min_similarity=settings.kb_min_similarity,
+                own_min_similarity=own_min_similarity,
+                max_chars=max_chars,
+                timeout_s=settings.kb_retrieval_timeout_s,
+            )
     except TimeoutError:  # a slow retrieval costs its own message its passages, never a pool connection held
         log.warning("kb_retrieval_timeout", timeout_s=settings.kb_retrieval_timeout_s, fallback="no_passages")
         KNOWLEDGE_RETRIEVALS.labels("timeout").inc()
+        return Consulted(files, [], tokens)
+    except LaneFull:  # this user already has retrievals running and waiting: this message goes without
+        log.warning("kb_retrieval_busy", user_id=scope.user_id, fallback="no_passages")
+        KNOWLEDGE_RETRIEVALS.labels("busy").inc()
         return Consulted(files, [], tokens)
     KNOWLEDGE_RETRIEVALS.labels("used" if passages else "nothing_relevant").inc()
     log.info("kb_retrieved", passages=len(passages), sources=sorted({p.source for p in passages}), vector=bool(vector))
@@ -102,7 +108,7 @@ async def place_files(
             placed += fit_budget([read], left)
             left = 0
             continue
-        except (ApiError, ExtractionBusy, TimeoutError) as exc:  # the embedder or the extraction pool could not
+        except (ApiError, LaneFull, TimeoutError) as exc:  # the embedder or the extraction pool could not
             status = exc.status if isinstance(exc, ApiError) else None
             log.warning(
                 "attachment_not_indexed", file=read.name, status=status, reason=type(exc).__name__, fallback="cut"

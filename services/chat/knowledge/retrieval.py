@@ -7,6 +7,7 @@ KB_CONTEXT_MAX_CHARS.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -23,6 +24,7 @@ TEXT_CANDIDATES = 1_000
 # A conversation's own chunks read per message at most, with their vectors (the default conversation cap,
 # KB_CONVERSATION_MAX_CHUNKS: 16 MB of mistral-embed vectors at most in one request).
 OWN_CHUNKS_READ = 4_000
+OWN_TEXT_CANDIDATES = 200
 # Words of the question the full-text side searches for: a 3,500-word message made a query of 3,500 terms that
 # every index lookup and every rank had to walk (60 s by hand); the embedding still reads the whole question.
 TEXT_QUERY_WORDS = 64
@@ -81,12 +83,13 @@ async def retrieve(
         [chunk_id for chunk_id, _ in vector_hits],
         TEXT_CANDIDATES,
         OWN_CHUNKS_READ,
+        OWN_TEXT_CANDIDATES,
         timeout=timeout_s,
     )
     by_id = {row["chunk_id"]: row for row in rows}
     text_order = sorted((r for r in rows if r["rank"] is not None), key=lambda r: (-r["rank"], r["chunk_id"]))
     similar = [(chunk_id, score) for chunk_id, score in vector_hits if chunk_id in by_id]
-    similar += conversation_hits(rows, vector, own_min_similarity)
+    similar += await asyncio.to_thread(conversation_hits, rows, vector, own_min_similarity)
     similar.sort(key=lambda hit: (-hit[1], hit[0]))
     fused: dict[int, float] = {}
     for rank, row in enumerate(text_order[:per_side], start=1):
@@ -107,15 +110,25 @@ async def retrieve(
 def conversation_hits(
     rows: list[asyncpg.Record], vector: list[float] | None, min_similarity: float
 ) -> list[tuple[int, float]]:
-    """The conversation's own chunks (their vectors came with the query), scored against the question."""
-    own = [row for row in rows if row["embedding"] is not None]
-    if vector is None or not own:
+    """The conversation's own chunks (their vectors came with the query), scored against the question. Run off
+    the event loop: 4,000 vectors are tens of milliseconds of work that other users' requests must not wait for."""
+    if vector is None:
         return []
     dimension = len(vector)
-    own = [row for row in own if len(row["embedding"]) == dimension]
+    # array_send of a one-dimensional real[] of `dimension` elements: a 20-byte header, then (length, value).
+    size = 20 + 8 * dimension
+    own = [row for row in rows if row["embedding"] is not None and len(row["embedding"]) == size]
     if not own:
         return []
     import numpy as np  # here, not at import: see index.py
 
-    scores = normalized(np.array([row["embedding"] for row in own])) @ normalized(np.array([vector]))[0]
-    return [(row["chunk_id"], float(score)) for row, score in zip(own, scores, strict=True) if score >= min_similarity]
+    blob = np.frombuffer(b"".join(row["embedding"] for row in own), dtype=np.uint8).reshape(len(own), size)
+    header = blob[:, :8].copy().view(">i4")  # ndim, has-nulls: written by ingestion as 1, 0
+    values = blob[:, 20:].copy().view(">f4")[:, 1::2].astype(np.float32)
+    scores = normalized(values) @ normalized(np.array([vector]))[0]
+    usable = (header[:, 0] == 1) & (header[:, 1] == 0)
+    return [
+        (row["chunk_id"], float(score))
+        for row, score, ok in zip(own, scores, usable, strict=True)
+        if ok and score >= min_similarity
+    ]

@@ -1,0 +1,176 @@
+"""How much another user is slowed while each attack of the security round 3 runs (issue #31's target: their
+chat p99 at most 2x idle). The attacks are tests/attacks.py's, run against one chat service process as
+production runs it (`python -m services.chat`), the fake model in a process of its own answering at once, on a
+fresh database; this process only sends the requests. Ratios to the idle p99 measured in the same run; written
+to bench/attacks.json.
+
+    python -m bench.attacks [--idle-chats 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench.run import SECRET, drop_database, recreate_database
+from devtools.stack import free_ports, wait_for_port
+from shared import apply_migrations, configure_logging
+from tests import attacks
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_URL = os.environ.get(
+    "BENCH_SERVER_URL", os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+)
+
+
+async def add_user(db: asyncpg.Connection, name: str, *, quota: int | None = None) -> int:
+    user_id: int = await db.fetchval(
+        "INSERT INTO users (username, password_hash, role) VALUES ($1, 'x', 'user') RETURNING user_id", name
+    )
+    if quota is not None:
+        await db.execute(
+            "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
+            " VALUES ($1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 0, $2)",
+            user_id,
+            quota,
+        )
+    return user_id
+
+
+@contextlib.asynccontextmanager
+async def bystander_in_a_thread(url: str, user_id: int, *, with_file: bool) -> AsyncIterator[attacks.Watch]:
+    """The other user's chats from a thread of their own, with its own event loop and connection: the attacker's
+    requests, sent from this loop, do not delay them on the client's side."""
+    ready, stop = threading.Event(), threading.Event()
+    holder: dict[str, attacks.Watch] = {}
+
+    async def chats() -> None:
+        async with aiohttp.ClientSession(base_url=url) as session:
+            service = attacks.Service(session, SECRET)
+            watch = holder["watch"] = attacks.Watch()
+            ready.set()
+            while not stop.is_set() or len(watch.statuses) < 5:
+                await attacks.bystander_chats(service, user_id, watch, count=1, with_file=with_file)
+
+    thread = threading.Thread(target=asyncio.run, args=(chats(),), daemon=True)
+    thread.start()
+    await asyncio.to_thread(ready.wait)
+    try:
+        yield holder["watch"]
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+
+
+async def idle_p99(service: attacks.Service, user_id: int, count: int, *, with_file: bool) -> float:
+    watch = attacks.Watch()
+    await attacks.bystander_chats(service, user_id, watch, count=count, with_file=with_file)
+    return watch.p99()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    name = f"wibot_bench_attacks_{os.getpid()}"
+    url = await recreate_database(SERVER_URL, name)
+    await asyncio.to_thread(apply_migrations, url)
+    fake_port, chat_port = free_ports(2)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "JWT_SECRET": SECRET,
+        "LOG_LEVEL": "WARNING",
+        "MISTRAL_API_KEY": "bench",
+        "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake_port}",
+        "CHAT_REQUESTS_PER_MINUTE": "0",
+    }
+    processes = [
+        await asyncio.create_subprocess_exec(
+            *command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for command in (
+            [sys.executable, "-m", "devtools.fake_mistral", "--port", str(fake_port)],
+            [sys.executable, "-m", "services.chat", "--port", str(chat_port)],
+        )
+    ]
+    chat_url = f"http://127.0.0.1:{chat_port}"
+    client = aiohttp.ClientSession(base_url=chat_url)
+    service = attacks.Service(client, SECRET)
+    db = await asyncpg.connect(url)
+    report: dict[str, Any] = {}
+    try:
+        for port in (fake_port, chat_port):
+            await asyncio.to_thread(wait_for_port, port, 60)
+        other = await add_user(db, "voisin", quota=10_000_000)
+        # Warmed first: the first file starts the extraction workers, the first chat the model client.
+        await idle_p99(service, other, 5, with_file=True)
+        idle = await idle_p99(service, other, args.idle_chats, with_file=False)
+        idle_with_file = await idle_p99(service, other, args.idle_chats, with_file=True)
+        report["idle_p99_ms"] = round(idle * 1000, 2)
+        report["idle_with_file_p99_ms"] = round(idle_with_file * 1000, 2)
+
+        async def measure(label: str, run: Any, *, with_file: bool = False) -> None:
+            started = time.perf_counter()
+            async with bystander_in_a_thread(chat_url, other, with_file=with_file) as watch:
+                outcome = await run()
+            baseline = idle_with_file if with_file else idle
+            report[label] = {
+                "attack_s": round(time.perf_counter() - started, 2),
+                "attack_statuses": sorted(set(outcome)) if isinstance(outcome, list) else outcome,
+                "other_chats": len(watch.statuses),
+                "other_5xx": sum(status >= 500 for status in watch.statuses),
+                "other_p99_ms": round(watch.p99() * 1000, 2),
+                "other_p99_vs_idle": round(watch.p99() / baseline, 2),
+            }
+
+        hostile = await add_user(db, "sans-quota", quota=0)
+        await measure("budget", lambda: attacks.budget_attack(service, hostile))
+        report["budget"]["tokens_spent_without_quota"] = await db.fetchval(
+            "SELECT used_tokens FROM user_token_usage WHERE user_id = $1", hostile
+        )
+        talker = await add_user(db, "bavard", quota=10_000_000)
+        conversation = await attacks.crowded_conversation(db, talker)
+        await measure("retrieval", lambda: attacks.retrieval_attack(service, talker, conversation))
+        slow = await add_user(db, "lent", quota=10_000_000)
+        await measure("extraction", lambda: attacks.extraction_attack(service, slow), with_file=True)
+    finally:
+        await db.close()
+        await client.close()
+        for process in processes:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 20)
+        await drop_database(SERVER_URL, name)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-chats", type=int, default=40, help="chats of the other user timed at rest")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "attacks.json")
+    args = parser.parse_args()
+    configure_logging(level="WARNING", fmt="console", service="bench")
+    report = asyncio.run(main_async(args))
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"idle p99: {report['idle_p99_ms']} ms ({report['idle_with_file_p99_ms']} ms with a file)")
+    for label in ("budget", "retrieval", "extraction"):
+        figures = report[label]
+        print(
+            f"{label:<11} other user's p99 {figures['other_p99_ms']:>8} ms = {figures['other_p99_vs_idle']}x idle,"
+            f" {figures['other_chats']} chats, {figures['other_5xx']} 5xx; attack {figures['attack_s']} s,"
+            f" statuses {figures['attack_statuses']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
