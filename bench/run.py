@@ -261,6 +261,7 @@ def start_stack(
             # The benchmark is a load on purpose: no per-user request limits.
             "CHAT_REQUESTS_PER_MINUTE": "0",
             "CONVERSATION_CREATIONS_PER_MINUTE": "0",
+            "CHAT_CONCURRENT_PER_USER": "0",
             "FAKE_MISTRAL_LATENCY_MS": os.environ.get("FAKE_MISTRAL_LATENCY_MS", "0"),
         }
     )

@@ -79,6 +79,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Load tests send hundreds of chats per user and minute: the limits have their own tests.
         "chat_requests_per_minute": 0,
         "conversation_creations_per_minute": 0,
+        "chat_concurrent_per_user": 0,
         # The fake embedder's scale (hashed words): a related passage scores 0.15-0.65, an unrelated one below.
         "kb_min_similarity": 0.15,
     }

@@ -13,6 +13,9 @@ from tests import attacks
 from tests.conftest import TEST_SECRET
 from tests.figures import FIGURES
 
+# The other user chats for as long as an attack lasts: a monthly quota of their own must not end their chats.
+BYSTANDER_QUOTA = 100_000_000
+
 
 async def spent_by(db, user_id: int) -> int:
     """Everything a user made the service spend or keep: tokens charged, chunks stored, charges recorded."""
@@ -38,6 +41,7 @@ async def test_a_user_without_quota_spends_nothing_while_another_chats(
     service = attacks.Service(client, TEST_SECRET)
     hostile, other = await factory.user("sans-quota"), await factory.user("voisin")
     await factory.usage(hostile, used=0, quota=0)
+    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
     async with attacks.bystander(service, other) as watch:
         statuses = await attacks.budget_attack(service, hostile)
     count(statuses, watch)
@@ -56,6 +60,7 @@ async def test_long_questions_in_a_crowded_conversation_leave_the_others_served(
     client = await make_client(create_app(chat_settings))
     service = attacks.Service(client, TEST_SECRET)
     hostile, other = await factory.user("bavard"), await factory.user("voisin")
+    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
     conversation = await attacks.crowded_conversation(db, hostile)
     async with attacks.bystander(service, other) as watch:
         statuses = await attacks.retrieval_attack(service, hostile, conversation)
@@ -74,6 +79,7 @@ async def test_abandoned_slow_files_stop_and_leave_the_others_served(
     client = await make_client(create_app(chat_settings))
     service = attacks.Service(client, TEST_SECRET)
     hostile, other = await factory.user("lent"), await factory.user("voisin")
+    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
     async with attacks.bystander(service, other, with_file=True) as watch:
         sent = await attacks.extraction_attack(service, hostile)
         # The abandoned files' jobs are withdrawn or their workers killed: the pool holds none of them.

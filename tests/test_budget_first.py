@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import uuid
 
+import pytest
+
 from services.chat.app import create_app
 from services.chat.attachments import EXTRACTOR
 from tests.documents import b64, text_pdf
@@ -24,12 +26,15 @@ def fake_embedding_tokens(chunks: list[str]) -> int:
     return sum(max(1, math.ceil(len(chunk) / 4)) for chunk in chunks)  # devtools.fake_mistral's count
 
 
+@pytest.mark.parametrize(
+    "quota", [0, 300], ids=["none (refused at admission)", "too little for the prompt (refused by the reservation)"]
+)
 async def test_a_user_without_quota_extracts_embeds_and_stores_nothing(
-    make_client, chat_settings, factory, db, fake_mistral
+    make_client, chat_settings, factory, db, fake_mistral, quota
 ):
     client = await make_client(create_app(chat_settings.model_copy(update={"chat_files_max_chars": 1_500})))
     user_id = await factory.user()
-    await factory.usage(user_id, used=0, quota=0)
+    await factory.usage(user_id, used=0, quota=quota)
     pdf = text_pdf([f"Page {n} : procédure de sauvegarde du serveur de fichiers. " * 20 for n in range(50)])
     files = [*report_file(), {"name": "gros.pdf", "content": b64(pdf)}]
     status, body = await ask(client, user_id, "Résume ces documents", files=files)

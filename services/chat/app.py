@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from services.chat import quota, streaming, views
+from services.chat.admission import chat_lanes
 from services.chat.alerts import alerts_context
 from services.chat.attachments import extractor_context
-from services.chat.keys import PROMPTS
+from services.chat.keys import CHATS, PROMPTS
 from services.chat.knowledge.base import forget_orphans, knowledge_context
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompts
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="chat")
     app[AppKeys.NOT_READY] = model_configuration_problems(settings)
     app[PROMPTS] = load_prompts(settings)
+    app[CHATS] = chat_lanes(settings)
     app.cleanup_ctx.append(llm_context(settings))
     app.cleanup_ctx.append(extractor_context(settings))
     app.cleanup_ctx.append(knowledge_context(settings))

@@ -40,6 +40,15 @@ UNION ALL
 SELECT used_tokens, quota_tokens FROM created
 """
 
+# This month's usage as READ_OR_CREATE_USAGE_SQL would give it, read only (no row yet: nothing used, the user's
+# standing quota or the default $3): admission's early look, before the body is parsed.
+QUOTA_ROOM_SQL = """
+SELECT COALESCE(u.used_tokens, 0) AS used_tokens,
+       COALESCE(u.quota_tokens, (SELECT standing_quota_tokens FROM users WHERE user_id = $1), $3) AS quota_tokens
+FROM (SELECT 1) AS one
+LEFT JOIN user_token_usage u ON u.user_id = $1 AND u.month = $2
+"""
+
 # One conditional UPDATE: the row lock makes concurrent reservations queue, and each re-checks the condition
 # against the committed value, so the quota cannot be overspent (measured: with SELECT-then-UPDATE, 50
 # concurrent spends against room for 10 all passed).

@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.chat import alerts, llm, streaming, workflow
+from services.chat.admission import admit_chat
 from services.chat.attachments import EXTRACTOR
-from services.chat.keys import PROMPTS
+from services.chat.keys import CHATS, PROMPTS
 from services.chat.knowledge.base import KNOWLEDGE
 from services.chat.knowledge.ingest import ingest
 from shared import AppKeys, authenticated, current_user, json_response, parse_body
@@ -16,6 +17,12 @@ from shared.contracts import ChatRequest, IngestStats, RagIngestRequest, RagInge
 
 @authenticated()
 async def chat(request: web.Request) -> web.StreamResponse:
+    settings, pool = request.app[AppKeys.SETTINGS], request.app[AppKeys.DB]
+    async with admit_chat(request.app[CHATS], pool, settings, current_user(request).user_id):
+        return await admitted_chat(request)
+
+
+async def admitted_chat(request: web.Request) -> web.StreamResponse:
     received_at = workflow.utc_now()
     body = await parse_body(request, ChatRequest)
     deps = workflow.ChatDeps(

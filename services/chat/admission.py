@@ -1,0 +1,51 @@
+"""Chat step `admit_chat`, before the request's body is even read: a user may have CHAT_CONCURRENT_PER_USER chats
+in progress in a process (429 `CHAT_BUSY` beyond, at once), and a user whose quota has no room for a reply is
+refused (429 `QUOTA_EXCEEDED`) before their megabytes of JSON and files are parsed. What costs nothing to check
+is checked before what costs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from services.chat import queries
+from services.chat.quota import MIN_COMPLETION_TOKENS, quota_exceeded
+from shared import ApiError, Settings, current_month
+from shared.lanes import LaneFull, Lanes
+
+# CHAT_CONCURRENT_PER_USER=0: no limit (every admitted chat runs at once).
+UNLIMITED = 1_000_000
+
+
+def chat_lanes(settings: Settings) -> Lanes:
+    per_user = settings.chat_concurrent_per_user
+    return Lanes(running_per_user=per_user or UNLIMITED, max_jobs_per_user=per_user)
+
+
+def chat_busy(limit: int) -> ApiError:
+    return ApiError(
+        429,
+        f"Vous avez déjà {limit} messages en cours de traitement : attendez leur réponse avant d'en envoyer d'autres.",
+        "CHAT_BUSY",
+        headers={"Retry-After": "2"},
+    )
+
+
+@contextlib.asynccontextmanager
+async def admit_chat(lanes: Lanes, pool: asyncpg.Pool, settings: Settings, user_id: int) -> AsyncIterator[None]:
+    """The block runs as one of the user's chats in progress, once their quota was seen to have room."""
+    try:
+        async with lanes.slot(user_id):
+            await check_quota_room(pool, settings, user_id)
+            yield
+    except LaneFull:
+        raise chat_busy(settings.chat_concurrent_per_user) from None
+
+
+async def check_quota_room(pool: asyncpg.Pool, settings: Settings, user_id: int) -> None:
+    """A read, no write: the reservation (workflow.reserve_budget) makes the row and holds the tokens."""
+    row = await pool.fetchrow(queries.QUOTA_ROOM_SQL, user_id, current_month(), settings.default_quota_tokens)
+    if row["quota_tokens"] - row["used_tokens"] < MIN_COMPLETION_TOKENS:
+        raise quota_exceeded(row["quota_tokens"])
