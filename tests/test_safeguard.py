@@ -284,9 +284,9 @@ async def test_an_answer_arriving_in_two_writes_is_read_whole(client, people, he
     assert upstream.requests["req-l1"]["status"] == "approved"
 
 
-async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people, upstream):
-    """F4: an answer over ~64 KB arrives in several socket reads; 300 requests of 1 KB each must all be listed."""
-    for number in range(300):
+def add_large_requests(upstream, count: int) -> None:
+    """`count` pending requests of about 1 KB each."""
+    for number in range(count):
         upstream.add(
             held_request(
                 approval_id=f"req-{number:03d}",
@@ -296,6 +296,11 @@ async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people,
                 context={"description": "x" * 1000},
             )
         )
+
+
+async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people, upstream):
+    """F4: an answer over ~64 KB arrives in several socket reads; 300 requests of 1 KB each must all be listed."""
+    add_large_requests(upstream, 300)
     r = await client.get(f"{SAFEGUARD}/requests", headers=as_(people, "N1"))
     body = await r.json()
     assert body["total"] == 300, {k: v for k, v in body.items() if k != "requests"}
@@ -308,16 +313,7 @@ async def test_an_answer_past_the_upstream_limit_is_unavailable_not_held(
     import services.auth.safeguard as safeguard
 
     monkeypatch.setattr(safeguard, "MAX_UPSTREAM_BYTES", 10_000)
-    for number in range(30):
-        upstream.add(
-            held_request(
-                approval_id=f"req-{number:03d}",
-                tool_name="glpi_close_ticket",
-                security_level="L1",
-                expires_in_s=3600,
-                context={"description": "x" * 1000},
-            )
-        )
+    add_large_requests(upstream, 30)
     upstream.split_answer_s = split_s  # chunked: no Content-Length, the count while reading refuses it
     r = await client.get(f"{SAFEGUARD}/requests", headers=as_(people, "N1"))
     body = await r.json()
