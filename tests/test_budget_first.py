@@ -149,3 +149,32 @@ async def test_a_user_past_their_indexed_chunks_cap_is_indexed_in_part_then_refu
     other = await factory.user("autre")
     assert (await ask(client, other, "Résume", files=report_file()))[0] == 200
     assert await db.fetchval("SELECT count(*) FROM kb_chunks") == 14
+
+
+async def test_the_sweeper_cuts_a_conversation_back_to_its_newest_attachments_within_the_cap(db, factory):
+    """A conversation indexed before the cap existed (or above a lowered one) keeps its newest attachments."""
+    from services.chat.knowledge.base import trim_conversations
+    from tests.test_retrieval_isolation import add_document
+
+    user_id = await factory.user()
+    crowded, small = uuid.uuid4(), uuid.uuid4()
+    oldest = await add_document(db, chunks=3, content="ancien", conversation_id=crowded, user_id=user_id)
+    middle = await add_document(db, chunks=3, content="moyen", conversation_id=crowded, user_id=user_id)
+    newest = await add_document(db, chunks=3, content="récent", conversation_id=crowded, user_id=user_id)
+    other = await add_document(db, chunks=5, content="autre", conversation_id=small, user_id=user_id)
+    site = await add_document(db, chunks=9, content="site")
+    await db.execute(
+        "UPDATE kb_documents SET created_at = created_at - make_interval(mins => $2) WHERE document_id = $1",
+        oldest,
+        10,
+    )
+    await db.execute(
+        "UPDATE kb_documents SET created_at = created_at - make_interval(mins => $2) WHERE document_id = $1",
+        middle,
+        5,
+    )
+    assert await trim_conversations(db, max_chunks=6) == 3  # the connection answers fetch() as the pool does
+    assert set(await db.fetchval("SELECT array_agg(document_id) FROM kb_documents")) == {middle, newest, other, site}
+    assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE document_id = $1", oldest) == 0
+    assert await trim_conversations(db, max_chunks=6) == 0  # within the cap now: nothing more
+    assert await trim_conversations(db, max_chunks=0) == 0  # no cap

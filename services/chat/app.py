@@ -15,7 +15,7 @@ from services.chat.admission import chat_lanes
 from services.chat.alerts import alerts_context
 from services.chat.attachments import extractor_context
 from services.chat.keys import CHATS, PROMPTS
-from services.chat.knowledge.base import forget_orphans, knowledge_context
+from services.chat.knowledge.base import forget_orphans, knowledge_context, trim_conversations
 from services.chat.llm import llm_context
 from services.chat.prompt import load_prompts
 from shared import AppKeys, Settings, base_app, get_logger
@@ -112,8 +112,9 @@ async def _finish_refunds(app: web.Application) -> None:
 
 
 def reservation_sweeper(settings: Settings) -> Any:
-    """Every minute, any chat process refunds reservations left behind by a process that died, and forgets the
-    attachments indexed for an exchange that never saved its conversation."""
+    """Every minute, any chat process refunds reservations left behind by a process that died, forgets the
+    attachments indexed for an exchange that never saved its conversation, and cuts back a conversation's
+    attachments beyond KB_CONVERSATION_MAX_CHUNKS (its newest are kept)."""
 
     async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
@@ -124,6 +125,7 @@ def reservation_sweeper(settings: Settings) -> Any:
                         app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s
                     )
                     await forget_orphans(app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s)
+                    await trim_conversations(app[AppKeys.DB], max_chunks=settings.kb_conversation_max_chunks)
                 except Exception:  # never let the sweeper die: the next round retries
                     log.exception("reservation_sweep_failed")
 

@@ -97,6 +97,20 @@ async def scheduled_sync(kb: KnowledgeBase) -> None:
         await asyncio.sleep(wait_s)
 
 
+TRIM_BATCH_DOCUMENTS = 100
+
+
+async def trim_conversations(pool: asyncpg.Pool, *, max_chunks: int) -> int:
+    """Each conversation's attachments cut back to its newest within `max_chunks` (run by the chat sweeper);
+    returns the chunks deleted. 0: no cap."""
+    if not max_chunks:
+        return 0
+    rows = await pool.fetch(queries.TRIM_CONVERSATIONS_SQL, max_chunks, TRIM_BATCH_DOCUMENTS)
+    for row in rows:
+        log.warning("kb_conversation_trimmed", conversation_id=str(row["conversation_id"]), chunks=row["chunk_count"])
+    return sum(row["chunk_count"] for row in rows)
+
+
 async def forget_orphans(pool: asyncpg.Pool, *, older_than_s: float) -> None:
     """Attachments indexed for an exchange that never saved its conversation (run by the chat sweeper)."""
     status = await pool.execute(queries.DELETE_ORPHAN_DOCUMENTS_SQL, older_than_s)

@@ -122,6 +122,21 @@ WHERE d.conversation_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = d.conversation_id)
 """
 
+# A conversation keeps its newest attachments within $1 chunks: older documents beyond are deleted (their chunks
+# with them), at most $2 documents a round so that no sweep holds its locks long. For conversations indexed
+# before the cap existed, or after KB_CONVERSATION_MAX_CHUNKS was lowered.
+TRIM_CONVERSATIONS_SQL = """
+WITH kept AS (
+    SELECT document_id,
+           sum(chunk_count) OVER (PARTITION BY conversation_id ORDER BY created_at DESC, document_id DESC) AS total
+    FROM kb_documents
+    WHERE conversation_id IS NOT NULL
+)
+DELETE FROM kb_documents d
+WHERE d.document_id IN (SELECT document_id FROM kept WHERE total > $1 ORDER BY document_id LIMIT $2)
+RETURNING d.conversation_id, d.chunk_count
+"""
+
 STATUS_SQL = """
 SELECT d.category, count(*) AS documents, COALESCE(sum(d.chunk_count), 0) AS chunks,
        max(d.updated_at) AS last_update
