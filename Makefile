@@ -74,7 +74,10 @@ security: install
 		tests/test_admin_and_sessions.py::test_a_logged_out_token_stays_out_whatever_its_spelling \
 		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
 		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \
-		tests/test_gateway.py::test_nginx_own_errors_answer_the_json_envelope
+		tests/test_gateway.py::test_nginx_own_errors_answer_the_json_envelope \
+		tests/test_gateway.py::test_what_aiohttp_would_answer_in_plain_text_is_answered_in_the_envelope \
+		tests/test_gateway.py::test_one_clients_slow_uploads_leave_its_address_to_the_others \
+		tests/test_gateway.py::test_the_default_per_address_limit_is_not_held_by_100_slow_uploads
 
 # Mutation testing with cosmic-ray (slow: minutes per module); writes mutation/results.json.
 mutation: install
