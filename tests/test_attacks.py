@@ -17,6 +17,16 @@ from tests.figures import FIGURES
 BYSTANDER_QUOTA = 100_000_000
 
 
+async def attacked(make_client, settings) -> attacks.Service:
+    return attacks.Service(await make_client(create_app(settings)), TEST_SECRET)
+
+
+async def bystander_user(factory) -> int:
+    other = await factory.user("voisin")
+    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
+    return other
+
+
 async def spent_by(db, user_id: int) -> int:
     """Everything a user made the service spend or keep: tokens charged, chunks stored, charges recorded."""
     return await db.fetchval(
@@ -46,11 +56,10 @@ def count(statuses: list[int], watch: attacks.Watch, idle: float) -> None:
 async def test_a_user_without_quota_spends_nothing_while_another_chats(
     make_client, chat_settings, factory, db, fake_mistral
 ):
-    client = await make_client(create_app(chat_settings))
-    service = attacks.Service(client, TEST_SECRET)
-    hostile, other = await factory.user("sans-quota"), await factory.user("voisin")
+    service = await attacked(make_client, chat_settings)
+    client = service.client
+    hostile, other = await factory.user("sans-quota"), await bystander_user(factory)
     await factory.usage(hostile, used=0, quota=0)
-    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
     idle = await idle_p99(service, other)
     async with attacks.bystander(service, other) as watch:
         statuses = await attacks.budget_attack(service, hostile)
@@ -67,10 +76,8 @@ async def test_a_user_without_quota_spends_nothing_while_another_chats(
 async def test_long_questions_in_a_crowded_conversation_leave_the_others_served(
     make_client, chat_settings, factory, db, fake_mistral
 ):
-    client = await make_client(create_app(chat_settings))
-    service = attacks.Service(client, TEST_SECRET)
-    hostile, other = await factory.user("bavard"), await factory.user("voisin")
-    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
+    service = await attacked(make_client, chat_settings)
+    hostile, other = await factory.user("bavard"), await bystander_user(factory)
     conversation = await attacks.crowded_conversation(db, hostile)
     idle = await idle_p99(service, other)
     async with attacks.bystander(service, other) as watch:
@@ -87,10 +94,9 @@ async def test_long_questions_in_a_crowded_conversation_leave_the_others_served(
 async def test_abandoned_slow_files_stop_and_leave_the_others_served(
     make_client, chat_settings, factory, db, fake_mistral
 ):
-    client = await make_client(create_app(chat_settings))
-    service = attacks.Service(client, TEST_SECRET)
-    hostile, other = await factory.user("lent"), await factory.user("voisin")
-    await factory.usage(other, used=0, quota=BYSTANDER_QUOTA)
+    service = await attacked(make_client, chat_settings)
+    client = service.client
+    hostile, other = await factory.user("lent"), await bystander_user(factory)
     idle = await idle_p99(service, other, with_file=True)
     async with attacks.bystander(service, other, with_file=True) as watch:
         sent = await attacks.extraction_attack(service, hostile)

@@ -66,19 +66,26 @@ SELECT $4, user_id, month, $3 FROM reserved
 RETURNING reservation_id
 """
 
-# A reservation ($3, still held) grows by $4 tokens when the quota has that much room: one conditional UPDATE
-# (as RESERVE_TOKENS_SQL), so concurrent requests cannot overspend. No row: no room (or nothing held any more).
+# A reservation ($3, still held) grows by $4 tokens when the quota has that much room, or with $5 (partly) by
+# as many of them as it has: one conditional UPDATE (as RESERVE_TOKENS_SQL), re-checked against the row it
+# locks, so concurrent requests cannot overspend. Returns the tokens added; no row: none (no room, or nothing
+# held any more).
 GROW_RESERVATION_SQL = """
-WITH grown AS (
-    UPDATE user_token_usage
-    SET used_tokens = used_tokens + $4
-    WHERE user_id = $1 AND month = $2 AND used_tokens + $4 <= quota_tokens
+WITH amount AS (
+    SELECT CASE WHEN $5::boolean THEN LEAST($4::bigint, quota_tokens - used_tokens) ELSE $4::bigint END AS tokens
+    FROM user_token_usage WHERE user_id = $1 AND month = $2
+), grown AS (
+    UPDATE user_token_usage u
+    SET used_tokens = u.used_tokens + amount.tokens
+    FROM amount
+    WHERE u.user_id = $1 AND u.month = $2 AND amount.tokens > 0 AND u.used_tokens + amount.tokens <= u.quota_tokens
       AND EXISTS (SELECT 1 FROM token_reservations WHERE reservation_id = $3)
-    RETURNING user_id
+    RETURNING amount.tokens
 )
-UPDATE token_reservations SET tokens = tokens + $4
-WHERE reservation_id = $3 AND EXISTS (SELECT 1 FROM grown)
-RETURNING tokens
+UPDATE token_reservations SET tokens = token_reservations.tokens + grown.tokens
+FROM grown
+WHERE reservation_id = $3
+RETURNING grown.tokens
 """
 
 # Gives back $2 of the tokens a reservation ($1) holds, once the prompt is known to need less.

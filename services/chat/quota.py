@@ -59,7 +59,12 @@ def quota_exceeded(quota_tokens: int) -> ApiError:
 
 
 def estimate_prompt_tokens(contents: list[str]) -> int:
-    return sum(math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE) + TOKENS_PER_MESSAGE_OVERHEAD for text in contents)
+    return sum(tokens_for_chars(len(text)) for text in contents)
+
+
+def tokens_for_chars(chars: int) -> int:
+    """The estimate for one message of `chars` characters."""
+    return math.ceil(chars / CHARS_PER_TOKEN_ESTIMATE) + TOKENS_PER_MESSAGE_OVERHEAD
 
 
 async def reserve_quota(
@@ -104,56 +109,45 @@ class Budget:
 
     async def room(self) -> int:
         """Tokens the quota could still add to this request's reservation."""
-        row = await self.pool.fetchrow(
-            queries.READ_OR_CREATE_USAGE_SQL, self.reservation.user_id, self.reservation.month, 0
-        )
-        return Usage(row["used_tokens"], row["quota_tokens"]).remaining if row else 0
+        return (await self._usage()).remaining
 
     async def cover(self, tokens: int) -> bool:
         """Hold `tokens` more for an embedding about to be made; False when the quota has no such room."""
-        return await self._grow(tokens)
+        return await self._grow(tokens, partly=False) == tokens
 
     async def fit(self, prompt_tokens: int) -> Reservation:
         """The reservation made exactly what this prompt needs: the reply's budget up to max_tokens, the excess
         given back, or grown when the prompt came out larger than foreseen (429 when the quota cannot)."""
-        held = self.reservation
-        left_for_reply = held.tokens - self.embedding_tokens - prompt_tokens
-        wanted = prompt_tokens + self.embedding_tokens + self.max_tokens
-        if left_for_reply < self.max_tokens and held.tokens < wanted:  # the reply would be short: try for more
-            room = await self._grow_up_to(wanted - held.tokens)
-            left_for_reply += room
+        left_for_reply = self.reservation.tokens - self.embedding_tokens - prompt_tokens
+        if left_for_reply < self.max_tokens:  # the reply would be short: as much more as the quota holds
+            left_for_reply += await self._grow(self.max_tokens - left_for_reply, partly=True)
         if left_for_reply < MIN_COMPLETION_TOKENS:
-            raise quota_exceeded(await self._quota_tokens())
+            raise quota_exceeded((await self._usage()).quota_tokens)
         completion = min(self.max_tokens, left_for_reply)
         needed = prompt_tokens + self.embedding_tokens + completion
         if needed < self.reservation.tokens:
             await self.pool.execute(
-                queries.SHRINK_RESERVATION_SQL, held.reservation_id, self.reservation.tokens - needed
+                queries.SHRINK_RESERVATION_SQL, self.reservation.reservation_id, self.reservation.tokens - needed
             )
         self.reservation = replace(self.reservation, tokens=needed, max_completion_tokens=completion)
         return self.reservation
 
-    async def _grow_up_to(self, tokens: int) -> int:
-        """As many of `tokens` as the quota holds (all of them, or what remains)."""
-        room = min(tokens, await self.room())
-        if room <= 0 or not await self._grow(room):
-            return 0
-        return room
-
-    async def _grow(self, tokens: int) -> bool:
+    async def _grow(self, tokens: int, *, partly: bool) -> int:
+        """Tokens added to the reservation: `tokens`, or (`partly`) as many of them as the quota holds; 0 when
+        the quota has no room (or the reservation is gone)."""
         held = self.reservation
-        grown = await self.pool.fetchval(
-            queries.GROW_RESERVATION_SQL, held.user_id, held.month, held.reservation_id, tokens
+        added = await self.pool.fetchval(
+            queries.GROW_RESERVATION_SQL, held.user_id, held.month, held.reservation_id, tokens, partly
         )
-        if grown is not None:
-            self.reservation = replace(held, tokens=held.tokens + tokens)
-        return grown is not None
+        if not added:
+            return 0
+        self.reservation = replace(held, tokens=held.tokens + added)
+        return int(added)
 
-    async def _quota_tokens(self) -> int:
-        row = await self.pool.fetchrow(
-            queries.READ_OR_CREATE_USAGE_SQL, self.reservation.user_id, self.reservation.month, 0
-        )
-        return int(row["quota_tokens"]) if row else 0
+    async def _usage(self) -> Usage:
+        held = self.reservation
+        row = await self.pool.fetchrow(queries.READ_OR_CREATE_USAGE_SQL, held.user_id, held.month, 0)
+        return Usage(row["used_tokens"], row["quota_tokens"]) if row else Usage(0, 0)
 
     async def give_back(self) -> None:
         """No answer (the model failed, the client left, a later step refused): the reservation is refunded,

@@ -68,13 +68,12 @@ async def run_chat(
     files_sent = body.files or []
     check_files(files_sent, settings)
     system_prompt = deps.prompts.render(mode)
-    has_documents = memory.has_documents
     budget = await reserve_budget(deps, user, system_prompt, memory, body.message)
     try:
         files = await read_attachments(deps.extractor, files_sent, settings, owner=user.user_id)
         scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
         knowledge = await consult_knowledge(
-            deps.knowledge, scope, body.message, files, budget, has_documents=has_documents
+            deps.knowledge, scope, body.message, files, budget, has_documents=memory.has_documents
         )
         messages = prepare_context(system_prompt, memory.messages, body.message, knowledge.files, knowledge.passages)
         reservation = await budget.fit(quota.estimate_prompt_tokens([m["content"] for m in messages]))

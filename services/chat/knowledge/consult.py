@@ -21,7 +21,7 @@ from services.chat.knowledge.chunks import split
 from services.chat.knowledge.embeddings import embed
 from services.chat.knowledge.ingest import write_chunks
 from services.chat.knowledge.retrieval import Passage, Scope, retrieve
-from services.chat.quota import Budget, estimate_prompt_tokens
+from services.chat.quota import Budget, estimate_prompt_tokens, tokens_for_chars
 from shared import ApiError, get_logger
 from shared.lanes import LaneFull
 from shared.metrics import KNOWLEDGE_RETRIEVALS
@@ -40,7 +40,8 @@ async def consult_knowledge(
     kb: KnowledgeBase, scope: Scope, question: str, files: list[ReadFile], budget: Budget, *, has_documents: bool
 ) -> Consulted:
     settings = kb.settings
-    files, tokens, left = await place_files(kb, scope, files, budget)
+    files, left = await place_files(kb, scope, files, budget)
+    tokens = budget.embedding_tokens
     indexed = any(read.indexed for read in files)
     top_k, max_chars, own_min_similarity = settings.kb_top_k, settings.kb_context_max_chars, settings.kb_min_similarity
     if indexed:  # the file's passages take the room it would have had, whatever the question's words
@@ -84,35 +85,24 @@ async def consult_knowledge(
 
 async def place_files(
     kb: KnowledgeBase, scope: Scope, files: list[ReadFile], budget: Budget
-) -> tuple[list[ReadFile], int, int]:
+) -> tuple[list[ReadFile], int]:
     """Files in order while the budget lasts; a file that does not fit is indexed (or cut when it cannot be).
-    Returns the files as the prompt shows them, the embedding tokens spent, and the budget left."""
+    Returns the files as the prompt shows them and the budget of characters left."""
     chars = kb.settings.chat_files_max_chars
     retrieval_off = kb.settings.kb_top_k == 0  # an indexed file would never be read back: cut it instead
     if not kb.settings.kb_index_attachments or retrieval_off or sum(len(read.text) for read in files) <= chars:
-        return fit_budget(files, chars), 0, 0
+        return fit_budget(files, chars), 0
     placed: list[ReadFile] = []
-    tokens, left = 0, chars
+    left = chars
     for read in files:
         if len(read.text) <= left:
             placed.append(read)
             left -= len(read.text)
             continue
         try:
-            spent, indexed_chars = await index_attachment(kb, scope, read, budget, left=left)
-            tokens += spent
-        except IndexFull:
-            raise
-        except NoBudget:
-            log.info("attachment_not_indexed", file=read.name, reason="quota", fallback="cut")
-            placed += fit_budget([read], left)
-            left = 0
-            continue
-        except (ApiError, LaneFull, TimeoutError) as exc:  # the embedder or the extraction pool could not
-            status = exc.status if isinstance(exc, ApiError) else None
-            log.warning(
-                "attachment_not_indexed", file=read.name, status=status, reason=type(exc).__name__, fallback="cut"
-            )
+            indexed_chars = await index_attachment(kb, scope, read, budget, left=left)
+        except NotIndexed as why:
+            log.warning("attachment_not_indexed", file=read.name, reason=why.reason, fallback="cut")
             placed += fit_budget([read], left)
             left = 0
             continue
@@ -123,19 +113,20 @@ async def place_files(
         if indexed_chars < read.chars:
             note += f"\n[Seuls les {thousands(indexed_chars)} premiers caractères environ ont été indexés.]"
         placed.append(dataclasses.replace(read, text="", cut_note=note, indexed=True))
-    return placed, tokens, left
+    return placed, left
 
 
-class NoBudget(Exception):
-    """The user's quota cannot hold this attachment's embedding: it is cut instead of indexed."""
+class NotIndexed(Exception):
+    """The attachment is cut instead of indexed: the user's quota cannot hold its embedding, the embedding model
+    or the extraction pool could not serve it. (A cap reached is the user's to know: an ApiError, never a cut.)"""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-class IndexFull(ApiError):
-    """A cap on what attachments may keep indexed is reached: the user is told (never a silent cut)."""
-
-
-def conversation_full(limit: int) -> IndexFull:
-    return IndexFull(
+def conversation_full(limit: int) -> ApiError:
+    return ApiError(
         413,
         f"Cette conversation a déjà {thousands(limit)} passages de fichiers indexés, sa limite : démarrez une"
         " nouvelle conversation pour ce fichier.",
@@ -143,8 +134,8 @@ def conversation_full(limit: int) -> IndexFull:
     )
 
 
-def user_full(limit: int) -> IndexFull:
-    return IndexFull(
+def user_full(limit: int) -> ApiError:
+    return ApiError(
         429,
         f"Vos conversations ont déjà {thousands(limit)} passages de fichiers indexés, votre limite : supprimez"
         " d'anciennes conversations avec pièces jointes pour en indexer d'autres.",
@@ -152,26 +143,30 @@ def user_full(limit: int) -> IndexFull:
     )
 
 
-async def index_attachment(
-    kb: KnowledgeBase, scope: Scope, read: ReadFile, budget: Budget, *, left: int
-) -> tuple[int, int]:
-    """One attachment's chunks stored for its conversation: the tokens their embedding cost, and about how many
-    of its characters they hold. As many chunks as KB_ATTACHMENT_MAX_CHUNKS, the conversation's and the user's
-    caps and the user's quota allow (413 / 429 when a cap is already reached, NoBudget when the quota cannot
-    hold one chunk); their embedding, and the passages they may bring to the prompt (`left` characters of
-    files' room and KB_CONTEXT_MAX_CHARS), are held on the quota before the embedding is asked for."""
+async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budget: Budget, *, left: int) -> int:
+    """One attachment's chunks stored for its conversation; returns about how many of its characters they hold.
+    As many chunks as KB_ATTACHMENT_MAX_CHUNKS, the conversation's and the user's caps and the user's quota allow
+    (413 / 429 when a cap is already reached, NotIndexed when the quota cannot hold one chunk); their embedding,
+    and the passages they may bring to the prompt (`left` characters of files' room and KB_CONTEXT_MAX_CHARS),
+    are held on the quota before the embedding is asked for, and its cost added to the budget."""
     settings = kb.settings
     room = await room_for_chunks(kb, scope)
-    chunks: list[str] = await kb.extractor.call(
-        split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap, owner=scope.user_id
-    )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
+    try:
+        chunks: list[str] = await kb.extractor.call(
+            split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap, owner=scope.user_id
+        )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
+    except (LaneFull, TimeoutError) as exc:
+        raise NotIndexed(type(exc).__name__) from None
     whole = len(chunks)
     chunks = chunks[: min(settings.kb_attachment_max_chunks, room)]
-    passages = estimate_prompt_tokens([" " * (left + settings.kb_context_max_chars)])
+    passages = tokens_for_chars(left + settings.kb_context_max_chars)
     chunks = chunks[: affordable(chunks, await budget.room() - passages)]
     if not chunks or not await budget.cover(estimate_prompt_tokens(chunks) + passages):
-        raise NoBudget
-    embedded = await embed(kb.client, settings, chunks, purpose="attachment")
+        raise NotIndexed("quota")
+    try:
+        embedded = await embed(kb.client, settings, chunks, purpose="attachment")
+    except ApiError as exc:  # the embedding model is away: the file is cut as before
+        raise NotIndexed(f"embedding {exc.status}") from None
     budget.embedding_tokens += embedded.tokens
     digest = hashlib.sha256(read.text.encode("utf-8", "surrogatepass")).hexdigest()
     async with kb.pool.acquire() as conn, conn.transaction():
@@ -190,7 +185,7 @@ async def index_attachment(
     complete = len(chunks) == whole
     indexed_chars = read.chars if complete else len(chunks) * (settings.kb_chunk_chars - settings.kb_chunk_overlap)
     log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks), complete=complete)
-    return embedded.tokens, indexed_chars
+    return indexed_chars
 
 
 async def room_for_chunks(kb: KnowledgeBase, scope: Scope, conn: asyncpg.Connection | None = None) -> int:
@@ -213,7 +208,7 @@ def affordable(chunks: list[str], tokens: int) -> int:
     """How many of the first chunks an embedding budget of `tokens` covers (by the quota's estimate)."""
     count = 0
     for chunk in chunks:
-        tokens -= estimate_prompt_tokens([chunk])
+        tokens -= tokens_for_chars(len(chunk))
         if tokens < 0:
             break
         count += 1
