@@ -388,6 +388,56 @@ async def test_message_counts_are_filled_for_existing_conversations_and_kept_by_
         await conn.close()
 
 
+async def test_chunks_indexed_before_0014_get_their_conversation_and_new_ones_cannot_miss_it(scratch):
+    """0014 backfills each existing chunk's scope from its document (attachments: their conversation; the site's:
+    NULL), and from then on the database sets it, whatever a writer sends."""
+    url = await scratch()
+    await migrate(url, upto="0013-kb-user-index")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SPEC_ROWS)
+        conversation = "550e8400-e29b-41d4-a716-446655440000"
+        site = await conn.fetchval(
+            "INSERT INTO kb_documents (source, path, content_hash, chunk_count)"
+            " VALUES ('vpn.md', 'vpn.md', repeat('a', 64), 1) RETURNING document_id"
+        )
+        attachment = await conn.fetchval(
+            "INSERT INTO kb_documents (source, category, path, content_hash, chunk_count, conversation_id, user_id)"
+            " VALUES ('rapport.pdf', 'attachment', 'rapport.pdf', repeat('b', 64), 2, $1, 1) RETURNING document_id",
+            uuid.UUID(conversation),
+        )
+        await conn.execute(
+            "INSERT INTO kb_chunks (document_id, position, content, embedding) VALUES"
+            " ($1, 0, 'Connexion VPN', '{0.6,0.8}'), ($2, 0, 'Rapport', '{0.6,0.8}'), ($2, 1, 'Suite', '{0.8,0.6}')",
+            site,
+            attachment,
+        )
+        await migrate(url, upto="0014-kb-chunk-scope")
+        scopes = await conn.fetch("SELECT document_id, conversation_id FROM kb_chunks ORDER BY chunk_id")
+        assert [(r["document_id"], r["conversation_id"]) for r in scopes] == [
+            (site, None),
+            (attachment, uuid.UUID(conversation)),
+            (attachment, uuid.UUID(conversation)),
+        ]
+        # A writer that sends a wrong scope (or none) is corrected by the trigger.
+        await conn.execute(
+            "INSERT INTO kb_chunks (document_id, position, content, embedding, conversation_id)"
+            " VALUES ($1, 2, 'Ajout', '{0.6,0.8}', NULL), ($2, 1, 'Autre', '{0.6,0.8}', $3)",
+            attachment,
+            site,
+            uuid.uuid4(),
+        )
+        added = await conn.fetch(
+            "SELECT document_id, conversation_id FROM kb_chunks WHERE position > 0 ORDER BY chunk_id"
+        )
+        assert [(r["document_id"], r["conversation_id"]) for r in added][-2:] == [
+            (attachment, uuid.UUID(conversation)),
+            (site, None),
+        ]
+    finally:
+        await conn.close()
+
+
 async def test_db_schema_sql_is_the_dump_of_a_migrated_database():
     """db/schema.sql is generated from the migrations (make schema), never edited: one source of truth."""
     from devtools.schema_dump import SCHEMA_FILE, generate
