@@ -47,6 +47,7 @@ from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import build_client
 from services.chat.quota import Budget, Reservation
 from shared import Settings, apply_migrations, configure_logging, create_pool
+from shared.background import Background
 from tests.documents import text_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +126,7 @@ async def measure_ingestion(kb: KnowledgeBase, root: Path, files_md: int, pdfs: 
 async def recall_and_latency(kb: KnowledgeBase, samples: int) -> dict[str, Any]:
     scope = Scope(user_id=1, conversation_id=uuid.uuid4())
     # Questions without attachments: nothing is embedded for them, nothing is held.
-    budget = Budget(kb.pool, Reservation(uuid.uuid4(), 1, date.today(), 0, 0), max_tokens=0)
+    budget = Budget(kb.pool, Background(), Reservation(uuid.uuid4(), 1, date.today(), 0, 0), max_tokens=0)
     found = 0
     timings = []
     for _ in range(max(1, samples // len(QUESTIONS))):

@@ -37,7 +37,7 @@ MODULES: dict[str, list[str]] = {
                                   "tests/test_attachments.py", "tests/test_knowledge.py", "tests/test_faults.py"],
     "services/chat/attachments.py": ["tests/test_attachments.py"],
     "services/chat/extraction.py": ["tests/test_attachments.py"],
-    "services/chat/streaming.py": ["tests/test_streaming.py"],
+    "services/chat/writer.py": ["tests/test_streaming.py"],
     "services/auth/safeguard.py": ["tests/test_safeguard.py"],
     "services/auth/analytics.py": ["tests/test_supervision.py"],
 }  # fmt: skip

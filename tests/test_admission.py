@@ -7,8 +7,7 @@ import asyncio
 import uuid
 
 from services.chat.app import create_app
-from services.chat.attachments import EXTRACTOR
-from services.chat.keys import CHATS
+from services.chat.resources import CHAT as RESOURCES
 from tests.conftest import bearer
 from tests.documents import b64
 
@@ -40,7 +39,7 @@ async def test_a_users_chats_beyond_their_share_are_refused_at_once_and_others_s
     await fake_mistral.wait_for_requests(3)  # another user's chat reached the model beside the held two
     fake_mistral.hold.set()
     assert [(await r).status for r in [*held, other_chat]] == [200, 200, 200]
-    assert client.app[CHATS].jobs == 0
+    assert client.app[RESOURCES].chats.jobs == 0
     r = await client.post(CHAT, json=body(), headers=bearer(busy))  # their share is back
     assert r.status == 200
     assert await db.fetchval("SELECT count(*) FROM messages") == 8
@@ -58,7 +57,7 @@ async def test_a_user_without_quota_is_refused_before_the_body_is_parsed(
     # Even a body that would be a 400 is not read: the quota answers first.
     r = await client.post(CHAT, data=b"{not json", headers={**bearer(user_id), "Content-Type": "application/json"})
     assert r.status == 429 and (await r.json())["code"] == "QUOTA_EXCEEDED"
-    assert client.app[EXTRACTOR].submitted == 0
+    assert client.app[RESOURCES].extractor.submitted == 0
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from services.chat.app import create_app
-from services.chat.attachments import EXTRACTOR
+from services.chat.resources import CHAT as RESOURCES
 from tests import attacks
 from tests.conftest import TEST_SECRET
 from tests.figures import FIGURES
@@ -68,7 +68,7 @@ async def test_a_user_without_quota_spends_nothing_while_another_chats(
     FIGURES["no_quota_spent"] += await spent_by(db, hostile)
     assert statuses == [429] * len(statuses)
     assert await spent_by(db, hostile) == 0
-    assert client.app[EXTRACTOR].submitted == 0  # no file read (the bystander sends none)
+    assert client.app[RESOURCES].extractor.submitted == 0  # no file read (the bystander sends none)
     assert len(fake_mistral.embedded) == 0
     assert set(watch.statuses) == {200}
 
@@ -102,7 +102,7 @@ async def test_abandoned_slow_files_stop_and_leave_the_others_served(
         sent = await attacks.extraction_attack(service, hostile)
         # The abandoned files' jobs are withdrawn or their workers killed: the pool holds none of them.
         async with asyncio.timeout(20):
-            while client.app[EXTRACTOR].jobs > 0:
+            while client.app[RESOURCES].extractor.jobs > 0:
                 await asyncio.sleep(0.02)
     count([], watch, idle)
     FIGURES["attack_requests"] += sent

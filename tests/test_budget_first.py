@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from services.chat.app import create_app
-from services.chat.attachments import EXTRACTOR
+from services.chat.resources import CHAT as RESOURCES
 from tests.documents import b64, text_pdf
 from tests.test_knowledge import ask, long_report
 
@@ -39,7 +39,7 @@ async def test_a_user_without_quota_extracts_embeds_and_stores_nothing(
     files = [*report_file(), {"name": "gros.pdf", "content": b64(pdf)}]
     status, body = await ask(client, user_id, "Résume ces documents", files=files)
     assert status == 429 and body["code"] == QUOTA_EXCEEDED, body
-    assert client.app[EXTRACTOR].submitted == 0  # not even read
+    assert client.app[RESOURCES].extractor.submitted == 0  # not even read
     assert len(fake_mistral.embedded) == 0 and len(fake_mistral.received) == 0
     assert await db.fetchval("SELECT count(*) FROM kb_documents") == 0
     assert await db.fetchval("SELECT count(*) FROM kb_chunks") == 0

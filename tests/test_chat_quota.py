@@ -186,6 +186,9 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
 
     from services.chat import quota
     from shared import create_pool
+    from shared.background import Background
+
+    later = Background()
 
     user_id = await factory.user()
     # Usage that is not zero: a refund of twice the reservation (or one that floors at 0) shows.
@@ -194,6 +197,7 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
     try:
         reservation = await quota.reserve_quota(
             pool,
+            later,
             user_id=user_id,
             month=(await db.fetchval("SELECT DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date")),
             prompt_tokens=100,
@@ -201,9 +205,9 @@ async def test_a_refund_happens_once_even_if_asked_twice(make_client, chat_setti
             default_quota=50_000,
         )
         assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1500
-        await asyncio.gather(quota.refund(pool, reservation), quota.refund(pool, reservation))
+        await asyncio.gather(quota.refund(pool, later, reservation), quota.refund(pool, later, reservation))
         assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1000
-        await quota.refund(pool, reservation)  # once more, later: still nothing
+        await quota.refund(pool, later, reservation)  # once more, later: still nothing
     finally:
         await pool.close()
     assert await db.fetchval("SELECT used_tokens FROM user_token_usage") == 1000

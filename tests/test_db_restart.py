@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from devtools.stack import free_ports, postgres_bin, wait_for_port, with_database
-from services.chat import quota
 from services.chat.app import create_app as chat_app
+from services.chat.resources import CHAT as RESOURCES
 from services.conversations.app import create_app as conversations_app
 from shared import apply_migrations
 from tests.conftest import bearer, make_settings
@@ -114,7 +114,7 @@ async def test_postgres_restart_under_load(private_cluster, make_client, fake_mi
     )
     assert r.status == 200, await r.text()
     # Refunds and charges that met the outage are retried in the background: wait for them to end.
-    assert await quota.wait_for_deferred_refunds(within_s=60), "deferred refunds still pending"
+    assert await chat.app[RESOURCES].background.drain(within_s=60), "deferred refunds still pending"
     conn = await asyncpg.connect(url)
     try:
         await books_balance(conn, fake_mistral)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from services.chat.app import create_app
-from services.chat.attachments import EXTRACTOR
+from services.chat.resources import CHAT as RESOURCES
 from tests.documents import b64, slow_pdf
 from tests.test_attachments import assert_nothing_happened, send
 
@@ -28,7 +28,7 @@ async def until(condition, within_s: float = 20.0) -> None:
 
 
 async def jobs_running(client, count: int) -> None:
-    await until(lambda: client.app[EXTRACTOR].jobs >= count)
+    await until(lambda: client.app[RESOURCES].extractor.jobs >= count)
 
 
 async def test_one_users_slow_files_leave_a_worker_to_the_others(make_client, chat_settings, factory):
@@ -40,11 +40,11 @@ async def test_one_users_slow_files_leave_a_worker_to_the_others(make_client, ch
     assert r.status == 200, await r.text()
     # Served while both of the hostile user's files are still being read (seconds each): they held one worker,
     # never both, or this file would have waited for one of them to finish.
-    assert client.app[EXTRACTOR].jobs == 2
+    assert client.app[RESOURCES].extractor.jobs == 2
     assert not any(attack.done() for attack in attacks)
     for attack in attacks:
         attack.cancel()  # the hostile client leaves
-    await until(lambda: client.app[EXTRACTOR].jobs == 0)  # its jobs withdrawn or their worker killed
+    await until(lambda: client.app[RESOURCES].extractor.jobs == 0)  # its jobs withdrawn or their worker killed
 
 
 async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
@@ -65,7 +65,7 @@ async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
         "code": "EXTRACTION_BUSY",
     }
     first.cancel()
-    await until(lambda: client.app[EXTRACTOR].jobs == 0)
+    await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
     await assert_nothing_happened(db, fake_mistral)
     # Nothing kept from the refusal: the user's next file is read.
     r = await send(client, user_id, [SMALL_TXT])
@@ -82,7 +82,7 @@ async def test_a_full_pool_is_a_503_with_retry_after_for_everyone_else(make_clie
     assert r.headers["Retry-After"] == "5"
     assert (await r.json())["code"] == "EXTRACTION_BUSY"
     attack.cancel()
-    await until(lambda: client.app[EXTRACTOR].jobs == 0)
+    await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
 
 
 async def test_a_jobs_deadline_counts_from_its_submission(make_client, chat_settings, factory):
@@ -101,4 +101,4 @@ async def test_a_jobs_deadline_counts_from_its_submission(make_client, chat_sett
         "code": "FILE_UNREADABLE",
     }
     assert (await attack).status == 422
-    assert client.app[EXTRACTOR].jobs == 0
+    assert client.app[RESOURCES].extractor.jobs == 0

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.chat import quota
 from services.chat.app import create_app as chat_app
+from services.chat.resources import CHAT as RESOURCES
 from services.conversations.app import create_app as conversations_app
 from tests.conftest import bearer
 from tests.figures import FIGURES
@@ -125,7 +125,7 @@ async def test_killed_database_connections_fail_cleanly_and_recover(
     statuses, _ = await asyncio.gather(asyncio.gather(*[one(i) for i in range(60)]), killer())
     assert set(statuses) <= {200, 503}
     # Refunds that met a killed connection are retried in the background: wait for them, do not guess a delay.
-    assert await quota.wait_for_deferred_refunds(within_s=60), "deferred refunds still pending"
+    assert await chat.app[RESOURCES].background.drain(within_s=60), "deferred refunds still pending"
     await books_balance(db, fake_mistral)
     # Recovered without a restart.
     r = await chat.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(users[0]))

@@ -26,10 +26,11 @@ import pytest
 from devtools.fake_mistral import fake_embedding
 from services.chat.app import create_app
 from services.chat.extraction import FileProblem
-from services.chat.knowledge.base import KNOWLEDGE, forget_orphans
+from services.chat.knowledge.base import forget_orphans
 from services.chat.knowledge.chunks import split
 from services.chat.knowledge.documents import document_text
 from services.chat.knowledge.index import VectorIndex
+from services.chat.resources import CHAT as RESOURCES
 from services.conversations.app import create_app as create_conversations_app
 from shared import AppKeys
 from tests.conftest import TEST_SECRET, bearer
@@ -71,7 +72,7 @@ async def user_id(factory) -> int:
 async def ingest(client, admin_id: int, **body) -> tuple[int, dict]:
     r = await client.post(INGEST, json=body, headers=bearer(admin_id, "chef", "admin"))
     # The index applies what was written a few milliseconds later, through its notifications: wait for them.
-    await asyncio.wait_for(client.app[KNOWLEDGE].follower.caught_up(client.app[AppKeys.DB]), 10)
+    await asyncio.wait_for(client.app[RESOURCES].knowledge.follower.caught_up(client.app[AppKeys.DB]), 10)
     return r.status, await r.json()
 
 
@@ -268,7 +269,7 @@ async def test_incremental_runs_skip_update_and_remove(client, admin_id, user_id
     assert await db.fetchval("SELECT count(*) FROM kb_documents WHERE source = 'hameconnage.md'") == 0
 
     site_chunks = await db.fetchval("SELECT count(*) FROM kb_chunks")
-    kb = client.server.app[KNOWLEDGE]
+    kb = client.server.app[RESOURCES].knowledge
     await wait_until(lambda: kb.index.size == site_chunks)
     assert (await ask(client, user_id, "Quel VPN WireGuard utiliser ?"))[0] == 200
     assert "WireGuard remplace FortiClient" in system_prompt(fake_mistral)
@@ -362,7 +363,7 @@ async def test_an_interrupted_ingestion_leaves_no_lock_behind(client, admin_id, 
     from services.chat.knowledge.ingest import ingest as run_ingestion
 
     fake_mistral.embedding_hold = asyncio.Event()
-    kb = client.app[KNOWLEDGE]
+    kb = client.app[RESOURCES].knowledge
     task = asyncio.create_task(run_ingestion(kb, path=None, mode="full", category=None))
     async with asyncio.timeout(20):
         while not fake_mistral.embedded:  # holding the lock, waiting for its first embeddings
@@ -415,7 +416,7 @@ async def test_the_cli_ingests_with_a_progress_bar_and_reports(kb_settings, clie
     assert "Traceback" not in err
 
     site_chunks = await db.fetchval("SELECT count(*) FROM kb_chunks")
-    kb = client.server.app[KNOWLEDGE]  # ingested by another process: this one heard of it
+    kb = client.server.app[RESOURCES].knowledge  # ingested by another process: this one heard of it
     await wait_until(lambda: kb.index.size == site_chunks)
     assert (await ask(client, user_id, "Combien de points de restauration Veeam garde-t-on ?"))[0] == 200
     assert "Source : sauvegarde-veeam.md" in system_prompt(fake_mistral)
@@ -427,7 +428,7 @@ async def test_the_cli_ingests_with_a_progress_bar_and_reports(kb_settings, clie
 async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_connection(
     make_client, kb_settings, client, admin_id, db
 ):
-    other = (await make_client(create_app(kb_settings))).server.app[KNOWLEDGE].index
+    other = (await make_client(create_app(kb_settings))).server.app[RESOURCES].knowledge.index
     assert other.ready and other.size == 0
     assert (await ingest(client, admin_id, path="procedures"))[0] == 200
     count = await db.fetchval("SELECT count(*) FROM kb_chunks")
@@ -460,7 +461,7 @@ async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_conn
 
 async def test_while_the_index_is_away_full_text_still_answers(client, admin_id, user_id, db, fake_mistral):
     assert (await ingest(client, admin_id))[0] == 200
-    kb = client.server.app[KNOWLEDGE]
+    kb = client.server.app[RESOURCES].knowledge
     kb.index.ready = False  # as after a lost connection, before the reload
     fake_mistral.embedding_failures = [500] * 50  # and the question cannot be embedded either
     status, _ = await ask(client, user_id, "Quelle plage d'adresses IP réserver pour une imprimante réseau ?")
@@ -588,7 +589,7 @@ async def test_attachments_of_an_exchange_never_saved_are_forgotten(
     fake_mistral.failures = [500] * 50  # the next exchange is never saved: its conversation never exists
     assert (await ask(client, user_id, "Résume", files=files))[0] == 502
     assert await db.fetchval("SELECT count(*) FROM kb_documents") == 2
-    pool = client.server.app[KNOWLEDGE].pool
+    pool = client.server.app[RESOURCES].knowledge.pool
     await forget_orphans(pool, older_than_s=600)
     assert await db.fetchval("SELECT count(*) FROM kb_documents") == 2  # too recent: its exchange may be running
     await db.execute("UPDATE kb_documents SET created_at = created_at - interval '1 hour'")
@@ -617,7 +618,7 @@ async def test_the_scheduled_sync_picks_up_a_new_file(make_client, kb_settings, 
     await wait_until_count(db, CORPUS_FILES)
     (kb_root / "procedures" / "badge.md").write_text("# Badges\nLes badges d'accès se commandent auprès du N2.\n")
     await wait_until_count(db, CORPUS_FILES + 1)
-    assert client.server.app[KNOWLEDGE].index.size > 0
+    assert client.server.app[RESOURCES].knowledge.index.size > 0
 
 
 async def wait_until_count(db, documents: int) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from services.chat import queries, quota
 from services.chat.quota import Reservation
+from shared.background import Background
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ async def test_a_reservation_whose_answer_is_lost_is_given_back(database_url, db
     try:
         with pytest.raises(TimeoutError):
             await quota.reserve_quota(
-                pool, user_id=user_id, month=current_month(), prompt_tokens=100, max_tokens=200,
+                pool, Background(), user_id=user_id, month=current_month(), prompt_tokens=100, max_tokens=200,
                 default_quota=50_000,
             )  # fmt: skip
     finally:
@@ -191,7 +192,13 @@ async def test_a_reply_needs_room_for_sixteen_tokens(database_url, db, factory, 
     await usage_with_room(db, user_id, room)
     async with asyncpg.create_pool(database_url, min_size=0, max_size=2) as pool:
         call = quota.reserve_quota(
-            pool, user_id=user_id, month=current_month(), prompt_tokens=100, max_tokens=2000, default_quota=50_000
+            pool,
+            Background(),
+            user_id=user_id,
+            month=current_month(),
+            prompt_tokens=100,
+            max_tokens=2000,
+            default_quota=50_000,
         )
         if admitted:
             held = await call
@@ -206,12 +213,10 @@ async def test_a_settlement_the_database_cannot_take_now_is_deferred_not_raised(
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     held = reservation(9)
     async with asyncpg.create_pool(dead, min_size=0, max_size=1) as pool:
-        await quota.refund(pool, held)  # no exception: the request goes on, the refund is retried behind it
-        deferred = set(quota._deferred_refunds)
-        assert len(deferred) == 1
-        for task in deferred:
-            task.cancel()
-        await asyncio.gather(*deferred, return_exceptions=True)
+        later = Background()
+        await quota.refund(pool, later, held)  # no exception: the request goes on, the refund is retried behind it
+        assert later.pending == 1
+        await later.close(within_s=0)
     assert [e["tokens"] for e in events(capsys, "refund_deferred")] == [500]
 
 

@@ -11,7 +11,6 @@ import uuid
 
 from services.chat.app import create_app
 from services.chat.knowledge import queries
-from services.chat.knowledge.base import KNOWLEDGE
 from services.chat.knowledge.retrieval import (
     OWN_CHUNKS_READ,
     OWN_TEXT_CANDIDATES,
@@ -19,6 +18,7 @@ from services.chat.knowledge.retrieval import (
     TEXT_QUERY_WORDS,
     text_query,
 )
+from services.chat.resources import CHAT as RESOURCES
 from tests.test_knowledge import ask, wait_until
 
 QUESTION = "Pourquoi l'onduleur est-il passé sur batterie ?"
@@ -104,7 +104,7 @@ async def test_a_slow_retrieval_is_dropped_and_the_chat_answered_without_passage
     user_id = await factory.user()
     await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")
     # The site's index learns of the document through its notification: until then the message may not search.
-    await wait_until(lambda: client.app[KNOWLEDGE].index.size == 5)
+    await wait_until(lambda: client.app[RESOURCES].knowledge.index.size == 5)
     blocker = await db.fetchval("SELECT pg_backend_pid()")
     async with db.transaction():  # the retrieval's reads wait behind this lock, as behind a slow plan
         await db.execute("LOCK TABLE kb_chunks IN ACCESS EXCLUSIVE MODE")

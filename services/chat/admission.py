@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -14,6 +15,9 @@ from services.chat import queries
 from services.chat.quota import MIN_COMPLETION_TOKENS, quota_exceeded
 from shared import ApiError, Settings, current_month
 from shared.lanes import LaneFull, Lanes
+
+if TYPE_CHECKING:
+    from services.chat.resources import Chat
 
 # CHAT_CONCURRENT_PER_USER=0: no limit (every admitted chat runs at once).
 UNLIMITED = 1_000_000
@@ -34,14 +38,14 @@ def chat_busy(limit: int) -> ApiError:
 
 
 @contextlib.asynccontextmanager
-async def admit_chat(lanes: Lanes, pool: asyncpg.Pool, settings: Settings, user_id: int) -> AsyncIterator[None]:
+async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
     """The block runs as one of the user's chats in progress, once their quota was seen to have room."""
     try:
-        async with lanes.slot(user_id):
-            await check_quota_room(pool, settings, user_id)
+        async with chat.chats.slot(user_id):
+            await check_quota_room(chat.pool, chat.settings, user_id)
             yield
     except LaneFull:
-        raise chat_busy(settings.chat_concurrent_per_user) from None
+        raise chat_busy(chat.settings.chat_concurrent_per_user) from None
 
 
 async def check_quota_room(pool: asyncpg.Pool, settings: Settings, user_id: int) -> None:

@@ -8,16 +8,16 @@ table records what was sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
 from services.chat.quota import Usage
-from shared import Settings, get_logger
+from shared import get_logger
 
 log = get_logger("wibot.alerts")
 
@@ -38,6 +38,17 @@ class AlertSender:
         self.url = url
         self.session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def opened(cls, url: str | None) -> AsyncIterator[AlertSender]:
+        sender = cls(url)
+        if url:
+            sender.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            yield sender
+        finally:
+            await sender.close()
 
     def send(self, payload: dict[str, Any]) -> None:
         if self.url is None or self.session is None:
@@ -60,23 +71,6 @@ class AlertSender:
             await asyncio.wait(self._tasks, timeout=5)
         if self.session is not None:
             await self.session.close()
-
-
-ALERT_SENDER = web.AppKey("alert_sender", AlertSender)
-
-
-def alerts_context(settings: Settings) -> Any:
-    async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
-        sender = AlertSender(settings.quota_alert_webhook_url)
-        if sender.url:
-            sender.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        app[ALERT_SENDER] = sender
-        try:
-            yield
-        finally:
-            await sender.close()
-
-    return _alerts_ctx
 
 
 async def notify_quota_thresholds(

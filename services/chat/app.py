@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from services.chat import quota, streaming, views
-from services.chat.admission import chat_lanes
-from services.chat.alerts import alerts_context
-from services.chat.attachments import extractor_context
-from services.chat.keys import CHATS, PROMPTS
-from services.chat.knowledge.base import forget_orphans, knowledge_context, trim_conversations
-from services.chat.llm import llm_context
-from services.chat.prompt import load_prompts
+from services.chat import views
+from services.chat.resources import chat_resources
 from shared import AppKeys, Settings, base_app, get_logger
 from shared.contracts import ChatRequest, ChatResponse, RagIngestRequest, RagIngestResponse
 from shared.keys import NotReady
@@ -76,15 +66,8 @@ ROUTES = [
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="chat")
     app[AppKeys.NOT_READY] = model_configuration_problems(settings)
-    app[PROMPTS] = load_prompts(settings)
-    app[CHATS] = chat_lanes(settings)
-    app.cleanup_ctx.append(llm_context(settings))
-    app.cleanup_ctx.append(extractor_context(settings))
-    app.cleanup_ctx.append(knowledge_context(settings))
-    app.cleanup_ctx.append(alerts_context(settings))
-    app.cleanup_ctx.append(reservation_sweeper(settings))
+    app.cleanup_ctx.append(chat_resources(settings))
     add_routes(app, ROUTES)
-    app.on_shutdown.append(_finish_refunds)
     return app
 
 
@@ -104,37 +87,3 @@ def model_configuration_problems(settings: Settings) -> list[NotReady]:
         )
         return [NotReady("Service IA non configuré : clé MISTRAL_API_KEY manquante.", "LLM_NOT_CONFIGURED")]
     return []
-
-
-async def _finish_refunds(app: web.Application) -> None:
-    await streaming.wait_for_departed()
-    await quota.wait_for_deferred_refunds()
-
-
-def reservation_sweeper(settings: Settings) -> Any:
-    """Every minute, any chat process refunds reservations left behind by a process that died, forgets the
-    attachments indexed for an exchange that never saved its conversation, and cuts back a conversation's
-    attachments beyond KB_CONVERSATION_MAX_CHUNKS (its newest are kept)."""
-
-    async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(settings.reservation_sweep_every_s)
-                try:
-                    await quota.sweep_stale_reservations(
-                        app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s
-                    )
-                    await forget_orphans(app[AppKeys.DB], older_than_s=settings.reservation_stale_after_s)
-                    await trim_conversations(app[AppKeys.DB], max_chunks=settings.kb_conversation_max_chunks)
-                except Exception:  # never let the sweeper die: the next round retries
-                    log.exception("reservation_sweep_failed")
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return _sweeper_ctx

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import pebble
-from aiohttp import web
 
 from services.chat.extraction import Extracted, FileProblem, extract, least_size
 from shared import ApiError, Settings, get_logger
@@ -112,26 +111,6 @@ class Extractor:
         if self._pool is not None:
             self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join(timeout=5)
-
-
-EXTRACTOR = web.AppKey("extractor", Extractor)
-
-
-def extractor_context(settings: Settings) -> Any:
-    async def _extractor_ctx(app: web.Application) -> AsyncIterator[None]:
-        extractor = Extractor(
-            workers=settings.extraction_workers,
-            timeout_s=settings.extraction_timeout_s,
-            max_jobs=settings.extraction_max_jobs,
-            max_jobs_per_user=settings.extraction_max_jobs_per_user,
-        )
-        app[EXTRACTOR] = extractor
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(extractor.close)
-
-    return _extractor_ctx
 
 
 def extraction_busy(busy: LaneFull) -> ApiError:

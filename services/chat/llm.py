@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from aiohttp import web
 from mistralai.client import Mistral
 from mistralai.client.errors import MistralError, NoResponseError
 from mistralai.client.utils import BackoffStrategy, RetryConfig
@@ -21,9 +20,6 @@ from shared import ApiError, Settings, get_logger
 from shared.metrics import MODEL_CALL_FAILURES, MODEL_CALL_SECONDS
 
 log = get_logger("wibot.llm")
-sdk_models.install()
-
-LLM_CLIENT = web.AppKey("llm_client", Mistral)
 
 UNAVAILABLE_MESSAGE = "Le service IA est momentanément indisponible. Réessayez dans quelques instants."
 TIMEOUT_MESSAGE = "Le service IA met trop de temps à répondre. Réessayez dans quelques instants."
@@ -36,12 +32,11 @@ class ModelReply:
     total_tokens: int  # what the user is charged: usage.total_tokens, or the spec's estimate
     completion_tokens: int
 
-    @property
-    def prompt_tokens(self) -> int:
-        return self.total_tokens - self.completion_tokens
-
 
 def build_client(settings: Settings, http_client: httpx2.AsyncClient) -> Mistral:
+    """The SDK configured here, explicitly: its per-call cost fixes applied (sdk_models, on the version they were
+    checked against), retries, timeout, and our own HTTP client so that shutdown closes its connections."""
+    sdk_models.install()
     api_key = settings.mistral_api_key.get_secret_value() if settings.mistral_api_key else "not-set"
     retry = RetryConfig(
         "backoff",
@@ -63,17 +58,8 @@ def build_client(settings: Settings, http_client: httpx2.AsyncClient) -> Mistral
     )
 
 
-def llm_context(settings: Settings) -> Any:
-    async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Our own httpx client so that shutdown closes its connections (the SDK does not own it).
-        http_client = httpx2.AsyncClient(follow_redirects=True, limits=httpx2.Limits(max_connections=200))
-        app[LLM_CLIENT] = build_client(settings, http_client)
-        try:
-            yield
-        finally:
-            await http_client.aclose()
-
-    return _llm_ctx
+def http_client() -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(follow_redirects=True, limits=httpx2.Limits(max_connections=200))
 
 
 def estimate_tokens(characters: int) -> int:
@@ -168,6 +154,7 @@ class ModelStream:
         self._started = started
         self._parts: list[str] = []
         self._usage: Any = None
+        self._first: str | None = None
 
     @property
     def text(self) -> str:
@@ -175,6 +162,9 @@ class ModelStream:
 
     async def next_delta(self) -> str | None:
         """The next piece of text, or None at the end of the reply; failures are ApiErrors (502/503/504)."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         with model_failures(self._model, self._started):
             while True:
                 async with asyncio.timeout(self._timeout_s):
@@ -199,6 +189,12 @@ class ModelStream:
             self._model, self._started, _with_usage(text, usage, self._messages), stream=True, interrupted=interrupted
         )
 
+    async def wait_for_text(self) -> None:
+        """Read ahead to the first piece of text (given again by the next `next_delta`); 502 when none comes."""
+        self._first = await self.next_delta()
+        if self._first is None:
+            self.reply()  # raises: an answer without any text
+
     async def close(self) -> None:
         await self._events.close()
 
@@ -206,11 +202,19 @@ class ModelStream:
 async def open_stream(
     client: Mistral, settings: Settings, *, model: str, messages: list[dict[str, str]], max_tokens: int
 ) -> ModelStream:
+    """A stream whose first piece of text has come: any failure before it (the model refusing, failing, or sending
+    no text at all) is raised here, while the client can still be answered with the usual status and envelope."""
     started = time.perf_counter()
     with model_failures(model, started):
         async with asyncio.timeout(settings.mistral_timeout_s):
             events = await client.chat.stream_async(**request_fields(settings, model, messages, max_tokens))
-    return ModelStream(events, settings, model, messages, started)
+    stream = ModelStream(events, settings, model, messages, started)
+    try:
+        await stream.wait_for_text()
+    except BaseException:
+        await stream.close()
+        raise
+    return stream
 
 
 def _failure(

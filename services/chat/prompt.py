@@ -1,5 +1,6 @@
 """The WIBOT system prompt (spec: "Configuration AI Agent") and each mode's addition to it, all replaceable by
-files (SYSTEM_PROMPT_FILE, MODE_PROMPT_<MODE>_FILE)."""
+files (SYSTEM_PROMPT_FILE, MODE_PROMPT_<MODE>_FILE); and the chat step `prepare_context`, which puts a turn's
+messages together."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.chat.attachments import ReadFile
+from services.chat.knowledge.retrieval import Passage
 from shared import Settings
 
 DATE_PLACEHOLDER = "{date}"
@@ -97,3 +100,36 @@ def load_prompts(settings: Settings) -> PromptTemplates:
         for mode, path in files.items()
     }
     return PromptTemplates(load_prompt_template(settings.system_prompt_file), modes)
+
+
+def prepare_context(
+    system_prompt: str,
+    history: list[dict[str, str]],
+    message: str,
+    files: list[ReadFile],
+    passages: list[Passage],
+) -> list[dict[str, str]]:
+    """System prompt (with the knowledge base's passages, each under its source), memory, then the new message
+    with each file's text under a header naming it."""
+    if passages:
+        system_prompt += "\n\n" + knowledge_section(passages)
+    content = message
+    for read in files:
+        content += f"\n\n--- Fichier : {read.name} ---\n{read.text}"
+        if read.cut_note:
+            content += f"\n{read.cut_note}" if read.text else read.cut_note
+    return [{"role": "system", "content": system_prompt}, *history, {"role": "user", "content": content}]
+
+
+KNOWLEDGE_INSTRUCTIONS = """\
+## Documentation WIDIP (base de connaissances)
+Les extraits ci-dessous viennent de la documentation de WIDIP ou des fichiers de cette conversation. Appuie-toi \
+dessus quand ils répondent à la question et cite chaque source utilisée entre crochets, par exemple \
+[Source : procedure-vpn.md]. S'ils ne suffisent pas, dis-le plutôt que d'inventer."""
+
+
+def knowledge_section(passages: list[Passage]) -> str:
+    parts = [KNOWLEDGE_INSTRUCTIONS]
+    for number, passage in enumerate(passages, start=1):
+        parts.append(f"[{number}] Source : {passage.source}\n{passage.content}")
+    return "\n\n".join(parts)

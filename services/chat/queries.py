@@ -1,5 +1,7 @@
 """SQL owned by the chat service."""
 
+from shared.statements import Statement
+
 # Owner and memory in one round trip. No row: the conversation does not exist yet. The spec's query returns
 # the FIRST 10 messages; memory wants the LAST N ($3), given back in chronological order (ties: message_id).
 # Messages are only read when the caller ($2) owns the conversation; has_documents: attachments of theirs were
@@ -152,16 +154,16 @@ RETURNING u.user_id, per_user.tokens
 # save_exchange, in ONE statement (one round trip, one implicit transaction: all of it or none of it):
 #   1. upsert the conversation; the spec's upsert let anyone append to anyone's conversation, the WHERE makes
 #      it a no-op (no row) when the conversation belongs to someone else;
-#   2. insert the user message ($3, tokens $4, attachments' metadata $5, received at $6, mode $13, files $14)
-#      and the assistant's ($7, $8, mode $13), only if 1 returned a row;
-#   3. settle the usage: release the reservation ($10) and charge the real usage ($11) instead; past the
+#   2. insert the user's message and the assistant's, only if 1 returned a row;
+#   3. settle the usage: release the reservation and charge the real usage instead; past the
 #      reservation, charge only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if
 #      1 returned a row. A reservation already swept away (a very slow model) counts as 0 held.
-# `owned` is false when the conversation is someone else's: nothing was written, the caller refunds.
-SAVE_EXCHANGE_SQL = """
+# `owned` is false when the conversation is someone else's: nothing was written, the caller charges apart.
+SAVE_EXCHANGE = Statement(
+    """
 WITH conversation AS (
     INSERT INTO conversations (conversation_id, user_id, title, created_at, updated_at)
-    VALUES ($1, $2, $9, NOW() AT TIME ZONE 'UTC', NOW() AT TIME ZONE 'UTC')
+    VALUES (:conversation_id, :user_id, :title, NOW() AT TIME ZONE 'UTC', NOW() AT TIME ZONE 'UTC')
     ON CONFLICT (conversation_id) DO UPDATE
         SET updated_at = NOW() AT TIME ZONE 'UTC',
             title = COALESCE(conversations.title, EXCLUDED.title)
@@ -170,24 +172,24 @@ WITH conversation AS (
 ), exchange AS (
     INSERT INTO messages (conversation_id, user_id, role, content, tokens, attachments, created_at, mode, files_count,
                           rag_used)
-    SELECT conversation_id, $2::int, 'user', $3::text, $4::int, $5::jsonb, $6::timestamp, $13::text, $14::int,
-           $15::boolean
+    SELECT conversation_id, :user_id::int, 'user', :message::text, :message_tokens::int, :attachments::jsonb,
+           :received_at::timestamp, :mode::text, :files_count::int, :rag_used::boolean
     FROM conversation
     UNION ALL
-    SELECT conversation_id, $2::int, 'assistant', $7::text, $8::int, NULL, NOW() AT TIME ZONE 'UTC', $13::text, 0,
-           false
+    SELECT conversation_id, :user_id::int, 'assistant', :reply::text, :reply_tokens::int, NULL,
+           NOW() AT TIME ZONE 'UTC', :mode::text, 0, false
     FROM conversation
     RETURNING message_id
 ), released AS (
     DELETE FROM token_reservations
-    WHERE reservation_id = $10 AND EXISTS (SELECT 1 FROM conversation)
+    WHERE reservation_id = :reservation_id AND EXISTS (SELECT 1 FROM conversation)
     RETURNING tokens
 ), settled AS (
     UPDATE user_token_usage
     SET used_tokens = used_tokens - held.tokens
-                      + LEAST($11::bigint, held.tokens + GREATEST(quota_tokens - used_tokens, 0))
+                      + LEAST(:charged_tokens::bigint, held.tokens + GREATEST(quota_tokens - used_tokens, 0))
     FROM (SELECT COALESCE((SELECT tokens FROM released), 0) AS tokens) AS held
-    WHERE user_id = $2 AND month = $12::date AND EXISTS (SELECT 1 FROM conversation)
+    WHERE user_id = :user_id AND month = :month::date AND EXISTS (SELECT 1 FROM conversation)
     RETURNING used_tokens, quota_tokens
 )
 SELECT EXISTS (SELECT 1 FROM conversation) AS owned,
@@ -196,3 +198,4 @@ SELECT EXISTS (SELECT 1 FROM conversation) AS owned,
 FROM (SELECT 1) AS one
 LEFT JOIN settled ON true
 """
+)

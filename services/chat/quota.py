@@ -9,7 +9,9 @@ settling (save_exchange) or refunding it happens exactly once, even when the dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import date
 from uuid import UUID, uuid4
@@ -18,6 +20,7 @@ import asyncpg
 
 from services.chat import queries
 from shared import DB_UNAVAILABLE_ERRORS, ApiError, get_logger
+from shared.background import Background
 from shared.metrics import QUOTA_REJECTIONS, STALE_RESERVATIONS
 
 log = get_logger("wibot.quota")
@@ -68,7 +71,14 @@ def tokens_for_chars(chars: int) -> int:
 
 
 async def reserve_quota(
-    pool: asyncpg.Pool, *, user_id: int, month: date, prompt_tokens: int, max_tokens: int, default_quota: int
+    pool: asyncpg.Pool,
+    background: Background,
+    *,
+    user_id: int,
+    month: date,
+    prompt_tokens: int,
+    max_tokens: int,
+    default_quota: int,
 ) -> Reservation:
     """Hold prompt + reply budget atomically, or raise the 429. The reply budget shrinks to what remains."""
     quota_tokens = default_quota  # what a 429 names if every attempt lost its race
@@ -88,7 +98,7 @@ async def reserve_quota(
             )
         except LOST_ANSWER_ERRORS:
             # The answer was lost, not necessarily the reservation: give it back if it was made.
-            await refund(pool, reservation)
+            await refund(pool, background, reservation)
             raise
         if recorded is not None:
             return reservation
@@ -101,8 +111,10 @@ class Budget:
     the reservation grows before an attachment is embedded (`cover`) and fits the prompt once it is known
     (`fit`), whatever the embeddings did not use then going to the reply."""
 
-    def __init__(self, pool: asyncpg.Pool, reservation: Reservation, *, max_tokens: int) -> None:
-        self.pool = pool
+    def __init__(
+        self, pool: asyncpg.Pool, background: Background, reservation: Reservation, *, max_tokens: int
+    ) -> None:
+        self.pool, self.background = pool, background
         self.reservation = reservation
         self.max_tokens = max_tokens
         self.embedding_tokens = 0  # what this request's attachments' embeddings cost (charged whatever happens)
@@ -149,29 +161,40 @@ class Budget:
         row = await self.pool.fetchrow(queries.READ_OR_CREATE_USAGE_SQL, held.user_id, held.month, 0)
         return Usage(row["used_tokens"], row["quota_tokens"]) if row else Usage(0, 0)
 
-    async def give_back(self) -> None:
-        """No answer (the model failed, the client left, a later step refused): the reservation is refunded,
-        but for what was already spent embedding this request's attachments, which is charged."""
-        if self.embedding_tokens:
-            await charge_unsaved(self.pool, self.reservation, tokens=self.embedding_tokens, reason="no_answer")
-        else:
-            await refund(self.pool, self.reservation)
+    @contextlib.asynccontextmanager
+    async def given_back_on_failure(self) -> AsyncIterator[None]:
+        """The block works towards an answer; if it fails, is refused or its client leaves, the reservation is
+        given back (but for what was already spent embedding this request's attachments, which is charged)."""
+        try:
+            yield
+        except BaseException:
+            if self.embedding_tokens:
+                await charge_unsaved(
+                    self.pool, self.background, self.reservation, tokens=self.embedding_tokens, reason="no_answer"
+                )
+            else:
+                await refund(self.pool, self.background, self.reservation)
+            raise
 
 
-async def refund(pool: asyncpg.Pool, reservation: Reservation) -> None:
+async def refund(pool: asyncpg.Pool, background: Background, reservation: Reservation) -> None:
     """Give the reservation back (the model did not answer)."""
-    await _until_done(pool, reservation, "refund", queries.REFUND_TOKENS_SQL, reservation.reservation_id)
+    await _until_done(pool, background, reservation, "refund", queries.REFUND_TOKENS_SQL, reservation.reservation_id)
 
 
-async def charge_unsaved(pool: asyncpg.Pool, reservation: Reservation, *, tokens: int, reason: str) -> None:
+async def charge_unsaved(
+    pool: asyncpg.Pool, background: Background, reservation: Reservation, *, tokens: int, reason: str
+) -> None:
     """The model answered but the exchange was not saved: charge its tokens all the same, and record why."""
     log.warning("charged_without_save", user_id=reservation.user_id, tokens=tokens, reason=reason)
     await _until_done(
-        pool, reservation, "charge", queries.CHARGE_UNSAVED_SQL, reservation.reservation_id, tokens, reason
+        pool, background, reservation, "charge", queries.CHARGE_UNSAVED_SQL, reservation.reservation_id, tokens, reason
     )
 
 
-async def _until_done(pool: asyncpg.Pool, reservation: Reservation, what: str, sql: str, *args: object) -> None:
+async def _until_done(
+    pool: asyncpg.Pool, background: Background, reservation: Reservation, what: str, sql: str, *args: object
+) -> None:
     """Run a settling statement now; if the database is unreachable (that may be why we settle), retry it in the
     background until it answers: a reservation must end as a refund or a charge, never stay held."""
     try:
@@ -179,12 +202,9 @@ async def _until_done(pool: asyncpg.Pool, reservation: Reservation, what: str, s
         await asyncio.shield(pool.execute(sql, *args))
     except LOST_ANSWER_ERRORS as exc:
         log.warning(f"{what}_deferred", user_id=reservation.user_id, tokens=reservation.tokens, exc=repr(exc))
-        task = asyncio.get_running_loop().create_task(_retry_later(pool, reservation, what, sql, *args))
-        _deferred_refunds.add(task)
-        task.add_done_callback(_deferred_refunds.discard)
+        background.finish(_retry_later(pool, reservation, what, sql, *args))
 
 
-_deferred_refunds: set[asyncio.Task[None]] = set()
 REFUND_RETRY_FOR_S = 600.0
 
 
@@ -201,15 +221,6 @@ async def _retry_later(pool: asyncpg.Pool, reservation: Reservation, what: str, 
         log.info(f"{what}_recovered", user_id=reservation.user_id, tokens=reservation.tokens)
         return
     log.error(f"{what}_lost", user_id=reservation.user_id, tokens=reservation.tokens, month=str(reservation.month))
-
-
-async def wait_for_deferred_refunds(within_s: float = 5.0) -> bool:
-    """Wait for the refunds and charges retried in the background (at shutdown, their last chance); True when
-    none is left."""
-    pending = set(_deferred_refunds)
-    if pending:
-        _, pending = await asyncio.wait(pending, timeout=within_s)
-    return not pending
 
 
 async def sweep_stale_reservations(pool: asyncpg.Pool, *, older_than_s: float) -> int:

@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import ConfigDict
 
 CHECKED_VERSION = "3.7.0"
-HINTED_MODULES = ("queryparams", "url", "forms")
 
 
 def install() -> bool:

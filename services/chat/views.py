@@ -1,54 +1,65 @@
-"""POST /webhook/wibot/chat: parse, run the workflow, respond (as one JSON body, or streamed when asked);
-POST /webhook/wibot/rag/ingest: an ingestion of the knowledge base, for admins."""
+"""POST /webhook/wibot/chat: admit → parse → prepare the turn → the model (whole, or streamed by the writer) →
+settle the turn → respond. POST /webhook/wibot/rag/ingest: an ingestion of the knowledge base, for admins."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from services.chat import alerts, llm, streaming, workflow
+from services.chat import llm
 from services.chat.admission import admit_chat
-from services.chat.attachments import EXTRACTOR
-from services.chat.keys import CHATS, PROMPTS
-from services.chat.knowledge.base import KNOWLEDGE
 from services.chat.knowledge.ingest import ingest
-from shared import AppKeys, authenticated, current_user, json_response, parse_body
+from services.chat.resources import CHAT, Chat
+from services.chat.workflow import Turn, prepare_turn, settle_turn, utc_now
+from services.chat.writer import ReplyWriter, requested_format
+from shared import authenticated, current_user, json_response, parse_body
 from shared.contracts import ChatRequest, IngestStats, RagIngestRequest, RagIngestResponse
 
 
 @authenticated()
 async def chat(request: web.Request) -> web.StreamResponse:
-    settings, pool = request.app[AppKeys.SETTINGS], request.app[AppKeys.DB]
-    async with admit_chat(request.app[CHATS], pool, settings, current_user(request).user_id):
-        return await admitted_chat(request)
+    chat = request.app[CHAT]
+    async with admit_chat(chat, current_user(request).user_id):
+        received_at = utc_now()
+        body = await parse_body(request, ChatRequest)
+        fmt = requested_format(request, body)
+        turn = await prepare_turn(chat, current_user(request), body, received_at)
+        if fmt is None:
+            async with turn.budget.given_back_on_failure():
+                reply = await llm.complete(
+                    chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
+                )
+            return json_response(await settle_turn(chat, turn, reply))
+        async with turn.budget.given_back_on_failure():  # before the first text: the usual status and envelope
+            stream = await llm.open_stream(
+                chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
+            )
+        writer = ReplyWriter(request, fmt, heartbeat_s=chat.settings.stream_heartbeat_s)
+        # Runs to its end when the client leaves (the handler is cancelled): the partial reply is still settled.
+        return await chat.background.shielded(stream_turn(chat, turn, stream, writer))
 
 
-async def admitted_chat(request: web.Request) -> web.StreamResponse:
-    received_at = workflow.utc_now()
-    body = await parse_body(request, ChatRequest)
-    deps = workflow.ChatDeps(
-        settings=request.app[AppKeys.SETTINGS],
-        pool=request.app[AppKeys.DB],
-        llm_client=request.app[llm.LLM_CLIENT],
-        prompts=request.app[PROMPTS],
-        alert_sender=request.app[alerts.ALERT_SENDER],
-        extractor=request.app[EXTRACTOR],
-        knowledge=request.app[KNOWLEDGE],
-    )
-    user = current_user(request)
-    fmt = streaming.requested_format(request, body)
-    if fmt is None:
-        return json_response(await workflow.run_chat(deps, user, body, received_at))
-    return await streaming.respond(
-        request,
-        fmt,
-        deps.llm_client,
-        deps.settings,
-        lambda call_model: workflow.run_chat(deps, user, body, received_at, call_model=call_model),
-    )
+async def stream_turn(chat: Chat, turn: Turn, stream: llm.ModelStream, writer: ReplyWriter) -> web.StreamResponse:
+    """The model's deltas to the client, then the turn settled and its result sent. A client that leaves mid-reply:
+    the model call is dropped, the exchange saved with the text produced so far and those tokens charged (the
+    model did that work; the conversation keeps the question and its partial answer)."""
+    try:
+        async with turn.budget.given_back_on_failure():
+            try:
+                delivered = await writer.relay(stream)
+            finally:
+                await stream.close()  # a client gone or a failure: the model stops working for nobody
+            reply = stream.reply(interrupted=not delivered)
+    except Exception as exc:  # the model failed mid-reply: nothing saved, the reservation given back
+        return await writer.fail(exc)
+    try:
+        result = await settle_turn(chat, turn, reply)
+    except Exception as exc:
+        return await writer.fail(exc)
+    return await writer.finish(result)
 
 
 @authenticated(admin=True)
 async def rag_ingest(request: web.Request) -> web.Response:
     body = await parse_body(request, RagIngestRequest)
-    stats = await ingest(request.app[KNOWLEDGE], path=body.path, mode=body.mode, category=body.category)
+    stats = await ingest(request.app[CHAT].knowledge, path=body.path, mode=body.mode, category=body.category)
     return json_response(RagIngestResponse(stats=IngestStats.model_validate(stats.as_dict())))

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
-from aiohttp import web
 from mistralai.client import Mistral
 
-from services.chat.attachments import EXTRACTOR, Extractor
+from services.chat.attachments import Extractor
 from services.chat.knowledge import queries
 from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
-from services.chat.llm import LLM_CLIENT
-from shared import ApiError, AppKeys, Settings, get_logger
+from shared import ApiError, Settings, get_logger
+from shared.background import Background
 from shared.lanes import Lanes
 
 log = get_logger("wibot.knowledge")
@@ -50,31 +47,15 @@ class KnowledgeBase:
         )
 
 
-KNOWLEDGE = web.AppKey("knowledge", KnowledgeBase)
-
-
-def knowledge_context(settings: Settings) -> Any:
-    """After the pool, the model client and the extractor: the index's listener, then the sync if asked."""
-
-    async def _knowledge_ctx(app: web.Application) -> AsyncIterator[None]:
-        kb = KnowledgeBase(settings, app[AppKeys.DB], app[LLM_CLIENT], app[EXTRACTOR])
-        app[KNOWLEDGE] = kb
-        tasks = [asyncio.create_task(keep_current(kb.follower, settings.dsn))]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(INDEX_STARTUP_WAIT_S):
-                await kb.follower.loaded.wait()
-        if settings.kb_sync_every_s > 0 and settings.kb_root is not None:
-            tasks.append(asyncio.create_task(scheduled_sync(kb)))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    return _knowledge_ctx
+async def start_knowledge(kb: KnowledgeBase, background: Background) -> None:
+    """After the pool, the model client and the extractor: the index's listener (waited for a while, so that a
+    starting process serves with its index), then the sync if asked."""
+    background.loop(keep_current(kb.follower, kb.settings.dsn), name="kb_index_follower")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(INDEX_STARTUP_WAIT_S):
+            await kb.follower.loaded.wait()
+    if kb.settings.kb_sync_every_s > 0 and kb.settings.kb_root is not None:
+        background.loop(scheduled_sync(kb), name="kb_scheduled_sync")
 
 
 async def scheduled_sync(kb: KnowledgeBase) -> None:
