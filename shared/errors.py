@@ -1,4 +1,5 @@
-"""The one error type our code raises towards a client, and the envelope it becomes."""
+"""The one error type our code raises towards a client, and the envelope it becomes; the base of the domain's
+errors, which carry what happened and say once, in their service's errors module, how a client sees it."""
 
 from __future__ import annotations
 
@@ -12,16 +13,6 @@ FORBIDDEN_CONVERSATION_MESSAGE = "Vous n'avez pas accès à cette conversation"
 ID_TAKEN_MESSAGE = (
     "Cet identifiant de conversation est déjà utilisé par un autre utilisateur : démarrez une nouvelle conversation"
 )
-
-
-def conversation_id_taken() -> ApiError:
-    return ApiError(409, ID_TAKEN_MESSAGE, "CONVERSATION_ID_TAKEN")
-
-
-def too_many_conversations(limit: int) -> ApiError:
-    return ApiError(
-        409, f"Nombre maximal de conversations atteint ({limit}) : supprimez-en avant d'en créer", "CONVERSATION_LIMIT"
-    )
 
 
 class ApiError(Exception):
@@ -42,3 +33,44 @@ def error_envelope(message: str, code: str | None = None) -> dict[str, Any]:
     if code:
         body["code"] = code
     return body
+
+
+class DomainError(Exception):
+    """What went wrong, in the domain's words; `api_error()` is how a client sees it (the error middleware calls it)."""
+
+    def api_error(self) -> ApiError:
+        raise NotImplementedError
+
+
+class ConversationIdTaken(DomainError):
+    def api_error(self) -> ApiError:
+        return ApiError(409, ID_TAKEN_MESSAGE, "CONVERSATION_ID_TAKEN")
+
+
+class TooManyConversations(DomainError):
+    """MAX_CONVERSATIONS_PER_USER reached (chat's first message and the conversations API both create them)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            409,
+            f"Nombre maximal de conversations atteint ({self.limit}) : supprimez-en avant d'en créer",
+            "CONVERSATION_LIMIT",
+        )
+
+
+class RateLimited(DomainError):
+    def __init__(self, *, label: str, per_minute: int, retry_after_s: int) -> None:
+        super().__init__(label, per_minute, retry_after_s)
+        self.label, self.per_minute, self.retry_after_s = label, per_minute, retry_after_s
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429,
+            f"Trop de {self.label} : {self.per_minute} par minute au maximum. Réessayez dans {self.retry_after_s} s.",
+            "RATE_LIMITED",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )

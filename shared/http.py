@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from shared.db import DB_UNAVAILABLE_ERRORS, pool_context
-from shared.errors import SERVER_ERROR_MESSAGE, ApiError, error_envelope
+from shared.errors import SERVER_ERROR_MESSAGE, ApiError, DomainError, error_envelope
 from shared.keys import AppKeys, RequestKeys
 from shared.logs import get_logger
 from shared.metrics import DATABASE_ERRORS, metrics, observe_request
@@ -95,7 +95,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure becomes `{"success": false, "error", "code"?}`, logged once."""
     try:
         return await handler(request)
-    except ApiError as exc:
+    except (ApiError, DomainError) as failure:
+        exc = failure if isinstance(failure, ApiError) else failure.api_error()
         log.warning("request_failed", status=exc.status, error=exc.message, code=exc.code, path=request.path)
         response = envelope_response(exc.status, exc.message, exc.code)
         response.headers.update(exc.headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import ApiError
+from shared.errors import RateLimited
 
 # Count this hit and forget the user's windows older than the previous minute, in one statement.
 HIT_SQL = """
@@ -33,16 +33,11 @@ ACTION_LABELS = {"chat": "messages", "conversation_create": "créations de conve
 
 
 async def check_rate(pool: Any, *, user_id: int, action: str, per_minute: int) -> None:
-    """Count one request; 429 `RATE_LIMITED` with Retry-After past `per_minute` (0 means no limit)."""
+    """Count one request; RateLimited (429 `RATE_LIMITED` with Retry-After) past `per_minute` (0: no limit)."""
     if per_minute <= 0:
         return
     row = await pool.fetchrow(HIT_SQL, user_id, action)
     if row["hits"] > per_minute:
         retry = row["retry_after_s"]
         label = ACTION_LABELS.get(action, "requêtes")
-        raise ApiError(
-            429,
-            f"Trop de {label} : {per_minute} par minute au maximum. Réessayez dans {retry} s.",
-            "RATE_LIMITED",
-            headers={"Retry-After": str(retry)},
-        )
+        raise RateLimited(label=label, per_minute=per_minute, retry_after_s=retry)

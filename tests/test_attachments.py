@@ -81,7 +81,7 @@ def test_decoded_sizes_are_the_files_bytes():
 def test_pictures_and_programs_are_refused_whatever_their_name(content):
     with pytest.raises(FileProblem) as problem:
         extract_text(content)
-    assert problem.value.status == 415
+    assert problem.value.fault == "type"  # 415
 
 
 def test_binary_noise_is_not_text():
@@ -110,7 +110,7 @@ def test_a_pdf_gives_its_text_page_by_page():
 def test_unreadable_pdfs_say_why(pdf, reason):
     with pytest.raises(FileProblem) as problem:
         extract_text(b64(pdf), max_pages=5)
-    assert (problem.value.status, problem.value.reason) == (422, reason)
+    assert (problem.value.fault, problem.value.reason) == ("unreadable", reason)  # 422
 
 
 # --- through the chat service ------------------------------------------------------------------------------

@@ -174,14 +174,19 @@ def test_office_and_html_documents_give_their_text(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("data", "suffix", "status"),
-    [(PNG, ".txt", 415), (b"   \n", ".md", 422), (b"not a zip", ".docx", 422), (b"PK\x03\x04junk", ".xlsx", 422)],
+    ("data", "suffix", "fault"),
+    [
+        (PNG, ".txt", "type"),
+        (b"   \n", ".md", "unreadable"),
+        (b"not a zip", ".docx", "unreadable"),
+        (b"PK\x03\x04junk", ".xlsx", "unreadable"),
+    ],
     ids=["picture-renamed", "blank", "docx-corrupt", "xlsx-corrupt"],
 )
-def test_unusable_documents_say_why(data, suffix, status):
+def test_unusable_documents_say_why(data, suffix, fault):
     with pytest.raises(FileProblem) as problem:
         document_text(data, suffix, max_pages=10)
-    assert problem.value.status == status
+    assert problem.value.fault == fault
 
 
 def test_chunks_hold_their_size_and_overlap():

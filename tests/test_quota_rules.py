@@ -204,9 +204,10 @@ async def test_a_reply_needs_room_for_sixteen_tokens(database_url, db, factory, 
             held = await call
             assert (held.tokens, held.max_completion_tokens) == (116, 16)
         else:
-            with pytest.raises(quota.ApiError) as refused:
+            with pytest.raises(quota.QuotaExceeded) as refused:
                 await call
-            assert (refused.value.status, refused.value.code) == (429, "QUOTA_EXCEEDED")
+            answer = refused.value.api_error()
+            assert (answer.status, answer.code) == (429, "QUOTA_EXCEEDED")
 
 
 async def test_a_settlement_the_database_cannot_take_now_is_deferred_not_raised(monkeypatch, capsys):

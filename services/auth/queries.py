@@ -23,20 +23,16 @@ ON CONFLICT (username) DO NOTHING
 RETURNING user_id
 """
 
-# A user as the admin API shows it: with this month's usage ($1), their standing quota or the default ($2), and
-# where the quota comes from (as the usage endpoint says it).
+# A user as the admin API shows it: with this month's usage ($1) and quota row, and their standing quota (the quota
+# in force and where it comes from: shared/rules.py); one user ($2) or all.
 ADMIN_USERS_SQL = """
 SELECT u.user_id, u.username, u.email, COALESCE(u.role, 'user') AS role, COALESCE(u.is_active, true) AS is_active,
        u.created_at, COALESCE(t.used_tokens, 0) AS used_tokens,
-       COALESCE(t.quota_tokens, u.standing_quota_tokens, $2) AS quota_tokens, u.standing_quota_tokens,
-       CASE WHEN t.quota_tokens IS DISTINCT FROM COALESCE(u.standing_quota_tokens, $2) AND t.quota_tokens IS NOT NULL
-            THEN 'month'
-            WHEN u.standing_quota_tokens IS NOT NULL THEN 'standing'
-            ELSE 'default' END AS quota_source,
+       t.quota_tokens AS month_quota_tokens, u.standing_quota_tokens,
        COALESCE(u.accreditation_level, 'N1') AS accreditation_level
 FROM users u
 LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $1
-WHERE $3::int IS NULL OR u.user_id = $3
+WHERE $2::int IS NULL OR u.user_id = $2
 ORDER BY u.user_id
 """
 

@@ -11,6 +11,7 @@ import asyncpg
 from services.auth import queries
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher, fits_bcrypt
 from services.auth.usernames import InvalidUsername, normalize_username
+from shared.rules import quota_in_force
 
 ROLES = ("user", "admin")
 # Safeguard accreditation, lowest first: N0 sees nothing, Nk may approve requests up to level Lk.
@@ -73,17 +74,24 @@ def check_new_password(password: str) -> None:
 
 
 async def list_users(pool: asyncpg.Pool, *, month: date, default_quota: int) -> list[UserRecord]:
-    rows = await pool.fetch(queries.ADMIN_USERS_SQL, month, default_quota, None)
-    return [UserRecord(**dict(row)) for row in rows]
+    rows = await pool.fetch(queries.ADMIN_USERS_SQL, month, None)
+    return [user_record(row, default_quota) for row in rows]
 
 
 async def get_user(
     conn: asyncpg.Connection | asyncpg.Pool, user_id: int, *, month: date, default_quota: int
 ) -> UserRecord:
-    row = await conn.fetchrow(queries.ADMIN_USERS_SQL, month, default_quota, user_id)
+    row = await conn.fetchrow(queries.ADMIN_USERS_SQL, month, user_id)
     if row is None:
         raise UserNotFound(f"Utilisateur inconnu : {user_id}")
-    return UserRecord(**dict(row))
+    return user_record(row, default_quota)
+
+
+def user_record(row: asyncpg.Record, default_quota: int) -> UserRecord:
+    fields = dict(row)
+    month_quota = fields.pop("month_quota_tokens")
+    quota, source = quota_in_force(month_quota, fields["standing_quota_tokens"], default_quota)
+    return UserRecord(**fields, quota_tokens=quota, quota_source=source)
 
 
 async def user_id_by_name(pool: asyncpg.Pool, username: str) -> int:

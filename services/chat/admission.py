@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.chat import queries
+from services.chat.errors import ChatBusy
 from services.chat.quota import MIN_COMPLETION_TOKENS, quota_exceeded
-from shared import ApiError, Settings, current_month
+from shared import Settings, current_month
 from shared.lanes import LaneFull, Lanes
 
 if TYPE_CHECKING:
@@ -28,15 +29,6 @@ def chat_lanes(settings: Settings) -> Lanes:
     return Lanes(running_per_user=per_user or UNLIMITED, max_jobs_per_user=per_user)
 
 
-def chat_busy(limit: int) -> ApiError:
-    return ApiError(
-        429,
-        f"Vous avez déjà {limit} messages en cours de traitement : attendez leur réponse avant d'en envoyer d'autres.",
-        "CHAT_BUSY",
-        headers={"Retry-After": "2"},
-    )
-
-
 @contextlib.asynccontextmanager
 async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
     """The block runs as one of the user's chats in progress, once their quota was seen to have room."""
@@ -45,7 +37,7 @@ async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
             await check_quota_room(chat.pool, chat.settings, user_id)
             yield
     except LaneFull:
-        raise chat_busy(chat.settings.chat_concurrent_per_user) from None
+        raise ChatBusy(chat.settings.chat_concurrent_per_user) from None
 
 
 async def check_quota_room(pool: asyncpg.Pool, settings: Settings, user_id: int) -> None:

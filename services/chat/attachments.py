@@ -17,8 +17,10 @@ from typing import Any
 
 import pebble
 
+from services.chat.errors import ExtractionBusy, FileRefused, FilesTooLarge, TooManyFiles
 from services.chat.extraction import Extracted, FileProblem, extract, least_size
-from shared import ApiError, Settings, get_logger
+from services.chat.french import thousands
+from shared import Settings, get_logger
 from shared.contracts import FileAttachment
 from shared.lanes import LaneFull, Lanes
 from shared.metrics import EXTRACTIONS_REFUSED
@@ -34,7 +36,6 @@ MIME_BY_EXTENSION = {
     ".json": "application/json",
     ".log": "text/plain",
 }
-ACCEPTED_TYPES = "PDF, TXT, MD, CSV, JSON"
 BASE64_OVERHEAD = 4 / 3
 PAGE_MARKER = re.compile(r"\[Page (\d+)/\d+\]")
 
@@ -113,61 +114,26 @@ class Extractor:
             self._pool.join(timeout=5)
 
 
-def extraction_busy(busy: LaneFull) -> ApiError:
+def extraction_busy(busy: LaneFull) -> ExtractionBusy:
     EXTRACTIONS_REFUSED.labels("user" if busy.per_user else "process").inc()
-    if busy.per_user:
-        return ApiError(
-            429,
-            "Vos fichiers précédents sont encore en cours d'analyse : attendez leur réponse avant d'en envoyer"
-            " d'autres.",
-            "EXTRACTION_BUSY",
-            headers={"Retry-After": "5"},
-        )
-    return ApiError(
-        503,
-        "Trop de fichiers en cours d'analyse. Réessayez dans quelques instants.",
-        "EXTRACTION_BUSY",
-        headers={"Retry-After": "5"},
-    )
+    return ExtractionBusy(per_user=busy.per_user)
 
 
-def too_large(message: str) -> ApiError:
-    return ApiError(413, message, "FILES_TOO_LARGE")
-
-
-def files_too_large(settings: Settings) -> ApiError:
-    return too_large(f"Fichiers trop volumineux : {human_size(settings.chat_files_max_bytes)} au total au maximum")
-
-
-def human_size(size: int) -> str:
-    if size >= 1024 * 1024:
-        return f"{size / (1024 * 1024):.1f}".rstrip("0").rstrip(".") + " Mo"
-    return f"{size / 1024:.1f}".rstrip("0").rstrip(".") + " Kio"
-
-
-def file_error(name: str, problem: FileProblem, settings: Settings) -> ApiError:
-    if problem.status == 415:
-        return ApiError(
-            415,
-            f"Type de fichier non pris en charge : {name}. Types acceptés : {ACCEPTED_TYPES}.",
-            "FILE_UNSUPPORTED_TYPE",
-        )
-    if problem.status == 413:
-        return too_large(f"Fichier trop volumineux : {name} ({human_size(settings.chat_file_max_bytes)} au maximum)")
-    return ApiError(422, f"Fichier illisible : {name} ({problem.reason}).", "FILE_UNREADABLE")
+def file_refused(name: str, problem: FileProblem, settings: Settings) -> FileRefused:
+    return FileRefused(name, problem.fault, reason=problem.reason, limit_bytes=settings.chat_file_max_bytes)
 
 
 def check_files(files: list[FileAttachment], settings: Settings) -> None:
     """What can be refused before decoding anything: count, names, and contents too long to fit once decoded."""
     if len(files) > settings.chat_files_max_count:
-        raise too_large(f"Trop de fichiers : {settings.chat_files_max_count} au maximum")
+        raise TooManyFiles(settings.chat_files_max_count)
     for attachment in files:
         if PurePosixPath(attachment.name.lower()).suffix not in MIME_BY_EXTENSION:
-            raise file_error(attachment.name, FileProblem(415, "type"), settings)
+            raise FileRefused(attachment.name, "type")
         if len(attachment.content) > settings.chat_file_max_bytes * BASE64_OVERHEAD + 1024:
-            raise file_error(attachment.name, FileProblem(413, "taille"), settings)
+            raise FileRefused(attachment.name, "size", limit_bytes=settings.chat_file_max_bytes)
     if sum(least_size(attachment.content) for attachment in files) > settings.chat_files_max_bytes:
-        raise files_too_large(settings)
+        raise FilesTooLarge(settings.chat_files_max_bytes)
 
 
 async def read_attachments(
@@ -186,7 +152,7 @@ async def read_attachments(
             raise result
     extracted: list[ReadFile] = [r for r in results if isinstance(r, ReadFile)]
     if sum(f.size for f in extracted) > settings.chat_files_max_bytes:  # the exact sizes, once decoded
-        raise files_too_large(settings)
+        raise FilesTooLarge(settings.chat_files_max_bytes)
     return extracted
 
 
@@ -198,11 +164,11 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
     except LaneFull as busy:
         raise extraction_busy(busy) from None
     except FileProblem as problem:
-        raise file_error(attachment.name, problem, settings) from None
+        raise file_refused(attachment.name, problem, settings) from None
     except TimeoutError:
         log.warning("attachment_extraction_timeout", file=attachment.name, timeout_s=settings.extraction_timeout_s)
-        timed_out = FileProblem(422, f"extraction interrompue après {settings.extraction_timeout_s:g} s")
-        raise file_error(attachment.name, timed_out, settings) from None
+        reason = f"extraction interrompue après {settings.extraction_timeout_s:g} s"
+        raise FileRefused(attachment.name, "unreadable", reason=reason) from None
     suffix = PurePosixPath(attachment.name.lower()).suffix
     mime = "application/pdf" if result.kind == "pdf" else MIME_BY_EXTENSION.get(suffix, "text/plain")
     if mime == "application/pdf" and result.kind == "text":
@@ -232,10 +198,6 @@ def fit_budget(files: list[ReadFile], budget: int) -> list[ReadFile]:
         fitted.append(ReadFile(read.name, read.type, read.size, kept, read.pages, read.chars, cut_note=note))
         left = 0
     return fitted
-
-
-def thousands(number: int) -> str:
-    return f"{number:,}".replace(",", " ")
 
 
 def page_at(text: str) -> int | None:

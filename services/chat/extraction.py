@@ -19,6 +19,8 @@ from urllib.parse import unquote_to_bytes
 
 import filetype
 
+from services.chat.errors import FileFault
+
 Kind = Literal["pdf", "text"]
 
 _DATA_URL = re.compile(
@@ -33,11 +35,12 @@ SHORT_BASE64 = 16
 
 
 class FileProblem(Exception):
-    """A file that cannot be used; `reason` is shown to the user (French), `status` picks the envelope."""
+    """A file that cannot be used (raised in a worker process, so plain data): its `fault` (a type we do not
+    read, too large, unreadable) and `reason`, shown to the user (French)."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status = status
+    def __init__(self, fault: FileFault, reason: str) -> None:
+        super().__init__(fault, reason)
+        self.fault: FileFault = fault
         self.reason = reason
 
 
@@ -50,11 +53,11 @@ class Extracted:
 
 
 def unsupported() -> FileProblem:
-    return FileProblem(415, "type de fichier non pris en charge")
+    return FileProblem("type", "type de fichier non pris en charge")
 
 
 def unreadable(why: str) -> FileProblem:
-    return FileProblem(422, why)
+    return FileProblem("unreadable", why)
 
 
 def decode_text(data: bytes) -> str | None:
@@ -143,11 +146,11 @@ def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     if decoded is None:
         size = len(content.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
-            raise FileProblem(413, "fichier trop volumineux")
+            raise FileProblem("size", "fichier trop volumineux")
         return Extracted("text", size, content)
     data, kind = decoded
     if len(data) > max_bytes:
-        raise FileProblem(413, "fichier trop volumineux")
+        raise FileProblem("size", "fichier trop volumineux")
     if kind == "pdf":
         text, pages = pdf_text(data, max_pages=max_pages)
         return Extracted("pdf", len(data), text, pages)

@@ -13,17 +13,16 @@ from typing import Any
 import httpx2
 from mistralai.client import Mistral
 from mistralai.client.errors import MistralError, NoResponseError
+from mistralai.client.models import CompletionEvent, UsageInfo
 from mistralai.client.utils import BackoffStrategy, RetryConfig
+from mistralai.client.utils.eventstreaming import EventStreamAsync
 
 from services.chat import sdk_models
-from shared import ApiError, Settings, get_logger
+from services.chat.errors import ModelFailed, ModelFault
+from shared import Settings, get_logger
 from shared.metrics import MODEL_CALL_FAILURES, MODEL_CALL_SECONDS
 
 log = get_logger("wibot.llm")
-
-UNAVAILABLE_MESSAGE = "Le service IA est momentanément indisponible. Réessayez dans quelques instants."
-TIMEOUT_MESSAGE = "Le service IA met trop de temps à répondre. Réessayez dans quelques instants."
-BAD_REPLY_MESSAGE = "Le service IA a renvoyé une réponse inexploitable. Réessayez dans quelques instants."
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,28 +97,27 @@ async def complete(
     message = result.choices[0].message if result and result.choices else None
     text = _reply_text(message.content) if message is not None else None
     if not text:
-        raise _failure("empty_reply", model, started, None, 502, BAD_REPLY_MESSAGE)
+        raise _failure("empty_reply", model, started, None, "bad_reply")
     return _succeeded(model, started, _with_usage(text, result.usage, messages))
 
 
 @contextmanager
 def model_failures(model: str, started: float) -> Iterator[None]:
-    """Every way a model call fails, as the 502/503/504 envelope the frontend shows (counted and logged once)."""
+    """Every way a model call fails, as one ModelFailed saying how (counted and logged once)."""
     try:
         yield
     except (TimeoutError, httpx2.TimeoutException) as exc:
-        raise _failure("timeout", model, started, exc, 504, TIMEOUT_MESSAGE, "LLM_TIMEOUT") from None
+        raise _failure("timeout", model, started, exc, "timeout") from None
     except MistralError as exc:
         status = exc.status_code
-        if status == 429 or status >= 500:
-            http_status = 503 if status in (429, 503) else 502
-            raise _failure(f"http_{status}", model, started, exc, http_status, UNAVAILABLE_MESSAGE) from None
-        message = BAD_REPLY_MESSAGE if status == 200 else UNAVAILABLE_MESSAGE  # 200: a reply that did not parse
-        raise _failure(f"http_{status}", model, started, exc, 502, message) from None
+        if status in (429, 503):
+            raise _failure(f"http_{status}", model, started, exc, "busy") from None
+        # 200: a reply that did not parse
+        raise _failure(f"http_{status}", model, started, exc, "bad_reply" if status == 200 else "failed") from None
     except (httpx2.HTTPError, NoResponseError, OSError) as exc:
-        raise _failure("unreachable", model, started, exc, 503, UNAVAILABLE_MESSAGE) from None
+        raise _failure("unreachable", model, started, exc, "unreachable") from None
     except ValueError as exc:
-        raise _failure("malformed_reply", model, started, exc, 502, BAD_REPLY_MESSAGE) from None
+        raise _failure("malformed_reply", model, started, exc, "bad_reply") from None
 
 
 def _succeeded(model: str, started: float, reply: ModelReply, **extra: Any) -> ModelReply:
@@ -145,7 +143,12 @@ class ModelStream:
     """
 
     def __init__(
-        self, events: Any, settings: Settings, model: str, messages: list[dict[str, str]], started: float
+        self,
+        events: EventStreamAsync[CompletionEvent],
+        settings: Settings,
+        model: str,
+        messages: list[dict[str, str]],
+        started: float,
     ) -> None:
         self._events = events
         self._timeout_s = settings.mistral_timeout_s
@@ -153,7 +156,7 @@ class ModelStream:
         self._messages = messages
         self._started = started
         self._parts: list[str] = []
-        self._usage: Any = None
+        self._usage: UsageInfo | None = None
         self._first: str | None = None
 
     @property
@@ -161,7 +164,7 @@ class ModelStream:
         return "".join(self._parts)
 
     async def next_delta(self) -> str | None:
-        """The next piece of text, or None at the end of the reply; failures are ApiErrors (502/503/504)."""
+        """The next piece of text, or None at the end of the reply; a failure is a ModelFailed."""
         if self._first is not None:
             first, self._first = self._first, None
             return first
@@ -183,7 +186,7 @@ class ModelStream:
         """What was produced: the server's usage when it sent it (last chunk), else the estimate."""
         text = self.text
         if not text and not interrupted:
-            raise _failure("empty_reply", self._model, self._started, None, 502, BAD_REPLY_MESSAGE)
+            raise _failure("empty_reply", self._model, self._started, None, "bad_reply")
         usage = None if interrupted else self._usage
         return _succeeded(
             self._model, self._started, _with_usage(text, usage, self._messages), stream=True, interrupted=interrupted
@@ -196,7 +199,7 @@ class ModelStream:
             self.reply()  # raises: an answer without any text
 
     async def close(self) -> None:
-        await self._events.close()
+        await self._events.close()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
 
 
 async def open_stream(
@@ -222,17 +225,15 @@ def _failure(
     model: str,
     started: float,
     exc: BaseException | None,
-    status: int,
-    message: str,
-    code: str = "LLM_UNAVAILABLE",
-) -> ApiError:
-    """Count, log (once, with the upstream's words) and turn into the envelope the frontend shows."""
+    fault: ModelFault,
+) -> ModelFailed:
+    """Count, log (once, with the upstream's words) and say how it failed."""
     elapsed = time.perf_counter() - started
     MODEL_CALL_SECONDS.labels(model).observe(elapsed)
     MODEL_CALL_FAILURES.labels(reason).inc()
     detail = exc.body[:500] if isinstance(exc, MistralError) else repr(exc)[:500]
     log.error("model_call_failed", reason=reason, model=model, duration_ms=round(elapsed * 1000, 1), detail=detail)
-    return ApiError(status, message, code)
+    return ModelFailed(fault)
 
 
 def _with_usage(text: str, usage: Any, messages: list[dict[str, str]]) -> ModelReply:

@@ -22,8 +22,6 @@ WHERE c.conversation_id = $1
 ORDER BY last_messages.created_at, last_messages.message_id
 """
 
-COUNT_CONVERSATIONS_SQL = "SELECT count(*) FROM conversations WHERE user_id = $1"
-
 # This month's row, created on first use with the user's standing quota, else the default ($3); one round trip
 # either way. Two first
 # uses racing: the loser's INSERT does nothing and its snapshot saw no row, so it gets no row and reads again.

@@ -19,7 +19,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.chat import queries
-from shared import DB_UNAVAILABLE_ERRORS, ApiError, get_logger
+from services.chat.errors import QuotaExceeded
+from shared import DB_UNAVAILABLE_ERRORS, get_logger
 from shared.background import Background
 from shared.metrics import QUOTA_REJECTIONS, STALE_RESERVATIONS
 
@@ -56,9 +57,9 @@ class Usage:
         return max(self.quota_tokens - self.used_tokens, 0)
 
 
-def quota_exceeded(quota_tokens: int) -> ApiError:
+def quota_exceeded(quota_tokens: int) -> QuotaExceeded:
     QUOTA_REJECTIONS.inc()
-    return ApiError(429, f"Quota tokens mensuel dépassé. Limite : {quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED")
+    return QuotaExceeded(quota_tokens)
 
 
 def estimate_prompt_tokens(contents: list[str]) -> int:
@@ -80,7 +81,7 @@ async def reserve_quota(
     max_tokens: int,
     default_quota: int,
 ) -> Reservation:
-    """Hold prompt + reply budget atomically, or raise the 429. The reply budget shrinks to what remains."""
+    """Hold prompt + reply budget atomically, or raise QuotaExceeded. The reply budget shrinks to what remains."""
     quota_tokens = default_quota  # what a 429 names if every attempt lost its race
     for _ in range(MAX_RESERVE_ATTEMPTS):
         row = await pool.fetchrow(queries.READ_OR_CREATE_USAGE_SQL, user_id, month, default_quota)

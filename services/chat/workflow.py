@@ -21,18 +21,20 @@ import asyncpg
 
 from services.chat import alerts, queries, quota
 from services.chat.attachments import ReadFile, check_files, read_attachments
+from services.chat.errors import MessageEmpty, MessageTooLong
 from services.chat.knowledge.consult import Consulted, consult_knowledge
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import ModelReply
 from services.chat.prompt import prepare_context
 from services.chat.quota import Budget, Reservation, Usage
 from services.chat.resources import Chat
-from shared import ApiError, CurrentUser, Settings, current_month
+from shared import CurrentUser, Settings, current_month
 from shared.background import Background
 from shared.contracts import ChatRequest, ChatResponse
-from shared.errors import conversation_id_taken, too_many_conversations
+from shared.errors import ConversationIdTaken, TooManyConversations
 from shared.metrics import TOKENS_SPENT
 from shared.ratelimit import check_rate
+from shared.rules import at_conversation_cap
 
 
 @dataclass(frozen=True, slots=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
@@ -61,8 +63,9 @@ async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, receive
     memory = await load_memory(
         pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
     )
-    if memory.is_new:
-        await check_conversation_cap(pool, user_id=user.user_id, limit=settings.max_conversations_per_user)
+    cap = settings.max_conversations_per_user
+    if memory.is_new and await at_conversation_cap(pool, user_id=user.user_id, limit=cap):
+        raise TooManyConversations(cap)
     files_sent = body.files or []
     check_files(files_sent, settings)
     system_prompt = chat.prompts.render(mode)
@@ -130,11 +133,11 @@ async def reserve_budget(chat: Chat, user: CurrentUser, system_prompt: str, memo
 
 
 def check_message(body: ChatRequest, settings: Settings) -> None:
-    """The message's own limits (400); the files have theirs (read_attachments)."""
+    """The message's own limits; the files have theirs (check_files)."""
     if not body.message.strip():
-        raise ApiError(400, "Le champ message ne peut pas être vide", "VALIDATION_ERROR")
+        raise MessageEmpty
     if len(body.message) > settings.chat_message_max_chars:
-        raise ApiError(400, f"Le message dépasse {settings.chat_message_max_chars} caractères", "VALIDATION_ERROR")
+        raise MessageTooLong(settings.chat_message_max_chars)
 
 
 @dataclass(frozen=True, slots=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
@@ -145,18 +148,13 @@ class Memory:
 
 
 async def load_memory(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, window: int) -> Memory:
-    """The last `window` messages, oldest first; 409 if the conversation id is someone else's."""
+    """The last `window` messages, oldest first; ConversationIdTaken if the id is someone else's."""
     rows = await pool.fetch(queries.MEMORY_SQL, conversation_id, user_id, window)
     first = next(iter(rows), None)  # every row carries the conversation's owner and its attachments flag
     if first is not None and first["owner"] != user_id:
-        raise conversation_id_taken()
+        raise ConversationIdTaken
     messages = [{"role": row["role"], "content": row["content"]} for row in rows if row["role"] is not None]
     return Memory(is_new=first is None, messages=messages, has_documents=first is not None and first["has_documents"])
-
-
-async def check_conversation_cap(pool: asyncpg.Pool, *, user_id: int, limit: int) -> None:
-    if limit and await pool.fetchval(queries.COUNT_CONVERSATIONS_SQL, user_id) >= limit:
-        raise too_many_conversations(limit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)  # pragma: no mutate (records nobody mutates: the flags are hygiene)
@@ -210,7 +208,7 @@ async def save_exchange(
         await quota.charge_unsaved(
             pool, background, reservation, tokens=exchange.total_tokens, reason="conversation_taken"
         )
-        raise conversation_id_taken()
+        raise ConversationIdTaken
     return Usage(row["used_tokens"], row["quota_tokens"])
 
 

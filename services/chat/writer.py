@@ -29,7 +29,7 @@ from aiohttp import web
 
 from shared import SERVER_ERROR_MESSAGE, ApiError, RequestKeys, get_logger
 from shared.contracts import ChatRequest, ChatResponse
-from shared.errors import error_envelope
+from shared.errors import DomainError, error_envelope
 
 log = get_logger("wibot.chat.stream")
 
@@ -138,9 +138,9 @@ class ReplyWriter:
 
     async def fail(self, exc: Exception) -> web.StreamResponse:
         """A failure after the first byte: the envelope as the last event (the status is already sent)."""
-        if isinstance(exc, ApiError):
-            log.warning("chat_stream_failed", status=exc.status, error=exc.message, code=exc.code)
-            failure = exc
+        if isinstance(exc, ApiError | DomainError):
+            failure = exc if isinstance(exc, ApiError) else exc.api_error()
+            log.warning("chat_stream_failed", status=failure.status, error=failure.message, code=failure.code)
         else:
             log.error("chat_stream_failed", exc_info=exc)
             failure = ApiError(500, SERVER_ERROR_MESSAGE)

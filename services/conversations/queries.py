@@ -43,7 +43,6 @@ WHERE conversation_id = $1
 ORDER BY created_at, message_id
 """
 
-COUNT_CONVERSATIONS_SQL = "SELECT count(*) FROM conversations WHERE user_id = $1"
 
 CREATE_CONVERSATION_SQL = """
 INSERT INTO conversations (conversation_id, user_id, title)
@@ -61,15 +60,9 @@ DELETE_CONVERSATION_SQL = """
 DELETE FROM conversations WHERE conversation_id = $1 AND user_id = $2 RETURNING conversation_id
 """
 
-# This month's usage ($2) and quota, and where the quota comes from: "month" (this month was set on its own),
-# "standing" (the user's standing quota) or "default" ($3, DEFAULT_QUOTA_TOKENS).
+# This month's ($2) usage and quota row, and the user's standing quota (the quota in force: shared/rules.py).
 MONTH_USAGE_SQL = """
-SELECT COALESCE(t.used_tokens, 0) AS used_tokens,
-       COALESCE(t.quota_tokens, u.standing_quota_tokens, $3) AS quota_tokens,
-       CASE WHEN t.quota_tokens IS DISTINCT FROM COALESCE(u.standing_quota_tokens, $3) AND t.quota_tokens IS NOT NULL
-            THEN 'month'
-            WHEN u.standing_quota_tokens IS NOT NULL THEN 'standing'
-            ELSE 'default' END AS quota_source
+SELECT COALESCE(t.used_tokens, 0) AS used_tokens, t.quota_tokens AS month_quota_tokens, u.standing_quota_tokens
 FROM users u
 LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $2
 WHERE u.user_id = $1

@@ -9,6 +9,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.conversations import queries
+from shared.errors import ConversationIdTaken, TooManyConversations
+from shared.rules import QuotaSource, at_conversation_cap, quota_in_force
 
 UNTITLED = "Nouvelle conversation"
 
@@ -23,16 +25,6 @@ class NotYourConversation(Exception):
 
 class UnknownCursor(Exception):
     pass
-
-
-class IdTaken(Exception):
-    """The client chose a conversation id that someone else already uses."""
-
-
-class TooManyConversations(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
 
 
 async def list_conversations(
@@ -75,7 +67,7 @@ async def create_conversation(
     """Idempotent for its owner: creating an existing conversation of yours returns it unchanged."""
     conversation_id = conversation_id or uuid4()
     async with pool.acquire() as conn:
-        if max_per_user and await conn.fetchval(queries.COUNT_CONVERSATIONS_SQL, user_id) >= max_per_user:
+        if await at_conversation_cap(conn, user_id=user_id, limit=max_per_user):
             if not await _owned_unless_taken(conn, conversation_id, user_id):
                 raise TooManyConversations(max_per_user)
         created = await conn.fetchval(queries.CREATE_CONVERSATION_SQL, conversation_id, user_id, title)
@@ -89,7 +81,7 @@ async def _owned_unless_taken(conn: asyncpg.Connection, conversation_id: UUID, u
     try:
         return await check_owner(conn, conversation_id, user_id)
     except NotYourConversation:
-        raise IdTaken from None
+        raise ConversationIdTaken from None
 
 
 async def rename_conversation(pool: asyncpg.Pool, *, conversation_id: UUID, user_id: int, title: str) -> dict[str, Any]:
@@ -110,7 +102,12 @@ async def _explain_miss(conn: asyncpg.Connection, conversation_id: UUID, user_id
         raise ConversationNotFound
 
 
-async def month_usage(pool: asyncpg.Pool, *, user_id: int, month: date, default_quota: int) -> tuple[int, int, str]:
+async def month_usage(
+    pool: asyncpg.Pool, *, user_id: int, month: date, default_quota: int
+) -> tuple[int, int, QuotaSource]:
     """Used tokens, quota and where the quota comes from (month, standing or default)."""
-    row = await pool.fetchrow(queries.MONTH_USAGE_SQL, user_id, month, default_quota)
-    return (row["used_tokens"], row["quota_tokens"], row["quota_source"]) if row else (0, default_quota, "default")
+    row = await pool.fetchrow(queries.MONTH_USAGE_SQL, user_id, month)
+    if row is None:
+        return 0, default_quota, "default"
+    quota, source = quota_in_force(row["month_quota_tokens"], row["standing_quota_tokens"], default_quota)
+    return row["used_tokens"], quota, source

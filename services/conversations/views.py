@@ -34,7 +34,6 @@ from shared.contracts import (
     SuccessResponse,
     TokenUsageResponse,
 )
-from shared.errors import conversation_id_taken, too_many_conversations
 from shared.ratelimit import check_rate
 
 
@@ -61,10 +60,6 @@ def domain_errors() -> Iterator[None]:
         raise ApiError(404, "Conversation introuvable", "NOT_FOUND") from None
     except store.UnknownCursor:
         raise ApiError(400, "Paramètre before invalide : conversation inconnue", "VALIDATION_ERROR") from None
-    except store.IdTaken:
-        raise conversation_id_taken() from None
-    except store.TooManyConversations as exc:
-        raise too_many_conversations(exc.limit) from None
 
 
 @authenticated()

@@ -10,9 +10,10 @@ import asyncpg
 from mistralai.client import Mistral
 
 from services.chat.attachments import Extractor
+from services.chat.errors import KnowledgeBusy, KnowledgeNotConfigured, ModelFailed
 from services.chat.knowledge import queries
 from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
-from shared import ApiError, Settings, get_logger
+from shared import Settings, get_logger
 from shared.background import Background
 from shared.lanes import Lanes
 
@@ -68,10 +69,11 @@ async def scheduled_sync(kb: KnowledgeBase) -> None:
         try:
             stats = await ingest(kb, path=None, mode="incremental", category=None)
             log.info("kb_sync", **stats.as_dict())
-        except ApiError as exc:  # another process is syncing (409), or the embedding model is away (5xx)
-            log.info("kb_sync_skipped", reason=exc.message, code=exc.code)
-            if exc.status >= 500:
-                wait_s = min(wait_s, SYNC_RETRY_S)  # e.g. the model server starting beside us: soon again
+        except KnowledgeBusy:  # another process is syncing
+            log.info("kb_sync_skipped", reason="busy")
+        except (ModelFailed, KnowledgeNotConfigured) as exc:  # e.g. the model server starting beside us
+            log.info("kb_sync_skipped", reason=type(exc).__name__)
+            wait_s = min(wait_s, SYNC_RETRY_S)  # soon again
         except Exception:  # never let the schedule die: the next round retries
             log.exception("kb_sync_failed")
             wait_s = min(wait_s, SYNC_RETRY_S)

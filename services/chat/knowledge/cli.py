@@ -22,8 +22,9 @@ from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.ingest import IngestStats, ingest
 from services.chat.llm import build_client
-from shared import DB_UNAVAILABLE_ERRORS, ApiError, Settings, create_pool, load_settings_or_exit
+from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, load_settings_or_exit
 from shared.db import database_of_make_run
+from shared.errors import DomainError
 
 
 class ProgressBar:
@@ -124,8 +125,8 @@ def main(argv: list[str]) -> int:
             print(asyncio.run(run_status(settings)))
             return 0
         stats = asyncio.run(run_ingest(settings, args))
-    except ApiError as exc:
-        print(f"Erreur : {exc.message}", file=sys.stderr)
+    except DomainError as exc:
+        print(f"Erreur : {exc.api_error().message}", file=sys.stderr)
         return 1
     except (*DB_UNAVAILABLE_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
         where = settings.dsn.rsplit("@", 1)[-1]  # never the password

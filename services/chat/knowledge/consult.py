@@ -14,15 +14,17 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.chat.attachments import ReadFile, fit_budget, thousands
+from services.chat.attachments import ReadFile, fit_budget
+from services.chat.errors import ConversationFull, ModelFailed, UserAttachmentsFull
+from services.chat.french import thousands
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.chunks import split
 from services.chat.knowledge.embeddings import embed
-from services.chat.knowledge.ingest import write_chunks
 from services.chat.knowledge.retrieval import Passage, Scope, retrieve
+from services.chat.knowledge.store import write_chunks
 from services.chat.quota import Budget, estimate_prompt_tokens, tokens_for_chars
-from shared import ApiError, get_logger
+from shared import get_logger
 from shared.lanes import LaneFull
 from shared.metrics import KNOWLEDGE_RETRIEVALS
 
@@ -54,8 +56,8 @@ async def consult_knowledge(
     try:
         embedded = await embed(kb.client, settings, [question], purpose="question")
         vector, tokens = embedded.vectors[0], tokens + embedded.tokens
-    except ApiError as exc:
-        log.warning("kb_question_not_embedded", status=exc.status, fallback="full_text")
+    except ModelFailed as exc:
+        log.warning("kb_question_not_embedded", fault=exc.fault, fallback="full_text")
     try:
         async with kb.retrievals.slot(scope.user_id):
             passages = await retrieve(
@@ -118,37 +120,20 @@ async def place_files(
 
 class NotIndexed(Exception):
     """The attachment is cut instead of indexed: the user's quota cannot hold its embedding, the embedding model
-    or the extraction pool could not serve it. (A cap reached is the user's to know: an ApiError, never a cut.)"""
+    or the extraction pool could not serve it. (A cap reached is the user's to know: an error, never a cut.)"""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def conversation_full(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        f"Cette conversation a déjà {thousands(limit)} passages de fichiers indexés, sa limite : démarrez une"
-        " nouvelle conversation pour ce fichier.",
-        "KB_CONVERSATION_FULL",
-    )
-
-
-def user_full(limit: int) -> ApiError:
-    return ApiError(
-        429,
-        f"Vos conversations ont déjà {thousands(limit)} passages de fichiers indexés, votre limite : supprimez"
-        " d'anciennes conversations avec pièces jointes pour en indexer d'autres.",
-        "KB_USER_FULL",
-    )
-
-
 async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budget: Budget, *, left: int) -> int:
     """One attachment's chunks stored for its conversation; returns about how many of its characters they hold.
     As many chunks as KB_ATTACHMENT_MAX_CHUNKS, the conversation's and the user's caps and the user's quota allow
-    (413 / 429 when a cap is already reached, NotIndexed when the quota cannot hold one chunk); their embedding,
-    and the passages they may bring to the prompt (`left` characters of files' room and KB_CONTEXT_MAX_CHARS),
-    are held on the quota before the embedding is asked for, and its cost added to the budget."""
+    (ConversationFull / UserAttachmentsFull when a cap is already reached, NotIndexed when the quota cannot hold
+    one chunk); their embedding, and the passages they may bring to the prompt (`left` characters of files' room
+    and KB_CONTEXT_MAX_CHARS), are held on the quota before the embedding is asked for, and its cost added to the
+    budget."""
     settings = kb.settings
     room = await room_for_chunks(kb, scope)
     try:
@@ -165,14 +150,14 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budg
         raise NotIndexed("quota")
     try:
         embedded = await embed(kb.client, settings, chunks, purpose="attachment")
-    except ApiError as exc:  # the embedding model is away: the file is cut as before
-        raise NotIndexed(f"embedding {exc.status}") from None
+    except ModelFailed as exc:  # the embedding model is away: the file is cut as before
+        raise NotIndexed(f"embedding {exc.fault}") from None
     budget.embedding_tokens += embedded.tokens
     digest = hashlib.sha256(read.text.encode("utf-8", "surrogatepass")).hexdigest()
     async with kb.pool.acquire() as conn, conn.transaction():
         await conn.execute(queries.LOCK_USER_ATTACHMENTS_SQL, scope.user_id)
         if await room_for_chunks(kb, scope, conn) < len(chunks):  # another request of this user took it meanwhile
-            raise user_full(settings.kb_user_max_chunks)
+            raise UserAttachmentsFull(settings.kb_user_max_chunks)
         document_id = await conn.fetchval(
             queries.INSERT_CONVERSATION_DOCUMENT_SQL,
             read.name,
@@ -189,17 +174,18 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budg
 
 
 async def room_for_chunks(kb: KnowledgeBase, scope: Scope, conn: asyncpg.Connection | None = None) -> int:
-    """Chunks this conversation and this user may still index (413 / 429 when either has none left)."""
+    """Chunks this conversation and this user may still index (ConversationFull / UserAttachmentsFull when either
+    has none left)."""
     settings = kb.settings
     row = await (conn or kb.pool).fetchrow(queries.INDEXED_CHUNKS_SQL, scope.conversation_id, scope.user_id)
     room = settings.kb_attachment_max_chunks
     if settings.kb_conversation_max_chunks:
         if row["conversation"] >= settings.kb_conversation_max_chunks:
-            raise conversation_full(settings.kb_conversation_max_chunks)
+            raise ConversationFull(settings.kb_conversation_max_chunks)
         room = min(room, settings.kb_conversation_max_chunks - row["conversation"])
     if settings.kb_user_max_chunks:
         if row["user_total"] >= settings.kb_user_max_chunks:
-            raise user_full(settings.kb_user_max_chunks)
+            raise UserAttachmentsFull(settings.kb_user_max_chunks)
         room = min(room, settings.kb_user_max_chunks - row["user_total"])
     return int(room)
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from mistralai.client import Mistral
 
-from services.chat.llm import BAD_REPLY_MESSAGE, estimate_tokens, model_failures
-from shared import ApiError, Settings, get_logger
+from services.chat.errors import ModelFailed
+from services.chat.llm import estimate_tokens, model_failures
+from shared import Settings, get_logger
 from shared.metrics import EMBEDDING_TOKENS
 
 log = get_logger("wibot.knowledge")
@@ -26,7 +27,7 @@ PARALLEL_BATCHES = 4
 
 
 async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpose: str) -> Embedded:
-    """One vector per text, in order. Failures are the model's 502/503/504 envelopes."""
+    """One vector per text, in order. A failure is a ModelFailed."""
     model = settings.kb_embedding_model
     started = time.perf_counter()
     size = settings.kb_embedding_batch
@@ -42,7 +43,7 @@ async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpos
         got = [item.embedding for item in data if item.embedding]
         if len(got) != len(batch) or len({len(vector) for vector in got}) != 1:
             log.error("embedding_reply_malformed", model=model, expected=len(batch), received=len(got))
-            raise ApiError(502, BAD_REPLY_MESSAGE, "LLM_UNAVAILABLE")
+            raise ModelFailed("bad_reply")
         usage = result.usage.prompt_tokens if result.usage else None
         return got, usage or estimate_tokens(sum(len(text) for text in batch))
 

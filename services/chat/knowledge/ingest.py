@@ -17,13 +17,15 @@ from typing import Literal, Protocol
 
 import asyncpg
 
+from services.chat.errors import KnowledgeBusy, KnowledgeNotConfigured, KnowledgePathRefused
 from services.chat.extraction import FileProblem
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.chunks import split
 from services.chat.knowledge.documents import SUFFIXES, document_text
 from services.chat.knowledge.embeddings import embed
-from shared import ApiError, get_logger
+from services.chat.knowledge.store import write_chunks
+from shared import get_logger
 
 log = get_logger("wibot.knowledge")
 
@@ -51,18 +53,15 @@ class IngestStats:
         return asdict(self)
 
 
-def not_configured() -> ApiError:
-    return ApiError(503, "Base de connaissances non configurée (KB_ROOT).", "KB_NOT_CONFIGURED")
-
-
 def confine(root: Path | None, path: str | None) -> tuple[Path, Path, str]:
-    """(root, target, target relative to root) — 400 for a path that leaves the root, even through a symlink."""
+    """(root, target, target relative to root) — KnowledgePathRefused for a path that leaves the root, even through
+    a symlink."""
     if root is None or not root.is_dir():
-        raise not_configured()
+        raise KnowledgeNotConfigured
     real_root = root.resolve()
     if not path:
         return real_root, real_root, ""
-    invalid = ApiError(400, "Chemin invalide.", "VALIDATION_ERROR")
+    invalid = KnowledgePathRefused("invalid", path)
     if "\x00" in path:
         raise invalid
     try:
@@ -71,9 +70,9 @@ def confine(root: Path | None, path: str | None) -> tuple[Path, Path, str]:
     except OSError:  # a name too long, a symlink loop: not a path of the knowledge base
         raise invalid from None
     if target != real_root and real_root not in target.parents:
-        raise ApiError(400, "Chemin hors de la base de connaissances.", "KB_PATH_OUTSIDE")
+        raise KnowledgePathRefused("outside", path)
     if not exists:
-        raise ApiError(400, f"Chemin introuvable dans la base de connaissances : {path}", "KB_PATH_NOT_FOUND")
+        raise KnowledgePathRefused("not_found", path)
     return real_root, target, target.relative_to(real_root).as_posix() if target != real_root else ""
 
 
@@ -128,7 +127,7 @@ async def ingest(
     lock = await asyncpg.connect(kb.settings.dsn, server_settings={"application_name": "wibot-kb-ingest"})
     try:
         if not await lock.fetchval(queries.INGEST_LOCK_SQL):
-            raise ApiError(409, "Une indexation de la base de connaissances est déjà en cours.", "KB_BUSY")
+            raise KnowledgeBusy
         return await _ingest_locked(kb, root, target, relative_target, mode, category, progress)
     finally:
         await asyncio.shield(lock.close(timeout=5))
@@ -208,14 +207,3 @@ async def ingest_file(
         await conn.execute(queries.DELETE_CHUNKS_SQL, document_id)
         await write_chunks(conn, document_id, chunks, embedded.vectors)
     return len(chunks)
-
-
-async def write_chunks(
-    conn: asyncpg.Connection, document_id: int, chunks: list[str], vectors: list[list[float]]
-) -> None:
-    """A document's chunks with their vectors, in one COPY (inside the caller's transaction)."""
-    await conn.copy_records_to_table(
-        "kb_chunks",
-        records=[(document_id, n, text, vector) for n, (text, vector) in enumerate(zip(chunks, vectors, strict=True))],
-        columns=queries.CHUNK_COLUMNS,
-    )

@@ -1,0 +1,216 @@
+"""The chat service's domain errors, and how a client sees each: the one place where they meet HTTP.
+
+The steps (workflow, quota, admission, attachments, extraction, knowledge, llm) raise these with what happened;
+the error middleware (and the stream writer, after the first byte) turns them into the envelope through
+`api_error()` (hail's auth/exceptions.py gives each exception its `http_response()` the same way).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from services.chat.french import human_size, thousands
+from shared.errors import ApiError, DomainError
+
+ACCEPTED_TYPES = "PDF, TXT, MD, CSV, JSON"
+
+
+class MessageEmpty(DomainError):
+    def api_error(self) -> ApiError:
+        return ApiError(400, "Le champ message ne peut pas être vide", "VALIDATION_ERROR")
+
+
+class MessageTooLong(DomainError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(400, f"Le message dépasse {self.limit} caractères", "VALIDATION_ERROR")
+
+
+class ChatBusy(DomainError):
+    """The user already has their share of chats in progress in this process."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429,
+            f"Vous avez déjà {self.limit} messages en cours de traitement : attendez leur réponse avant d'en envoyer"
+            " d'autres.",
+            "CHAT_BUSY",
+            headers={"Retry-After": "2"},
+        )
+
+
+class QuotaExceeded(DomainError):
+    def __init__(self, quota_tokens: int) -> None:
+        super().__init__(quota_tokens)
+        self.quota_tokens = quota_tokens
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429, f"Quota tokens mensuel dépassé. Limite : {self.quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED"
+        )
+
+
+class TooManyFiles(DomainError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(413, f"Trop de fichiers : {self.limit} au maximum", "FILES_TOO_LARGE")
+
+
+class FilesTooLarge(DomainError):
+    """All the files together, once decoded."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(limit_bytes)
+        self.limit_bytes = limit_bytes
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            413, f"Fichiers trop volumineux : {human_size(self.limit_bytes)} au total au maximum", "FILES_TOO_LARGE"
+        )
+
+
+FileFault = Literal["type", "size", "unreadable"]
+
+
+class FileRefused(DomainError):
+    """One file that cannot be used: of a type we do not read, too large, or unreadable (`reason`, in French)."""
+
+    def __init__(self, name: str, fault: FileFault, *, reason: str = "", limit_bytes: int = 0) -> None:
+        super().__init__(name, fault, reason)
+        self.name, self.fault, self.reason, self.limit_bytes = name, fault, reason, limit_bytes
+
+    def api_error(self) -> ApiError:
+        if self.fault == "type":
+            return ApiError(
+                415,
+                f"Type de fichier non pris en charge : {self.name}. Types acceptés : {ACCEPTED_TYPES}.",
+                "FILE_UNSUPPORTED_TYPE",
+            )
+        if self.fault == "size":
+            return ApiError(
+                413,
+                f"Fichier trop volumineux : {self.name} ({human_size(self.limit_bytes)} au maximum)",
+                "FILES_TOO_LARGE",
+            )
+        return ApiError(422, f"Fichier illisible : {self.name} ({self.reason}).", "FILE_UNREADABLE")
+
+
+class ExtractionBusy(DomainError):
+    """The extraction workers' queue is full, for this user (`per_user`) or for the whole process."""
+
+    def __init__(self, *, per_user: bool) -> None:
+        super().__init__(per_user)
+        self.per_user = per_user
+
+    def api_error(self) -> ApiError:
+        if self.per_user:
+            return ApiError(
+                429,
+                "Vos fichiers précédents sont encore en cours d'analyse : attendez leur réponse avant d'en envoyer"
+                " d'autres.",
+                "EXTRACTION_BUSY",
+                headers={"Retry-After": "5"},
+            )
+        return ApiError(
+            503,
+            "Trop de fichiers en cours d'analyse. Réessayez dans quelques instants.",
+            "EXTRACTION_BUSY",
+            headers={"Retry-After": "5"},
+        )
+
+
+class ConversationFull(DomainError):
+    """The conversation holds KB_CONVERSATION_MAX_CHUNKS indexed passages already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            413,
+            f"Cette conversation a déjà {thousands(self.limit)} passages de fichiers indexés, sa limite : démarrez"
+            " une nouvelle conversation pour ce fichier.",
+            "KB_CONVERSATION_FULL",
+        )
+
+
+class UserAttachmentsFull(DomainError):
+    """The user's conversations hold KB_USER_MAX_CHUNKS indexed passages already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429,
+            f"Vos conversations ont déjà {thousands(self.limit)} passages de fichiers indexés, votre limite :"
+            " supprimez d'anciennes conversations avec pièces jointes pour en indexer d'autres.",
+            "KB_USER_FULL",
+        )
+
+
+UNAVAILABLE_MESSAGE = "Le service IA est momentanément indisponible. Réessayez dans quelques instants."
+TIMEOUT_MESSAGE = "Le service IA met trop de temps à répondre. Réessayez dans quelques instants."
+BAD_REPLY_MESSAGE = "Le service IA a renvoyé une réponse inexploitable. Réessayez dans quelques instants."
+
+ModelFault = Literal["busy", "unreachable", "failed", "bad_reply", "timeout"]
+
+
+class ModelFailed(DomainError):
+    """The model server did not answer usefully: `busy` (its 429/503), `unreachable`, `failed` (another error),
+    `bad_reply` (an answer we cannot use), `timeout`."""
+
+    def __init__(self, fault: ModelFault) -> None:
+        super().__init__(fault)
+        self.fault = fault
+
+    @property
+    def temporary(self) -> bool:
+        """Worth trying again soon (the server away or overloaded), as opposed to a reply we cannot use."""
+        return self.fault in ("busy", "unreachable", "timeout")
+
+    def api_error(self) -> ApiError:
+        if self.fault == "timeout":
+            return ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT")
+        if self.fault in ("busy", "unreachable"):
+            return ApiError(503, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE")
+        return ApiError(502, BAD_REPLY_MESSAGE if self.fault == "bad_reply" else UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE")
+
+
+class KnowledgeNotConfigured(DomainError):
+    def api_error(self) -> ApiError:
+        return ApiError(503, "Base de connaissances non configurée (KB_ROOT).", "KB_NOT_CONFIGURED")
+
+
+class KnowledgePathRefused(DomainError):
+    """A path to ingest that is not one (`invalid`), leaves the knowledge base (`outside`) or is not there."""
+
+    def __init__(self, fault: Literal["invalid", "outside", "not_found"], path: str) -> None:
+        super().__init__(fault, path)
+        self.fault, self.path = fault, path
+
+    def api_error(self) -> ApiError:
+        if self.fault == "outside":
+            return ApiError(400, "Chemin hors de la base de connaissances.", "KB_PATH_OUTSIDE")
+        if self.fault == "not_found":
+            return ApiError(400, f"Chemin introuvable dans la base de connaissances : {self.path}", "KB_PATH_NOT_FOUND")
+        return ApiError(400, "Chemin invalide.", "VALIDATION_ERROR")
+
+
+class KnowledgeBusy(DomainError):
+    """Another process is ingesting."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(409, "Une indexation de la base de connaissances est déjà en cours.", "KB_BUSY")
