@@ -18,7 +18,7 @@ from aiohttp import web
 from shared import AppKeys, Settings, decode_token, load_settings_or_exit
 from shared.auth import bearer_token, load_session_user
 from shared.db import pool_context
-from shared.http import new_event_loop
+from shared.serve import new_event_loop
 from shared.sessions import SessionCache, sessions_context
 
 

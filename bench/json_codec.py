@@ -1,7 +1,7 @@
 """`python -m bench.json_codec`: what orjson changes, in-process, against the json module it replaced.
 
 The three places the services (de)serialize JSON themselves (the contract models already go through pydantic's
-own serializer): a request body read (`shared.http.read_json_object`), an error envelope written, a streamed
+own serializer): a request body read (`shared.bodies.read_json_object`), an error envelope written, a streamed
 event written (`services/chat/streaming.py`). Each is timed both ways in the same run, best of 5 rounds;
 the figure to read is the ratio.
 """

@@ -23,7 +23,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench.run import SECRET, drop_database, recreate_database
-from services.auth import queries
+from services.auth.admin import queries
 from services.auth.app import create_app
 from shared import Settings, apply_migrations, configure_logging, current_month, issue_token
 

@@ -284,6 +284,7 @@ def _user_exists(name: str) -> bool:
 async def ensure_database(url: str) -> None:
     """Create the database if the server lacks it, migrate it (as `make migrate`), create the demo user if missing."""
     from services.auth import users
+    from services.auth.errors import UserExists
     from services.auth.passwords import PasswordHasher
     from shared import apply_migrations, current_month
 
@@ -316,7 +317,7 @@ async def ensure_database(url: str) -> None:
             default_quota=50_000,
         )
         print(f"Demo user created: {DEMO_USER} / {DEMO_PASSWORD} (admin). Development only.")
-    except users.UserExists:
+    except UserExists:
         pass
     finally:
         await pool.close()

@@ -38,8 +38,9 @@ MODULES: dict[str, list[str]] = {
     "services/chat/attachments.py": ["tests/test_attachments.py"],
     "services/chat/extraction.py": ["tests/test_attachments.py"],
     "services/chat/writer.py": ["tests/test_streaming.py"],
-    "services/auth/safeguard.py": ["tests/test_safeguard.py"],
-    "services/auth/analytics.py": ["tests/test_supervision.py"],
+    "services/auth/safeguard/rules.py": ["tests/test_safeguard.py"],
+    "services/auth/safeguard/views.py": ["tests/test_safeguard.py"],
+    "services/auth/admin/analytics.py": ["tests/test_supervision.py"],
 }  # fmt: skip
 
 CONFIG = """[cosmic-ray]

@@ -14,9 +14,9 @@ import jwt
 from aiohttp import web
 
 from shared.errors import INVALID_TOKEN_MESSAGE, ApiError
-from shared.http import Handler
 from shared.identity import CurrentUser
 from shared.keys import AppKeys, RequestKeys
+from shared.middlewares import Handler
 from shared.sessions import SessionCache, SessionUser
 
 ALGORITHM = "HS256"

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.contracts import ErrorResponse
-from shared.http import Handler
+from shared.middlewares import Handler
 
 ERROR_DESCRIPTIONS = {
     400: "Requête invalide",

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from services.auth.app import create_app
+from services.auth.errors import LoginBusy
 from services.auth.keys import HASHER
 from services.auth.passwords import PasswordHasher
-from shared import ApiError
 
 LOGIN = "/webhook/auth/login"
 
@@ -34,8 +34,9 @@ async def test_checks_beyond_the_bound_are_refused_at_once_and_the_others_done()
         hasher.close()
     assert results[:2] == [True, True]
     for refused in results[2:]:
-        assert isinstance(refused, ApiError)
-        assert (refused.status, refused.code, refused.headers) == (503, "LOGIN_BUSY", {"Retry-After": "1"})
+        assert isinstance(refused, LoginBusy)
+        answer = refused.api_error()
+        assert (answer.status, answer.code, answer.headers) == (503, "LOGIN_BUSY", {"Retry-After": "1"})
     assert hasher.pending == 0  # every slot given back, refused or done
 
 

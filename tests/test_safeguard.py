@@ -310,7 +310,7 @@ async def test_an_answer_larger_than_a_socket_read_is_read_whole(client, people,
 async def test_an_answer_past_the_upstream_limit_is_unavailable_not_held(
     client, people, upstream, monkeypatch, split_s
 ):
-    import services.auth.safeguard as safeguard
+    import services.auth.safeguard.client as safeguard
 
     monkeypatch.setattr(safeguard, "MAX_UPSTREAM_BYTES", 10_000)
     add_large_requests(upstream, 30)

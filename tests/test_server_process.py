@@ -1,4 +1,4 @@
-"""The services run as production runs them: a real `python -m services.chat` process (shared.http.serve), not
+"""The services run as production runs them: a real `python -m services.chat` process (shared.serve.serve), not
 pytest-aiohttp's TestServer, which always cancels a handler whose client left. With aiohttp's default
 (`handler_cancellation=False`) the model call of an abandoned request ran to its end and was charged to a user
 who never received it (F3 of the security round 3)."""
@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from devtools.stack import free_ports, wait_for_port
-from shared.http import SERVER_OPTIONS
+from shared.serve import SERVER_OPTIONS
 from tests.conftest import TEST_SECRET, bearer
 
 ROOT = Path(__file__).resolve().parent.parent

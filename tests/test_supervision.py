@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.auth.analytics import compute_stats
+from services.auth.admin.analytics import compute_stats
 from services.auth.app import create_app as auth_app
 from shared import create_pool
 from tests.conftest import bearer, token_for

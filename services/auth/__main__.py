@@ -1,7 +1,7 @@
 import sys
 
 from services.auth.app import DEFAULT_PORT, create_app
-from shared.http import serve
+from shared.serve import serve
 
 USERS_HELP = """commands:
   users ...   manage people without SQL: create, list, set-password, set-role, set-quota, add-tokens,

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from services.auth import users
+from services.auth.errors import UserError, UserExists
 from services.auth.legacy import migrate_passwords
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher
 from services.auth.usernames import RULES, printable
@@ -38,7 +39,7 @@ def read_password(*, confirm: bool = True) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     password = getpass.getpass("Mot de passe : ")
     if confirm and getpass.getpass("Confirmez : ") != password:
-        raise users.UserError("Les deux saisies diffèrent")
+        raise UserError("Les deux saisies diffèrent")
     return password
 
 
@@ -135,7 +136,7 @@ async def create(ctx: Context) -> str:
             month=ctx.month,
             default_quota=ctx.settings.default_quota_tokens,
         )
-    except users.UserExists:
+    except UserExists:
         if args.if_missing:
             return f"L'utilisateur {ctx.name} existe déjà : rien à faire"
         raise
@@ -171,7 +172,7 @@ async def set_quota(ctx: Context) -> str:
     value = ctx.args.tokens
     if ctx.args.this_month:
         if value == "default":
-            raise users.UserError("--this-month attend un nombre de tokens")
+            raise UserError("--this-month attend un nombre de tokens")
         user = await ctx.update(quota_tokens=value)
         return f"Quota de {ctx.name} pour ce mois : {user.quota_tokens} tokens"
     user = await ctx.update(standing_quota_tokens=value)
@@ -243,7 +244,7 @@ def main(argv: list[str]) -> int:
     try:
         # Every name in the output went through printable(): no control character reaches the terminal.
         print(asyncio.run(run(args)))
-    except users.UserError as exc:
+    except UserError as exc:
         print(f"Erreur : {printable(str(exc))}", file=sys.stderr)
         return 1
     except (*DB_UNAVAILABLE_ERRORS, asyncpg.InvalidCatalogNameError, asyncpg.InvalidPasswordError) as exc:

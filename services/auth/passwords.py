@@ -11,7 +11,7 @@ from typing import Any
 
 import bcrypt
 
-from shared import ApiError
+from services.auth.errors import LoginBusy
 
 BCRYPT_MAX_BYTES = 72
 # What bcrypt writes: $2a$/$2b$/$2y$, a two-digit cost, then 53 characters of salt and hash.
@@ -44,15 +44,6 @@ def default_workers() -> int:
     """One core is left to the other routes: a login storm cannot take every core (at least one thread)."""
     # os.cpu_count() is None only where it cannot be known: the fallback is untestable (no mutate).
     return max(1, (os.cpu_count() or 2) - 1)  # pragma: no mutate
-
-
-def busy() -> ApiError:
-    return ApiError(
-        503,
-        "Trop de connexions simultanées. Réessayez dans quelques instants.",
-        "LOGIN_BUSY",
-        headers={"Retry-After": "1"},
-    )
 
 
 class PasswordHasher:
@@ -91,7 +82,7 @@ class PasswordHasher:
     async def _run(self, function: Any, *args: bytes) -> Any:
         # pending never passes max_pending (checked and counted in one step of the loop): `==` would do (no mutate)
         if self.max_pending is not None and self.pending >= self.max_pending:  # pragma: no mutate
-            raise busy()
+            raise LoginBusy
         self.pending += 1
         try:
             # bcrypt releases the GIL: its threads run in parallel with each other and with the event loop.

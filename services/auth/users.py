@@ -9,6 +9,7 @@ from typing import Literal
 import asyncpg
 
 from services.auth import queries
+from services.auth.errors import LastAdmin, UserError, UserExists, UserNotFound
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher, fits_bcrypt
 from services.auth.usernames import InvalidUsername, normalize_username
 from shared.rules import quota_in_force
@@ -18,27 +19,6 @@ ROLES = ("user", "admin")
 ACCREDITATION_LEVELS = ("N0", "N1", "N2", "N3", "N4")
 DEFAULT_ACCREDITATION = "N1"
 MIN_PASSWORD_CHARS = 6
-
-
-class UserError(Exception):
-    """A management request that cannot be carried out; the message (French) is for the operator."""
-
-    status = 400
-
-
-class UserNotFound(UserError):
-    status = 404
-
-
-class UserExists(UserError):
-    status = 409
-
-
-class LastAdmin(UserError):
-    status = 409
-
-    def __init__(self) -> None:
-        super().__init__("Impossible : c'est le dernier administrateur actif")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 import sys
 
 from services.chat.app import DEFAULT_PORT, create_app
-from shared.http import serve
+from shared.serve import serve
 
 KB_HELP = """commands:
   kb ingest [PATH] [--category C] [--full]   index the knowledge base's documents (under KB_ROOT)

@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from services.auth import queries
+from services.auth.admin import queries
 from shared import AppKeys, authenticated, current_month, json_response, validate
 from shared.contracts import (
     AnalyticsQuery,

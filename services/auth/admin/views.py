@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 
 from aiohttp import web
 
 from services.auth import users
 from services.auth.keys import HASHER
-from shared import ApiError, AppKeys, authenticated, current_month, json_response, parse_body
+from shared import AppKeys, authenticated, current_month, json_response, parse_body
 from shared.contracts import (
     AdminCreateUserRequest,
     AdminDeleteResponse,
@@ -21,15 +19,6 @@ from shared.contracts import (
     AdminUsersResponse,
     DeletedUser,
 )
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    try:
-        yield
-    except users.UserError as exc:
-        code = {404: "NOT_FOUND", 409: "CONFLICT"}.get(exc.status, "VALIDATION_ERROR")
-        raise ApiError(exc.status, str(exc), code) from None
 
 
 def admin_user(record: users.UserRecord) -> AdminUser:
@@ -49,20 +38,19 @@ async def list_users(request: web.Request) -> web.Response:
 async def create_user(request: web.Request) -> web.Response:
     body = await parse_body(request, AdminCreateUserRequest)
     settings = request.app[AppKeys.SETTINGS]
-    with user_errors():
-        record = await users.create_user(
-            request.app[AppKeys.DB],
-            request.app[HASHER],
-            username=body.username,
-            password=body.password,
-            email=body.email,
-            role=body.role,
-            quota_tokens=body.quota_tokens,
-            standing_quota_tokens=body.standing_quota_tokens,
-            accreditation_level=body.accreditation_level,
-            month=current_month(),
-            default_quota=settings.default_quota_tokens,
-        )
+    record = await users.create_user(
+        request.app[AppKeys.DB],
+        request.app[HASHER],
+        username=body.username,
+        password=body.password,
+        email=body.email,
+        role=body.role,
+        quota_tokens=body.quota_tokens,
+        standing_quota_tokens=body.standing_quota_tokens,
+        accreditation_level=body.accreditation_level,
+        month=current_month(),
+        default_quota=settings.default_quota_tokens,
+    )
     return json_response(AdminUserResponse(user=admin_user(record)))
 
 
@@ -70,19 +58,18 @@ async def create_user(request: web.Request) -> web.Response:
 async def update_user(request: web.Request) -> web.Response:
     body = await parse_body(request, AdminUpdateUserRequest)
     settings = request.app[AppKeys.SETTINGS]
-    with user_errors():
-        record = await users.update_user(
-            request.app[AppKeys.DB],
-            user_id=body.user_id,
-            month=current_month(),
-            default_quota=settings.default_quota_tokens,
-            quota_tokens=body.quota_tokens,
-            add_tokens=body.add_tokens,
-            role=body.role,
-            is_active=body.is_active,
-            accreditation_level=body.accreditation_level,
-            standing_quota_tokens=body.standing_quota_tokens,
-        )
+    record = await users.update_user(
+        request.app[AppKeys.DB],
+        user_id=body.user_id,
+        month=current_month(),
+        default_quota=settings.default_quota_tokens,
+        quota_tokens=body.quota_tokens,
+        add_tokens=body.add_tokens,
+        role=body.role,
+        is_active=body.is_active,
+        accreditation_level=body.accreditation_level,
+        standing_quota_tokens=body.standing_quota_tokens,
+    )
     # This process refuses the old role or the deactivated user at once; the others when notified.
     request.app[AppKeys.SESSIONS].forget(body.user_id)
     return json_response(AdminUserResponse(user=admin_user(record)))
@@ -91,7 +78,6 @@ async def update_user(request: web.Request) -> web.Response:
 @authenticated(admin=True)
 async def delete_user(request: web.Request) -> web.Response:
     body = await parse_body(request, AdminDeleteUserRequest)
-    with user_errors():
-        user_id, username = await users.delete_user(request.app[AppKeys.DB], user_id=body.user_id)
+    user_id, username = await users.delete_user(request.app[AppKeys.DB], user_id=body.user_id)
     request.app[AppKeys.SESSIONS].forget(user_id)
     return json_response(AdminDeleteResponse(deleted=DeletedUser(user_id=user_id, username=username)))

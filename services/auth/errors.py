@@ -1,0 +1,44 @@
+"""The auth service's domain errors, and how a client sees each (the one place where they meet HTTP): the user
+management steps' (services/auth/users.py, shared by the admin API and the `users` command, which prints their
+message) and the login's."""
+
+from __future__ import annotations
+
+from shared.errors import ApiError, DomainError
+
+
+class UserError(DomainError):
+    """A management request that cannot be carried out; the message (French) is for the operator."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(400, str(self), "VALIDATION_ERROR")
+
+
+class UserNotFound(UserError):
+    def api_error(self) -> ApiError:
+        return ApiError(404, str(self), "NOT_FOUND")
+
+
+class UserExists(UserError):
+    def api_error(self) -> ApiError:
+        return ApiError(409, str(self), "CONFLICT")
+
+
+class LastAdmin(UserError):
+    def __init__(self) -> None:
+        super().__init__("Impossible : c'est le dernier administrateur actif")
+
+    def api_error(self) -> ApiError:
+        return ApiError(409, str(self), "CONFLICT")
+
+
+class LoginBusy(DomainError):
+    """Every password-checking thread is taken and the queue is full."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            503,
+            "Trop de connexions simultanées. Réessayez dans quelques instants.",
+            "LOGIN_BUSY",
+            headers={"Retry-After": "1"},
+        )

@@ -1,0 +1,91 @@
+"""The middlewares every service runs: request id and access log (outermost), then the error envelope."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from shared.db import DB_UNAVAILABLE_ERRORS
+from shared.errors import SERVER_ERROR_MESSAGE, ApiError, DomainError
+from shared.keys import AppKeys, RequestKeys
+from shared.logs import get_logger
+from shared.metrics import DATABASE_ERRORS, observe_request
+from shared.responses import envelope_response
+
+log = get_logger("wibot.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Accept a caller's id only when it is short and printable, so it cannot forge log lines.
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+DB_UNAVAILABLE_MESSAGE = "Service temporairement indisponible. Réessayez dans quelques instants."
+
+# aiohttp raises these itself (router, body size); the client must still get our envelope, in French.
+_HTTP_MESSAGES = {
+    404: "Ressource introuvable",
+    405: "Méthode non autorisée pour cette ressource",
+    413: "Requête trop volumineuse",
+}
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id in, request id out, one access-log line per request."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[RequestKeys.REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        observe_request(request.app[AppKeys.SERVICE], request, status, elapsed)
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            user_id=request.get(RequestKeys.USER_ID),
+        )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes `{"success": false, "error", "code"?}`, logged once."""
+    try:
+        return await handler(request)
+    except (ApiError, DomainError) as failure:
+        exc = failure if isinstance(failure, ApiError) else failure.api_error()
+        log.warning("request_failed", status=exc.status, error=exc.message, code=exc.code, path=request.path)
+        response = envelope_response(exc.status, exc.message, exc.code)
+        response.headers.update(exc.headers)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = _HTTP_MESSAGES.get(exc.status, exc.reason)
+        log.warning("request_failed", status=exc.status, error=message, path=request.path)
+        response = envelope_response(exc.status, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except DB_UNAVAILABLE_ERRORS as exc:
+        DATABASE_ERRORS.inc()
+        log.error("request_failed", status=503, error="database unavailable", exc=repr(exc), path=request.path)
+        return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
+    except Exception:
+        log.exception("request_failed", status=500, path=request.path)
+        return envelope_response(500, SERVER_ERROR_MESSAGE)
