@@ -242,3 +242,19 @@ async def test_the_sweeper_logs_each_reservation_it_gives_back(database_url, db,
 def test_what_remains_is_never_negative(used, quota_tokens, remaining):
     # An admin may lower a quota below what was already used this month: the user has 0 left, not -10.
     assert quota.Usage(used, quota_tokens).remaining == remaining
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "used", "quota", "charged"),
+    [
+        (500, 300, 1_000, 10_000, 300),  # cost less than held: what it cost
+        (500, 900, 1_000, 10_000, 900),  # more than held, the quota has room: all of it
+        (500, 900, 9_800, 10_000, 700),  # more than held, past the quota's room: held + the room
+        (500, 900, 10_500, 10_000, 500),  # the quota was lowered below what is used: what was held, no more
+    ],
+)
+async def test_the_settle_arithmetic_lives_in_one_database_function(db, held, wanted, used, quota, charged):
+    """Migration 0015: the save and the charge of an unsaved answer both settle through wibot_settled_charge."""
+    assert await db.fetchval("SELECT wibot_settled_charge($1, $2, $3, $4)", held, wanted, used, quota) == charged
+    for statement in (queries.SAVE_EXCHANGE.sql, queries.CHARGE_UNSAVED_SQL):
+        assert "wibot_settled_charge(" in statement and "LEAST(" not in statement

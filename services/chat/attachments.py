@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -176,28 +176,41 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
     return ReadFile(attachment.name, mime, result.size, result.text, result.pages, len(result.text))
 
 
-def fit_budget(files: list[ReadFile], budget: int) -> list[ReadFile]:
-    """Files in order until the budget of characters is spent; a cut says so, naming file, page and character."""
-    fitted: list[ReadFile] = []
+# What becomes of a file that does not fit the characters left: the file as the prompt shows it, and the characters
+# left after it.
+Overflow = Callable[[ReadFile, int], Awaitable[tuple[ReadFile, int]]]
+
+
+async def place_in_budget(
+    files: list[ReadFile], budget: int, overflow: Overflow | None = None
+) -> tuple[list[ReadFile], int]:
+    """Files in order while the budget of characters lasts; one that does not fit goes to `overflow` (by default
+    it is cut where the budget ends). Returns the files as the prompt shows them and the characters left."""
+    placed: list[ReadFile] = []
     left = budget
     for read in files:
         if len(read.text) <= left:
-            fitted.append(read)
+            placed.append(read)
             left -= len(read.text)
             continue
-        kept = read.text[:left]
-        where = f"au caractère {thousands(left)} sur {thousands(len(read.text))}"
-        page = page_at(kept)
-        if page is not None:
-            where = f"à la page {page}, {where}"
-        note = (
-            f"[Contenu tronqué : le fichier {read.name} est coupé {where} "
-            f"(limite de {thousands(budget)} caractères de fichiers par message).]"
-        )
-        log.warning("attachment_truncated", file=read.name, kept_chars=left, total_chars=len(read.text), page=page)
-        fitted.append(ReadFile(read.name, read.type, read.size, kept, read.pages, read.chars, cut_note=note))
-        left = 0
-    return fitted
+        shown, left = await overflow(read, left) if overflow else (cut(read, keep=left, limit=budget), 0)
+        placed.append(shown)
+    return placed, left
+
+
+def cut(read: ReadFile, *, keep: int, limit: int) -> ReadFile:
+    """The file's first `keep` characters, with a note naming file, page and character (`limit`: the limit named)."""
+    kept = read.text[:keep]
+    where = f"au caractère {thousands(keep)} sur {thousands(len(read.text))}"
+    page = page_at(kept)
+    if page is not None:
+        where = f"à la page {page}, {where}"
+    note = (
+        f"[Contenu tronqué : le fichier {read.name} est coupé {where} "
+        f"(limite de {thousands(limit)} caractères de fichiers par message).]"
+    )
+    log.warning("attachment_truncated", file=read.name, kept_chars=keep, total_chars=len(read.text), page=page)
+    return ReadFile(read.name, read.type, read.size, kept, read.pages, read.chars, cut_note=note)
 
 
 def page_at(text: str) -> int | None:

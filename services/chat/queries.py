@@ -113,15 +113,15 @@ WHERE u.user_id = released.user_id AND u.month = released.month
 """
 
 # The model answered but the exchange could not be saved: the answer was given, so its tokens are spent. Release
-# the reservation ($1) and charge the real usage ($2) instead (past the reservation, only what the quota still
-# holds), recording the charge and its reason ($3). Idempotent: once the reservation is gone (settled by a save
+# the reservation ($1) and charge the real usage ($2) instead (wibot_settled_charge, migration 0015), recording
+# the charge and its reason ($3). Idempotent: once the reservation is gone (settled by a save
 # whose answer was lost, or already charged), nothing changes and no row is returned.
 CHARGE_UNSAVED_SQL = """
 WITH released AS (
     DELETE FROM token_reservations WHERE reservation_id = $1 RETURNING user_id, month, tokens
 ), amount AS (
     SELECT r.user_id, r.month, r.tokens AS held,
-           LEAST($2::bigint, r.tokens + GREATEST(u.quota_tokens - u.used_tokens, 0)) AS charged
+           wibot_settled_charge(r.tokens, $2::bigint, u.used_tokens, u.quota_tokens) AS charged
     FROM released r JOIN user_token_usage u ON u.user_id = r.user_id AND u.month = r.month
 ), settled AS (
     UPDATE user_token_usage u SET used_tokens = u.used_tokens - a.held + a.charged
@@ -153,9 +153,9 @@ RETURNING u.user_id, per_user.tokens
 #   1. upsert the conversation; the spec's upsert let anyone append to anyone's conversation, the WHERE makes
 #      it a no-op (no row) when the conversation belongs to someone else;
 #   2. insert the user's message and the assistant's, only if 1 returned a row;
-#   3. settle the usage: release the reservation and charge the real usage instead; past the
-#      reservation, charge only what the quota still holds, so used_tokens never exceeds quota_tokens. Only if
-#      1 returned a row. A reservation already swept away (a very slow model) counts as 0 held.
+#   3. settle the usage: release the reservation and charge the real usage instead (wibot_settled_charge,
+#      migration 0015: past the reservation, only what the quota still holds). Only if 1 returned a row. A
+#      reservation already swept away (a very slow model) counts as 0 held.
 # `owned` is false when the conversation is someone else's: nothing was written, the caller charges apart.
 SAVE_EXCHANGE = Statement(
     """
@@ -185,7 +185,7 @@ WITH conversation AS (
 ), settled AS (
     UPDATE user_token_usage
     SET used_tokens = used_tokens - held.tokens
-                      + LEAST(:charged_tokens::bigint, held.tokens + GREATEST(quota_tokens - used_tokens, 0))
+                      + wibot_settled_charge(held.tokens, :charged_tokens::bigint, used_tokens, quota_tokens)
     FROM (SELECT COALESCE((SELECT tokens FROM released), 0) AS tokens) AS held
     WHERE user_id = :user_id AND month = :month::date AND EXISTS (SELECT 1 FROM conversation)
     RETURNING used_tokens, quota_tokens

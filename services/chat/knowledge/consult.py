@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.chat.attachments import ReadFile, fit_budget
+from services.chat.attachments import ReadFile, cut, place_in_budget
 from services.chat.errors import ConversationFull, ModelFailed, UserAttachmentsFull
 from services.chat.french import thousands
 from services.chat.knowledge import queries
@@ -93,29 +93,24 @@ async def place_files(
     chars = kb.settings.chat_files_max_chars
     retrieval_off = kb.settings.kb_top_k == 0  # an indexed file would never be read back: cut it instead
     if not kb.settings.kb_index_attachments or retrieval_off or sum(len(read.text) for read in files) <= chars:
-        return fit_budget(files, chars), 0
-    placed: list[ReadFile] = []
-    left = chars
-    for read in files:
-        if len(read.text) <= left:
-            placed.append(read)
-            left -= len(read.text)
-            continue
+        placed, _ = await place_in_budget(files, chars)
+        return placed, 0
+
+    async def index_instead(read: ReadFile, left: int) -> tuple[ReadFile, int]:
         try:
             indexed_chars = await index_attachment(kb, scope, read, budget, left=left)
         except NotIndexed as why:
             log.warning("attachment_not_indexed", file=read.name, reason=why.reason, fallback="cut")
-            placed += fit_budget([read], left)
-            left = 0
-            continue
+            return cut(read, keep=left, limit=left), 0
         note = (
             f"[Fichier de {thousands(read.chars)} caractères, trop long pour être lu en entier : il est indexé pour "
             "cette conversation et ses passages utiles à la question figurent dans la documentation fournie.]"
         )
         if indexed_chars < read.chars:
             note += f"\n[Seuls les {thousands(indexed_chars)} premiers caractères environ ont été indexés.]"
-        placed.append(dataclasses.replace(read, text="", cut_note=note, indexed=True))
-    return placed, left
+        return dataclasses.replace(read, text="", cut_note=note, indexed=True), left
+
+    return await place_in_budget(files, chars, index_instead)
 
 
 class NotIndexed(Exception):
