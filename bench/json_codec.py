@@ -2,7 +2,7 @@
 
 The three places the services (de)serialize JSON themselves (the contract models already go through pydantic's
 own serializer): a request body read (`shared.bodies.read_json_object`), an error envelope written, a streamed
-event written (`services/chat/streaming.py`). Each is timed both ways in the same run, best of 5 rounds;
+event written (`services/chat/writer.py`). Each is timed both ways in the same run, best of 5 rounds;
 the figure to read is the ratio.
 """
 
