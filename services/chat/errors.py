@@ -15,26 +15,26 @@ from shared.errors import ApiError, DomainError
 ACCEPTED_TYPES = "PDF, TXT, MD, CSV, JSON"
 
 
+class OverLimit(DomainError):
+    """A limit reached; `limit` is the one a client is told."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 class MessageEmpty(DomainError):
     def api_error(self) -> ApiError:
         return ApiError(400, "Le champ message ne peut pas être vide", "VALIDATION_ERROR")
 
 
-class MessageTooLong(DomainError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
-
+class MessageTooLong(OverLimit):
     def api_error(self) -> ApiError:
         return ApiError(400, f"Le message dépasse {self.limit} caractères", "VALIDATION_ERROR")
 
 
-class ChatBusy(DomainError):
+class ChatBusy(OverLimit):
     """The user already has their share of chats in progress in this process."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
 
     def api_error(self) -> ApiError:
         return ApiError(
@@ -46,36 +46,24 @@ class ChatBusy(DomainError):
         )
 
 
-class QuotaExceeded(DomainError):
-    def __init__(self, quota_tokens: int) -> None:
-        super().__init__(quota_tokens)
-        self.quota_tokens = quota_tokens
+class QuotaExceeded(OverLimit):
+    """The month's quota (`limit`, in tokens) cannot hold this request."""
 
     def api_error(self) -> ApiError:
-        return ApiError(
-            429, f"Quota tokens mensuel dépassé. Limite : {self.quota_tokens:,} tokens/mois.", "QUOTA_EXCEEDED"
-        )
+        return ApiError(429, f"Quota tokens mensuel dépassé. Limite : {self.limit:,} tokens/mois.", "QUOTA_EXCEEDED")
 
 
-class TooManyFiles(DomainError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
-
+class TooManyFiles(OverLimit):
     def api_error(self) -> ApiError:
         return ApiError(413, f"Trop de fichiers : {self.limit} au maximum", "FILES_TOO_LARGE")
 
 
-class FilesTooLarge(DomainError):
-    """All the files together, once decoded."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        super().__init__(limit_bytes)
-        self.limit_bytes = limit_bytes
+class FilesTooLarge(OverLimit):
+    """All the files together, once decoded (`limit` in bytes)."""
 
     def api_error(self) -> ApiError:
         return ApiError(
-            413, f"Fichiers trop volumineux : {human_size(self.limit_bytes)} au total au maximum", "FILES_TOO_LARGE"
+            413, f"Fichiers trop volumineux : {human_size(self.limit)} au total au maximum", "FILES_TOO_LARGE"
         )
 
 
@@ -129,12 +117,8 @@ class ExtractionBusy(DomainError):
         )
 
 
-class ConversationFull(DomainError):
+class ConversationFull(OverLimit):
     """The conversation holds KB_CONVERSATION_MAX_CHUNKS indexed passages already."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
 
     def api_error(self) -> ApiError:
         return ApiError(
@@ -145,12 +129,8 @@ class ConversationFull(DomainError):
         )
 
 
-class UserAttachmentsFull(DomainError):
+class UserAttachmentsFull(OverLimit):
     """The user's conversations hold KB_USER_MAX_CHUNKS indexed passages already."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
 
     def api_error(self) -> ApiError:
         return ApiError(
