@@ -12,11 +12,11 @@ import secrets
 import time
 
 import aiohttp
-import httpx2
 from aiohttp.test_utils import TestServer
 
 from devtools.fake_mistral import FakeMistral, create_app
-from services.chat.llm import build_client
+from services.chat.llm import build_client, request_fields
+from services.chat.model_transport import model_http_client, model_session
 from services.chat.prompt import DEFAULT_SYSTEM_PROMPT
 from shared import Settings
 
@@ -30,13 +30,13 @@ async def measure(calls: int) -> tuple[float, float]:
     )
     messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": "Bonjour"}]
     body = {"model": "m", "messages": messages, "max_tokens": 100}
-    async with httpx2.AsyncClient() as http_client, aiohttp.ClientSession() as session:
-        client = build_client(settings, http_client)
+    async with model_session() as model_connections, aiohttp.ClientSession() as session:
+        client = build_client(settings, model_http_client(model_connections))  # as the chat service builds it
         for _ in range(20):  # warm-up: connections, caches
-            await client.chat.complete_async(model="m", messages=messages, max_tokens=100)  # type: ignore[arg-type]
+            await client.chat.complete_async(**request_fields(settings, "m", messages, 100))
         started = time.perf_counter()
         for _ in range(calls):
-            await client.chat.complete_async(model="m", messages=messages, max_tokens=100)  # type: ignore[arg-type]
+            await client.chat.complete_async(**request_fields(settings, "m", messages, 100))
         sdk = (time.perf_counter() - started) / calls * 1000
         started = time.perf_counter()
         for _ in range(calls):

@@ -13,16 +13,18 @@ from typing import Any
 import httpx2
 from mistralai.client import Mistral
 from mistralai.client.errors import MistralError, NoResponseError
-from mistralai.client.models import CompletionEvent, UsageInfo
+from mistralai.client.models import AssistantMessage, CompletionEvent, SystemMessage, UsageInfo, UserMessage
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 from mistralai.client.utils.eventstreaming import EventStreamAsync
 
-from services.chat import sdk_models
+from services.chat import model_transport, sdk_models
 from services.chat.errors import ModelFailed, ModelFault
 from shared import Settings, get_logger
 from shared.metrics import MODEL_CALL_FAILURES, MODEL_CALL_SECONDS
 
 log = get_logger("wibot.llm")
+
+SDK_MESSAGES = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +36,11 @@ class ModelReply:
 
 def build_client(settings: Settings, http_client: httpx2.AsyncClient) -> Mistral:
     """The SDK configured here, explicitly: its per-call cost fixes applied (sdk_models, on the version they were
-    checked against), retries, timeout, and our own HTTP client so that shutdown closes its connections."""
+    checked against), its hooks run inline when none may block (model_transport), retries, timeout, and our own
+    HTTP client (model_transport.model_http_client in the service) so that shutdown closes its connections."""
     sdk_models.install()
+    inline = model_transport.run_hooks_inline()
+    log.info("model_client", server_url=settings.mistral_server_url, hooks="inline" if inline else "thread")
     api_key = settings.mistral_api_key.get_secret_value() if settings.mistral_api_key else "not-set"
     retry = RetryConfig(
         "backoff",
@@ -57,10 +62,6 @@ def build_client(settings: Settings, http_client: httpx2.AsyncClient) -> Mistral
     )
 
 
-def http_client() -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(follow_redirects=True, limits=httpx2.Limits(max_connections=200))
-
-
 def estimate_tokens(characters: int) -> int:
     """The spec's fallback when the server reports no usage: ceil(characters / 4)."""
     return math.ceil(characters / 4)
@@ -79,7 +80,8 @@ def request_fields(settings: Settings, model: str, messages: list[dict[str, str]
     """What a chat request sends, whole or streamed."""
     return {
         "model": model,
-        "messages": messages,
+        # The SDK's own message models: it would otherwise walk our dicts to build them on every call.
+        "messages": [SDK_MESSAGES[message["role"]](content=message["content"]) for message in messages],
         "temperature": settings.mistral_temperature,
         "top_p": settings.mistral_top_p,
         "max_tokens": max_tokens,

@@ -18,7 +18,8 @@ from services.chat.admission import chat_lanes
 from services.chat.alerts import AlertSender
 from services.chat.attachments import Extractor
 from services.chat.knowledge.base import KnowledgeBase, forget_orphans, start_knowledge, trim_conversations
-from services.chat.llm import build_client, http_client
+from services.chat.llm import build_client
+from services.chat.model_transport import model_http_client, model_session
 from services.chat.prompt import PromptTemplates, load_prompts
 from shared import AppKeys, Settings, get_logger
 from shared.background import Background
@@ -53,7 +54,8 @@ def chat_resources(settings: Settings) -> Callable[[web.Application], contextlib
         async with contextlib.AsyncExitStack() as stack:
             pool = app[AppKeys.DB]
             background = Background()
-            http = http_client()
+            session = await stack.enter_async_context(model_session())
+            http = model_http_client(session)
             stack.push_async_callback(http.aclose)
             model = build_client(settings, http)
             extractor = Extractor(
