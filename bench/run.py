@@ -246,6 +246,34 @@ async def pool_max_with_room(database_url: str) -> int:
     return pool_max
 
 
+def knowledge_base_on() -> None:
+    """The knowledge base as `make run` has it (the demo corpus, ingested by the chat service at start), for the
+    next start_stack: each chat then embeds its question and searches the base (two model calls)."""
+    os.environ.update(
+        {
+            "KB_ROOT": str(ROOT / "devtools" / "kb_corpus"),
+            "KB_SYNC_EVERY_S": "3600",
+            "KB_MIN_SIMILARITY": "0.15",  # the fake embedder's scale
+        }
+    )
+
+
+async def knowledge_ready(database_url: str, timeout_s: float = 120) -> int:
+    """The demo corpus ingested by the chat service's first sync: its chunks, once their count stops growing."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline, last = time.monotonic() + timeout_s, -1
+        while time.monotonic() < deadline:
+            count = int(await conn.fetchval("SELECT count(*) FROM kb_chunks"))
+            if count and count == last:
+                return count
+            last = count
+            await asyncio.sleep(2)
+        raise TimeoutError("the knowledge base was not ingested in time")
+    finally:
+        await conn.close()
+
+
 def start_stack(
     database_url: str, run_dir: Path, pool_max: int
 ) -> tuple[str, dict[str, subprocess.Popen[bytes]], list[int]]:

@@ -6,7 +6,7 @@ at c=16 through nginx with wrk for `--minutes`, and samples each service's resid
 its RSS at the start of the load, at half-time and at the end, and the growth over the second half per 10,000
 chats: a plateau is a growth under `PLATEAU_MB_PER_10K`.
 
-    python -m bench.soak [--minutes 10] [--every 10] [--out bench/soak.json]
+    python -m bench.soak [--minutes 10] [--every 10] [--no-knowledge] [--out bench/soak.json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from bench.run import (
     SECRET,
     Scenario,
     drop_database,
+    knowledge_base_on,
+    knowledge_ready,
     pool_max_with_room,
     recreate_database,
     run_wrk,
@@ -112,12 +114,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Each chat opens a conversation (wrk_report.lua): tens of thousands here, beyond the per-user cap.
     os.environ["MAX_CONVERSATIONS_PER_USER"] = "0"
+    if args.knowledge:
+        knowledge_base_on()
     base, processes, _ = start_stack(url, run_dir, await pool_max_with_room(url))
     pids = {service: processes[service].pid for service in SERVICES if service in processes}
     token = issue_token(user_id=user_id, username="soak", role="user", secret=SECRET, ttl_seconds=86_400)
     chat = Scenario(f"soak {uuid.uuid4().hex[:6]}", "/webhook/wibot/chat", "POST", token=token, chat=True)
     seconds = args.minutes * 60
     try:
+        chunks = await knowledge_ready(url) if args.knowledge else 0
         load = asyncio.ensure_future(run_wrk(base, chat, 16, seconds))
         samples = await sample(url, pids, args.every, time.monotonic() + seconds)
         result = await load
@@ -126,7 +131,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         await drop_database(server, name)
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": f"python -m bench.soak --minutes {args.minutes} --every {args.every}",
+        "command": f"python -m bench.soak --minutes {args.minutes} --every {args.every}"
+        + ("" if args.knowledge else " --no-knowledge"),
+        "knowledge_base_chunks": chunks,
         "event_loop": os.environ.get("EVENT_LOOP", "uvloop"),
         "load": {"concurrency": 16, "rps": result.rps, "p50_ms": result.p50_ms, "errors": result.errors},
         "services": {service: growth(samples, service) for service in pids},
@@ -138,6 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=10.0)
+    parser.add_argument(
+        "--knowledge", action=argparse.BooleanOptionalAction, default=True, help="the demo knowledge base on"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
     args = parser.parse_args()
     report = asyncio.run(soak(args))

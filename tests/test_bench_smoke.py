@@ -120,6 +120,7 @@ async def test_soak_bench_samples_every_service(tmp_path, database_url):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["services"]) == {"auth", "chat", "conversations"}
+    assert report["knowledge_base_chunks"] > 0  # the load ran with the demo knowledge base on
     assert len(report["samples"]) >= 3
     assert all(sample["chat"] > 0 for sample in report["samples"])  # a live process's RSS, in MB
 
