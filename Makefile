@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: prerequisites install migrate schema openapi run test lint fmt bench soak security fuzz mutation clean
+.PHONY: prerequisites install migrate schema openapi run test lint fmt bench bench-passthrough soak security fuzz mutation clean
 
 # nginx lives in /usr/sbin on Debian, which is not on every user's PATH.
 export PATH := $(PATH):/usr/sbin:/sbin
@@ -64,6 +64,10 @@ bench: install
 # Memory under a long chat load (10 minutes by default; not part of make bench). Writes bench/soak.json.
 soak: install
 	$(PY) -m bench.soak
+
+# Our chat against LiteLLM's proxy as a passthrough to the same fake model (LiteLLM in a throwaway venv).
+bench-passthrough: install
+	$(PY) -m bench.passthrough
 
 # Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
 security: install

