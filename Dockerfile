@@ -19,7 +19,6 @@ COPY docs/openapi.json ./docs/openapi.json
 RUN useradd --system --uid 10001 --no-create-home wibot
 USER wibot
 EXPOSE 8001 8002 8003
-# Each compose service overrides the port; the probe follows the service (see docker-compose.yml).
-HEALTHCHECK --interval=10s --timeout=5s --retries=5 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=3)"
+# The probe follows the service the container runs: the port of its command line (shared/probe.py).
+HEALTHCHECK --interval=10s --timeout=5s --retries=5 CMD ["python", "-m", "shared.probe"]
 CMD ["python", "-m", "services.auth", "--host", "0.0.0.0", "--port", "8001"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ def serve(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or default_port))
     args = parser.parse_args()
     settings = load_settings_or_exit()
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=service)

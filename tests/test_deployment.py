@@ -173,3 +173,17 @@ def test_nginx_in_compose_resolves_the_services_at_request_time(compose_config):
     assert (major, minor, patch) >= (1, 27, 3)  # `resolve` on upstream servers in open-source nginx
     template = (ROOT / "nginx" / "wibot.conf.template").read_text(encoding="utf-8")
     assert template.count("zone wibot_") == 3  # the shared memory re-resolved addresses live in
+
+
+def test_the_images_health_check_asks_the_port_its_service_listens_on(tmp_path):
+    """Issue #33 point 3: one image runs auth, chat or conversations; its check follows the command line."""
+    from shared.probe import listening_port
+
+    chat = ["python", "-m", "services.chat", "--host", "0.0.0.0", "--port", "8002"]
+    assert listening_port(chat, {}) == 8002
+    assert listening_port(["python", "-m", "services.conversations", "--port=8003"], {"PORT": "9"}) == 8003
+    assert listening_port(["python", "-m", "services.chat"], {"PORT": "8012"}) == 8012  # PORT, as serve() reads it
+    assert listening_port(["python", "-m", "services.auth"], {}) == 8001
+    final = (ROOT / "Dockerfile").read_text(encoding="utf-8").split("\nFROM ")[-1]
+    assert 'HEALTHCHECK --interval=10s --timeout=5s --retries=5 CMD ["python", "-m", "shared.probe"]' in final
+    assert "8001/healthz" not in final

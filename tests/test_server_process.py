@@ -80,3 +80,22 @@ async def test_an_abandoned_chat_stops_its_model_call_and_is_not_charged(chat_pr
     assert fake_mistral.answered == 0
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0  # refunded
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_service_started_without_port_listens_on_port_from_the_environment(database_url, tmp_path):
+    """PORT (a container's way to say it) when there is no --port: the image's health check reads the same."""
+    (port,) = free_ports(1)
+    env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET, "PORT": str(port)}
+    log = (tmp_path / "conversations.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "services.conversations"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        wait_for_port(port, timeout=30)
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert (response.status, await response.json()) == (200, {"success": True, "status": "ok"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
