@@ -427,6 +427,30 @@ async def test_the_cli_ingests_with_a_progress_bar_and_reports(kb_settings, clie
     assert "Source : sauvegarde-veeam.md" in system_prompt(fake_mistral)
 
 
+async def test_the_cli_beside_make_run_finds_its_model_server_without_a_key(kb_settings, db, fake_mistral):
+    """#33: `kb ingest` right after `make run` (no MISTRAL_API_KEY: the stack answers from its fake model server)
+    uses that server, as the services do, instead of failing after its retries against api.mistral.ai."""
+    from urllib.parse import urlsplit
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": kb_settings.database_url,
+        "JWT_SECRET": TEST_SECRET,
+        "KB_ROOT": str(kb_settings.kb_root),
+        "MISTRAL_API_KEY": "",
+        "MISTRAL_SERVER_URL": "https://api.mistral.ai",  # the default: what a .env without a key leaves
+        "FAKE_MISTRAL_PORT": str(urlsplit(fake_mistral.url).port),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.chat", "kb", "ingest", "procedures", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "5 fichiers : 5 ajoutés" in out.decode()
+    assert len(fake_mistral.embedded) > 0 and await db.fetchval("SELECT count(*) FROM kb_chunks") > 0
+
+
 # --- the in-process index -----------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.ingest import IngestStats, ingest
 from services.chat.llm import build_client
 from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, load_settings_or_exit
-from shared.db import database_of_make_run
+from shared.db import database_of_make_run, model_of_make_run
 from shared.errors import DomainError
 
 
@@ -67,8 +67,10 @@ def progress_bar() -> Iterator[ProgressBar]:
 
 
 def relative_to_root(settings: Settings, path: str | None) -> str | None:
-    """PATH as typed (relative to the current folder, or absolute), as the ingestion reads it: under KB_ROOT."""
-    if path is None or settings.kb_root is None:
+    """PATH as the ingestion reads it: a relative one is a folder of KB_ROOT, as the HTTP API's `path` and the
+    README's `kb ingest procedures` (#33: it was read from the current folder); an absolute one (a shell's
+    completion) as it is, which must still lie under KB_ROOT."""
+    if path is None or settings.kb_root is None or not Path(path).is_absolute():
         return path
     return str(Path(path).resolve())
 
@@ -119,7 +121,7 @@ def report(stats: IngestStats) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = database_of_make_run(load_settings_or_exit())
+    settings = model_of_make_run(database_of_make_run(load_settings_or_exit()))
     try:
         if args.command == "status":
             print(asyncio.run(run_status(settings)))
