@@ -6,11 +6,13 @@ who never received it (F3 of the security round 3)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -37,13 +39,18 @@ def chat_process(database_url, fake_mistral, tmp_path):
         "KB_TOP_K": "0",
         "DB_POOL_MAX": "4",
     }
-    log = (tmp_path / "chat.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.chat", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
-    )
+    with running([sys.executable, "-m", "services.chat", "--port", str(port)], env, port, tmp_path / "chat.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
+    """A service process, as production starts it, until the block ends; then stopped as an orchestrator does."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         wait_for_port(port, timeout=30)
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -86,16 +93,6 @@ async def test_a_service_started_without_port_listens_on_port_from_the_environme
     """PORT (a container's way to say it) when there is no --port: the image's health check reads the same."""
     (port,) = free_ports(1)
     env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET, "PORT": str(port)}
-    log = (tmp_path / "conversations.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "services.conversations"], env=env, cwd=ROOT, stdout=log, stderr=log)
-    try:
-        wait_for_port(port, timeout=30)
+    with running([sys.executable, "-m", "services.conversations"], env, port, tmp_path / "conversations.log"):
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
             assert (response.status, await response.json()) == (200, {"success": True, "status": "ok"})
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
