@@ -156,11 +156,6 @@ class ModelFailed(DomainError):
         super().__init__(fault)
         self.fault = fault
 
-    @property
-    def temporary(self) -> bool:
-        """Worth trying again soon (the server away or overloaded), as opposed to a reply we cannot use."""
-        return self.fault in ("busy", "unreachable", "timeout")
-
     def api_error(self) -> ApiError:
         if self.fault == "timeout":
             return ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT")

@@ -14,7 +14,6 @@ Both are checked against one SDK version (sdk_models.CHECKED_VERSION) and tested
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -114,13 +113,10 @@ def run_hooks_inline() -> bool:
     """The SDK's hooks run on the event loop when none of them may block (checked once, at client construction);
     True when they do."""
     from mistralai.client import basesdk
+    from mistralai.client.utils import run_sync_in_thread  # the SDK's own, put back when a hook may block
 
     if hooks_may_block():
-        basesdk.run_sync_in_thread = _in_thread  # type: ignore[attr-defined]
+        basesdk.run_sync_in_thread = run_sync_in_thread  # type: ignore[attr-defined]
         return False
     basesdk.run_sync_in_thread = run_inline  # type: ignore[attr-defined]
     return True
-
-
-async def _in_thread(func: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(func, *args)
