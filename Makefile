@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m devtools.portable_pgvector
 	touch $@
 
 # Applies pending db/migrations to DATABASE_URL (or POSTGRES_*, .env) and prints what it applied.

@@ -61,4 +61,5 @@ async def readyz(request: web.Request) -> web.Response:
         log.error("not_ready", reason="database_behind", missing=missing, fix="make migrate")
         return envelope_response(503, SCHEMA_BEHIND_MESSAGE, "SCHEMA_BEHIND")
     schema.current = True
-    return json_body_response({"success": True, "status": "ready"})
+    details = request.app.get(AppKeys.READY_DETAILS)
+    return json_body_response({"success": True, "status": "ready", **({"details": details} if details else {})})

@@ -33,6 +33,8 @@ class AppKeys:
     SCHEMA = web.AppKey("schema", SchemaCheck)
     SETTINGS = web.AppKey("settings", Settings)
     SERVICE = web.AppKey("service", str)
+    # What /readyz adds to its answer about how the service runs (e.g. chat's knowledge-base vector path).
+    READY_DETAILS = web.AppKey("ready_details", dict[str, str])
     SESSIONS = SESSIONS
 
 

@@ -31,7 +31,14 @@ EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embe
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]
 )
-KNOWLEDGE_INDEX_CHUNKS = Gauge("wibot_kb_index_chunks", "Site chunks held by this process's vector index")
+KNOWLEDGE_INDEX_CHUNKS = Gauge(
+    "wibot_kb_index_chunks", "Site chunks searchable by meaning (held in this process, or in the database on pgvector)"
+)
+KNOWLEDGE_VECTOR_PATH = Gauge(
+    "wibot_kb_vector_path",
+    "1 for the path this process searches the site's vectors by: pgvector or in_process",
+    ["path"],
+)
 EXTRACTIONS_REFUSED = Counter(
     "wibot_extractions_refused_total", "Attachments refused because the extraction pool was full", ["bound"]
 )

@@ -12,8 +12,14 @@ import sys
 
 from pydantic import ValidationError
 
-from shared.migrations import apply_migrations, known_migrations, missing_migrations
+from shared.migrations import apply_migrations, enable_vectors, known_migrations, missing_migrations
 from shared.settings import DatabaseSettings
+
+VECTOR_PATHS = {
+    "pgvector": "pgvector (searched by the database, HNSW index)",
+    "unavailable": "in process (this server has no pgvector extension)",
+    "not_installed": "in process (pgvector is available: a superuser runs CREATE EXTENSION vector, then make migrate)",
+}
 
 
 async def _pending(dsn: str) -> list[str]:
@@ -46,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{where}: {len(pending)} pending of {len(known_migrations())}")
             return 1 if pending else 0
         applied = apply_migrations(dsn, existing_rows_timezone=settings.existing_rows_timezone)
+        vectors = enable_vectors(dsn)
     except Exception as exc:  # a CLI: one line, never a traceback (connection refused, bad password, SQL error)
         print(f"Migration impossible sur {where}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 1
     for migration_id in applied:
         print(f"applied  {migration_id}")
     print(f"{where}: up to date ({len(known_migrations())} migrations, {len(applied)} applied now)")
+    print(f"knowledge-base vectors: {VECTOR_PATHS[vectors]}")
     return 0
 
 

@@ -74,6 +74,20 @@ def apply_migrations(dsn: str, *, upto: str | None = None, existing_rows_timezon
         backend.connection.close()
 
 
+ENABLE_VECTORS_SQL = "SELECT wibot_kb_vectors()"  # migration 0016: idempotent
+
+
+def enable_vectors(dsn: str) -> str:
+    """The knowledge base's pgvector column and index, where the extension is (or can now be) installed: called
+    after every `make migrate`, so that a superuser's later `CREATE EXTENSION vector` takes effect. Returns
+    'pgvector', 'unavailable' (no extension on this server) or 'not_installed' (this role may not create it)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(ENABLE_VECTORS_SQL).fetchone()
+    return str(row[0]) if row else "unavailable"
+
+
 def _recorded_any_migration(connection: Any) -> bool:
     """yoyo may create its (empty) tables as soon as it connects: look for a recorded migration, not a table."""
     with connection.cursor() as cursor:

@@ -166,6 +166,14 @@ class Settings(DatabaseSettings):
     kb_index_attachments: bool = Field(
         True, description="Attachments over CHAT_FILES_MAX_CHARS are indexed for their conversation, not cut"
     )
+    kb_vector_search: Literal["auto", "in_process"] = Field(
+        "auto",
+        description="auto: the database searches the vectors where it has pgvector (migration 0016), else each chat"
+        " process holds them; in_process: always the latter",
+    )
+    kb_hnsw_ef_search: int = Field(
+        100, ge=1, le=1000, description="pgvector path: candidates the HNSW search keeps (recall against latency)"
+    )
 
     # --- safeguard (approval of AI tool calls, held by an external Safeguard/MCP server) ---------
     safeguard_url: str | None = Field(None, description="Base URL of the Safeguard server (unset: not available)")

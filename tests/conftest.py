@@ -76,6 +76,36 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.cleanup()
 
 
+@pytest.fixture(scope="session")
+def pgvector_database_url(pgvector_server: str) -> str:
+    """A throwaway database on the pgvector server, migrated as `make migrate` does (the knowledge base's pgvector
+    path: migration 0016 finds the extension there)."""
+    name = f"wibot_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(pgvector_server)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    url = pgvector_server.replace("/postgres?", f"/{name}?")
+    apply_migrations(url)
+    return url  # dropped with its server at the end of the run
+
+
+@pytest.fixture(params=["in_process", "pgvector"])
+def vector_path(request: pytest.FixtureRequest) -> str:
+    """The knowledge base's two paths, for the modules that run their tests on both: each overrides
+    `database_url` with `on_vector_path` (the machine's PostgreSQL without pgvector, or the pgvector server)."""
+    return str(request.param)
+
+
+def on_vector_path(request: pytest.FixtureRequest, vector_path: str, database_url: str) -> str:
+    return str(request.getfixturevalue("pgvector_database_url")) if vector_path == "pgvector" else database_url
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)

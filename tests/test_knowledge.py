@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import io
 import itertools
+import json
 import os
 import pty
 import shutil
@@ -33,13 +34,19 @@ from services.chat.knowledge.index import VectorIndex
 from services.chat.resources import CHAT as RESOURCES
 from services.conversations.app import create_app as create_conversations_app
 from shared import AppKeys
-from tests.conftest import TEST_SECRET, bearer
+from tests.conftest import TEST_SECRET, bearer, on_vector_path
 from tests.documents import PNG, b64, text_pdf
 
 CHAT = "/webhook/wibot/chat"
 INGEST = "/webhook/wibot/rag/ingest"
 CORPUS = Path(__file__).resolve().parent.parent / "devtools" / "kb_corpus"
 CORPUS_FILES = 11
+
+
+@pytest.fixture
+def database_url(request, vector_path, database_url):
+    """Every test of this module runs on both vector paths (tests/conftest.py: vector_path)."""
+    return on_vector_path(request, vector_path, database_url)
 
 
 @pytest.fixture
@@ -232,6 +239,27 @@ async def test_a_folder_ingested_by_the_route_is_retrieved_and_cited(client, adm
     assert "réattribue un FortiToken" in prompt
     assert await db.fetchval("SELECT rag_used FROM messages WHERE role = 'user'") is True
     assert await db.fetchval("SELECT rag_used FROM messages WHERE role = 'assistant'") is False
+
+
+async def test_the_vector_path_is_said_at_start_in_readyz_and_as_a_metric(
+    make_client, kb_settings, vector_path, capsys
+):
+    """pgvector where the database has it (migration 0016), in process otherwise: the operator sees which."""
+    client = await make_client(create_app(kb_settings))
+    assert client.app[RESOURCES].knowledge.index.path == vector_path
+    started = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"kb_vector_path"' in line]
+    assert [event["path"] for event in started] == [vector_path]
+    r = await client.get("/readyz")
+    assert (await r.json())["details"] == {"knowledge_vectors": vector_path}
+    metrics = await (await client.get("/metrics")).text()
+    assert f'wibot_kb_vector_path{{path="{vector_path}"}} 1.0' in metrics
+    other = "in_process" if vector_path == "pgvector" else "pgvector"
+    assert f'wibot_kb_vector_path{{path="{other}"}} 0.0' in metrics
+
+
+async def test_kb_vector_search_in_process_keeps_the_vectors_in_process_even_on_pgvector(make_client, kb_settings):
+    client = await make_client(create_app(kb_settings.model_copy(update={"kb_vector_search": "in_process"})))
+    assert client.app[RESOURCES].knowledge.index.path == "in_process"
 
 
 async def test_a_message_the_documents_do_not_answer_gets_no_passage(client, admin_id, user_id, db, fake_mistral):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 from services.chat.app import create_app
 from services.chat.knowledge import queries
 from services.chat.knowledge.retrieval import (
@@ -19,7 +21,15 @@ from services.chat.knowledge.retrieval import (
     text_query,
 )
 from services.chat.resources import CHAT as RESOURCES
+from tests.conftest import on_vector_path
 from tests.test_knowledge import ask, wait_until
+
+
+@pytest.fixture
+def database_url(request, vector_path, database_url):
+    """Every test of this module runs on both vector paths (tests/conftest.py: vector_path)."""
+    return on_vector_path(request, vector_path, database_url)
+
 
 QUESTION = "Pourquoi l'onduleur est-il passé sur batterie ?"
 MATCHING = "L'onduleur du local technique est passé sur batterie pendant la coupure : vérifier les batteries."
@@ -33,6 +43,14 @@ def rows_read(plan: dict, relation: str = "kb_chunks") -> int:
         total += int((plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops)
         total += int(plan.get("Rows Removed by Index Recheck", 0))
     return total + sum(rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+def node_types(plan: dict, node_type: str) -> set[str]:
+    """Names of the indexes the plan's nodes of this type scan."""
+    names = {plan["Index Name"]} if plan.get("Node Type") == node_type and "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        names |= node_types(child, node_type)
+    return names
 
 
 async def explain(db, sql: str, *args) -> dict:
@@ -51,7 +69,7 @@ async def add_document(db, *, chunks: int, content: str, conversation_id=None, u
     )
     await db.execute(
         "INSERT INTO kb_chunks (document_id, position, content, embedding)"
-        " SELECT $1, n, $2 || ' ' || n, '{0.6,0.8}' FROM generate_series(0, $3 - 1) AS n",
+        " SELECT $1, n, $2 || ' ' || n, array_fill(0.03125::real, ARRAY[1024]) FROM generate_series(0, $3 - 1) AS n",
         document_id,
         content,
         chunks,
@@ -59,7 +77,7 @@ async def add_document(db, *, chunks: int, content: str, conversation_id=None, u
     return document_id
 
 
-async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks(db, factory):
+async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks(db, factory, vector_path):
     owner, crowd = await factory.user("proprietaire"), await factory.user("foule")
     own_conversation = uuid.uuid4()
     await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")  # the site's
@@ -72,18 +90,28 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
 
     # The scope is the database's, from each chunk's document: no writer can leave it out.
     assert await db.fetchval("SELECT count(*) FROM kb_chunks WHERE conversation_id IS NULL") == 5
-    args = (QUESTION, own_conversation, owner, 20, [], TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES)
-    plan = await explain(db, queries.CANDIDATES_SQL, *args)
+    # In process, the site's vector hits come as ids ($5: none here); on pgvector, the question's vector.
+    statement, vector_hits = (
+        (queries.VECTOR_CANDIDATES_SQL, [0.03125] * 1024) if vector_path == "pgvector" else (queries.CANDIDATES_SQL, [])
+    )
+    args = (QUESTION, own_conversation, owner, 20, vector_hits, TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES)
+    async with db.transaction():
+        await db.execute(queries.SET_HNSW_SEARCH_SQL, "40")
+        plan = await explain(db, statement, *args)
+        rows = await db.fetch(statement, *args)
     read = rows_read(plan)
-    # The site's 5 and this conversation's 3, each read by its search and again to be returned: never the
-    # 3,000 chunks of other conversations nor the 3,000 deleted ones.
-    assert read <= 4 * (5 + 3), json.dumps(plan)[:3000]
-    rows = await db.fetch(queries.CANDIDATES_SQL, *args)
+    # The site's 5 and this conversation's 3, each read by each of its searches and again to be returned: never
+    # the 3,000 chunks of other conversations nor the 3,000 deleted ones.
+    assert read <= 5 * (5 + 3), json.dumps(plan)[:3000]
     assert len(rows) == 8
-    assert sum(row["embedding"] is not None for row in rows) == 3  # vectors come only with the caller's chunks
+    if vector_path == "pgvector":  # every chunk scored by the database, none of their vectors read out
+        assert "embedding" not in rows[0] and all(row["similarity"] > 0.99 for row in rows)
+        assert "idx_kb_site_chunks_hnsw" in node_types(plan, "Index Scan"), json.dumps(plan)[:3000]
+    else:
+        assert sum(row["embedding"] is not None for row in rows) == 3  # vectors come only with the caller's chunks
 
     # Another user's message, in a conversation of theirs, finds the site's chunks and nothing of the crowd's.
-    other_rows = await db.fetch(queries.CANDIDATES_SQL, QUESTION, uuid.uuid4(), owner, *args[3:])
+    other_rows = await db.fetch(statement, QUESTION, uuid.uuid4(), owner, *args[3:])
     assert len(other_rows) == 5
 
 

@@ -69,6 +69,7 @@ def chat_resources(settings: Settings) -> Callable[[web.Application], contextlib
             alerts = await stack.enter_async_context(AlertSender.opened(settings.quota_alert_webhook_url))
             stack.push_async_callback(background.close)  # first to close: loops stopped, settling work finished
             await start_knowledge(knowledge, background)
+            app[AppKeys.READY_DETAILS] = {"knowledge_vectors": knowledge.index.path}
             background.loop(sweep_every_minute(pool, settings), name="chat_sweeper")
             app[CHAT] = Chat(
                 settings=settings,

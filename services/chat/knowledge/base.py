@@ -12,10 +12,11 @@ from mistralai.client import Mistral
 from services.chat.attachments import Extractor
 from services.chat.errors import KnowledgeBusy, KnowledgeNotConfigured, ModelFailed
 from services.chat.knowledge import queries
-from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
+from services.chat.knowledge.index import PGVECTOR, IndexFollower, SiteChunks, SiteIndex, VectorIndex, keep_current
 from shared import Settings, get_logger
 from shared.background import Background
 from shared.lanes import Lanes
+from shared.metrics import KNOWLEDGE_VECTOR_PATH
 
 log = get_logger("wibot.knowledge")
 
@@ -35,7 +36,7 @@ class KnowledgeBase:
     pool: asyncpg.Pool
     client: Mistral
     extractor: Extractor
-    index: VectorIndex = field(default_factory=VectorIndex)
+    index: SiteIndex = field(default_factory=VectorIndex)  # start_knowledge chooses it
     follower: IndexFollower = field(init=False)
     retrievals: Lanes = field(init=False)
 
@@ -49,8 +50,14 @@ class KnowledgeBase:
 
 
 async def start_knowledge(kb: KnowledgeBase, background: Background) -> None:
-    """After the pool, the model client and the extractor: the index's listener (waited for a while, so that a
-    starting process serves with its index), then the sync if asked."""
+    """After the pool, the model client and the extractor: the vector path chosen, the index's listener (waited
+    for a while, so that a starting process serves with its index), then the sync if asked."""
+    if kb.settings.kb_vector_search == "auto" and await kb.pool.fetchval(queries.HAS_VECTOR_INDEX_SQL):
+        kb.index = SiteChunks()
+        kb.follower = IndexFollower(kb.index)
+    for path in (PGVECTOR, VectorIndex.path):
+        KNOWLEDGE_VECTOR_PATH.labels(path).set(1 if kb.index.path == path else 0)
+    log.info("kb_vector_path", path=kb.index.path, setting=kb.settings.kb_vector_search)
     background.loop(keep_current(kb.follower, kb.settings.dsn), name="kb_index_follower")
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(INDEX_STARTUP_WAIT_S):

@@ -71,6 +71,7 @@ async def consult_knowledge(
                 own_min_similarity=own_min_similarity,
                 max_chars=max_chars,
                 timeout_s=settings.kb_retrieval_timeout_s,
+                ef_search=settings.kb_hnsw_ef_search,
             )
     except TimeoutError:  # a slow retrieval costs its own message its passages, never a pool connection held
         log.warning("kb_retrieval_timeout", timeout_s=settings.kb_retrieval_timeout_s, fallback="no_passages")

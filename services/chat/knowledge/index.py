@@ -1,4 +1,6 @@
-"""The site chunks' vectors in memory, searched exactly (cosine), kept current through LISTEN/NOTIFY.
+"""What a chat process knows of the site's chunks, kept current through LISTEN/NOTIFY: on the in-process path
+(a database without pgvector) their vectors, searched exactly (cosine); on the pgvector path only how many
+chunks each site document has, the database holding and searching the vectors (retrieval.py).
 
 Each chat process holds one index. It LISTENs on `wibot_kb` (migration 0010's triggers notify every change to
 a site document), then loads everything, so a change made while loading is applied after it. After a lost
@@ -32,7 +34,13 @@ if TYPE_CHECKING:
 CHANNEL = "wibot_kb"
 
 
+IN_PROCESS, PGVECTOR = "in_process", "pgvector"
+
+
 class VectorIndex:
+    path = IN_PROCESS
+    load_sql = queries.SITE_VECTORS_SQL
+
     def __init__(self) -> None:
         self.ready = False
         self._documents: dict[int, tuple[npt.NDArray[np.int64], Vectors]] = {}
@@ -118,6 +126,34 @@ class VectorIndex:
         self._matrix = np.vstack([matrix for _, matrix in kept])
 
 
+class SiteChunks:
+    """The pgvector path's index: the site's chunk count per document, so that a message on a site without
+    documents makes no embedding call, and `ready` as on the other path. No vector, no numpy: a replica's memory
+    and start-up do not grow with the corpus."""
+
+    path = PGVECTOR
+    load_sql = queries.SITE_CHUNK_COUNTS_SQL
+    nbytes = 0
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._counts: dict[int, int] = {}
+
+    @property
+    def size(self) -> int:
+        return sum(self._counts.values())
+
+    def replace_all(self, rows: list[asyncpg.Record]) -> None:
+        self._counts = {row["document_id"]: row["chunks"] for row in rows}
+
+    def replace_document(self, document_id: int, rows: list[asyncpg.Record]) -> None:
+        self._counts.pop(document_id, None)
+        self._counts.update((row["document_id"], row["chunks"]) for row in rows)
+
+
+SiteIndex = VectorIndex | SiteChunks
+
+
 def vector_of(value: bytes | list[float]) -> Vectors:
     """A stored embedding (array_send's bytes, or a list) as float32."""
     import numpy as np
@@ -145,27 +181,27 @@ def normalized(vectors: npt.NDArray[Any]) -> Vectors:
 
 class IndexFollower(Follower):
     """Keeps `index` current through `wibot_kb`; until loaded (and from a lost connection until reloaded) the
-    index is not `ready` and retrieval uses the full-text search alone."""
+    index is not `ready`: on the in-process path, retrieval then uses the full-text search alone."""
 
     channel = CHANNEL
 
-    def __init__(self, index: VectorIndex) -> None:
+    def __init__(self, index: SiteIndex) -> None:
         super().__init__()
         self.index = index
 
     async def load(self, connection: asyncpg.Connection) -> None:
-        self.index.replace_all(await connection.fetch(queries.SITE_VECTORS_SQL, None))
+        self.index.replace_all(await connection.fetch(self.index.load_sql, None))
         self.index.ready = self.ready = True
         KNOWLEDGE_INDEX_CHUNKS.set(self.index.size)
         self.loaded.set()
-        log.info("kb_index_loaded", chunks=self.index.size)
+        log.info("kb_index_loaded", chunks=self.index.size, vector_path=self.index.path)
 
     async def apply(self, connection: asyncpg.Connection, payload: str) -> None:
         if payload == "*":
             await self.load(connection)
             return
         document_id = int(payload)
-        self.index.replace_document(document_id, await connection.fetch(queries.SITE_VECTORS_SQL, document_id))
+        self.index.replace_document(document_id, await connection.fetch(self.index.load_sql, document_id))
         KNOWLEDGE_INDEX_CHUNKS.set(self.index.size)
 
     def lost(self) -> None:

@@ -47,18 +47,27 @@ WHERE c.conversation_id IS NULL AND ($1::bigint IS NULL OR c.document_id = $1)
 ORDER BY c.document_id, c.chunk_id
 """
 
-# One round trip for a message. Every part reads only what this message may see, by an index that holds only
-# that (migration 0014): the site's chunks by their own GIN index, this conversation's by its key; another
-# conversation's chunks, however many, are never read, ranked or filtered out.
+# pgvector path (index.SiteChunks): each site document's chunks, counted (whoever wrote them) by the
+# (document_id, position) key alone; or one document's ($1) after a change.
+SITE_CHUNK_COUNTS_SQL = """
+SELECT d.document_id, (SELECT count(*) FROM kb_chunks c WHERE c.document_id = d.document_id) AS chunks
+FROM kb_documents d
+WHERE d.conversation_id IS NULL AND ($1::bigint IS NULL OR d.document_id = $1)
+"""
+
+# Which path this database gives (migration 0016 made the HNSW index only where pgvector is installed).
+HAS_VECTOR_INDEX_SQL = "SELECT to_regclass('idx_kb_site_chunks_hnsw') IS NOT NULL"
+
+# One round trip for a message, on either path. Every part reads only what this message may see, by an index that
+# holds only that (migrations 0014, 0016): the site's chunks by their own GIN (and HNSW) index, this conversation's
+# by its key; another conversation's chunks, however many, are never read, ranked or filtered out.
 #   site_every / site_any: the best full-text matches (at most $4) among the site's chunks, of the question ($1,
 #     French stemming, plain text: a `-` or quotes are not operators) holding every one of its words; only when
 #     none holds them all, of any of its words (the OR query, costlier, skipped otherwise). Each ranks at most
 #     $6 candidates: a question of common words never ranks every chunk that holds one of them.
-#   own: the caller's ($3) chunks of this conversation ($2), at most $7, with their vectors (array_send's bytes,
-#     read by numpy without a Python float per element; scored in process); own_text: the best full-text
-#     matches among them, at most $8 ranked (ranking is what costs: 200 ms for 4,000 chunks).
-#   the chunks the site's vector index chose ($5).
-CANDIDATES_SQL = """
+#   own: the caller's ($3) chunks of this conversation ($2), at most $7; own_text: the best full-text matches
+#     among them, at most $8 ranked (ranking is what costs: 200 ms for 4,000 chunks).
+_FULL_TEXT_PARTS = """
 WITH question AS (
     SELECT plainto_tsquery('french', $1) AS every_word,
            to_tsquery('simple', replace(plainto_tsquery('french', $1)::text, '&', '|')) AS any_word
@@ -96,7 +105,13 @@ WITH question AS (
     ) AS candidate
     ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
-), picked AS (
+)"""
+
+# In-process path: with the chunks the process's vector index chose ($5), and the conversation's own chunks'
+# vectors (array_send's bytes, read by numpy without a Python float per element; scored in process).
+CANDIDATES_SQL = (
+    _FULL_TEXT_PARTS  # noqa: S608 - two constants joined, never a value
+    + """, picked AS (
     SELECT chunk_id, rank FROM site_every
     UNION ALL
     SELECT chunk_id, rank FROM site_any
@@ -113,6 +128,52 @@ FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (docum
 WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
 GROUP BY c.chunk_id, d.document_id
 """
+)
+
+# pgvector path: the question's vector ($5, real[]; NULL when it could not be embedded) searched by the database.
+#   site_similar: the $4 nearest site chunks by the HNSW index, whose predicate is the site's scope: no other
+#     conversation's chunk is in the graph, so no filter can starve the result.
+#   own_similar: the conversation's own chunks (at most $7, by their key), scored exactly: no vector leaves the
+#     database.
+# Run after SET_HNSW_SEARCH_SQL, in the same transaction.
+VECTOR_CANDIDATES_SQL = (
+    _FULL_TEXT_PARTS  # noqa: S608 - two constants joined, never a value
+    + """, site_similar AS (
+    SELECT c.chunk_id, 1 - (c.embedding_vector <=> $5::real[]::halfvec) AS similarity
+    FROM kb_chunks c
+    WHERE c.conversation_id IS NULL AND $5::real[] IS NOT NULL
+    ORDER BY c.embedding_vector <=> $5::real[]::halfvec
+    LIMIT $4
+), own_similar AS (
+    SELECT c.chunk_id, 1 - (c.embedding_vector <=> $5::real[]::halfvec) AS similarity
+    FROM kb_chunks c JOIN own USING (chunk_id)
+    WHERE $5::real[] IS NOT NULL AND c.embedding_vector IS NOT NULL
+    ORDER BY similarity DESC, c.chunk_id
+    LIMIT $4
+), picked AS (
+    SELECT chunk_id, rank, NULL::float8 AS similarity FROM site_every
+    UNION ALL
+    SELECT chunk_id, rank, NULL FROM site_any
+    UNION ALL
+    SELECT chunk_id, rank, NULL FROM own_text
+    UNION ALL
+    SELECT chunk_id, NULL, similarity FROM site_similar
+    UNION ALL
+    SELECT chunk_id, NULL, similarity FROM own_similar
+)
+SELECT c.chunk_id, c.content, d.source, d.path, max(p.rank) AS rank, max(p.similarity) AS similarity,
+       c.conversation_id IS NOT NULL AS own
+FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (document_id)
+WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
+GROUP BY c.chunk_id, d.document_id
+"""
+)
+
+# For VECTOR_CANDIDATES_SQL's transaction only. iterative_scan: should ef_search ever be below the candidates
+# asked, the scan goes on instead of returning fewer (pgvector 0.8).
+SET_HNSW_SEARCH_SQL = (
+    "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+)
 
 # Attachments indexed for a conversation that was never created (the exchange failed): gone after $1 seconds.
 DELETE_ORPHAN_DOCUMENTS_SQL = """

@@ -1,4 +1,6 @@
-"""Hybrid retrieval: full-text rank (Postgres, French) and vector similarity (in process), fused by rank.
+"""Hybrid retrieval: full-text rank (Postgres, French) and vector similarity, fused by rank. The similarity is the
+database's where it has pgvector (one statement: HNSW over the site's chunks, exact over the conversation's own),
+else the process's (index.VectorIndex for the site's chunks, numpy for the conversation's own).
 
 Reciprocal rank fusion (score = Σ 1 / (RRF_K + rank)) needs no common scale between a ts_rank and a cosine.
 A chunk found by meaning alone must reach KB_MIN_SIMILARITY; the best KB_TOP_K are kept while their text fits
@@ -14,7 +16,10 @@ from uuid import UUID
 import asyncpg
 
 from services.chat.knowledge import queries
-from services.chat.knowledge.index import VectorIndex, normalized
+from services.chat.knowledge.index import SiteIndex, VectorIndex, normalized
+from shared import get_logger
+
+log = get_logger("wibot.knowledge")
 
 RRF_K = 60
 CANDIDATES_PER_SIDE = 20
@@ -28,6 +33,8 @@ OWN_TEXT_CANDIDATES = 200
 # Words of the question the full-text side searches for: a 3,500-word message made a query of 3,500 terms that
 # every index lookup and every rank had to walk (60 s by hand); the embedding still reads the whole question.
 TEXT_QUERY_WORDS = 64
+# The pgvector column's dimension (migration 0016: mistral-embed's).
+VECTOR_DIMENSION = 1024
 
 
 def text_query(question: str) -> str:
@@ -54,7 +61,7 @@ class Scope:
 
 async def retrieve(
     pool: asyncpg.Pool,
-    index: VectorIndex,
+    index: SiteIndex,
     *,
     scope: Scope,
     question: str,
@@ -64,15 +71,40 @@ async def retrieve(
     own_min_similarity: float,
     max_chars: int,
     timeout_s: float,
+    ef_search: int,
 ) -> list[Passage]:
     """The passages for a question, best first (vector None: full text only). The conversation's own chunks
     must reach `own_min_similarity` (lower when a file was indexed by this very message). TimeoutError past
     `timeout_s` (the statement is cancelled on the server, its connection back in the pool)."""
     per_side = max(CANDIDATES_PER_SIDE, top_k)
+    thresholds = (min_similarity, own_min_similarity)
+    if isinstance(index, VectorIndex):
+        rows, similar = await candidates_in_process(
+            pool, index, scope, question, vector, per_side, thresholds, timeout_s
+        )
+    else:
+        rows, similar = await candidates_in_database(
+            pool, scope, question, vector, per_side, thresholds, timeout_s, ef_search
+        )
+    return fused(rows, similar, per_side=per_side, top_k=top_k, max_chars=max_chars)
+
+
+Hits = list[tuple[int, float]]  # (chunk_id, cosine)
+
+
+async def candidates_in_process(
+    pool: asyncpg.Pool,
+    index: VectorIndex,
+    scope: Scope,
+    question: str,
+    vector: list[float] | None,
+    per_side: int,
+    thresholds: tuple[float, float],
+    timeout_s: float,
+) -> tuple[list[asyncpg.Record], Hits]:
+    site_min, own_min = thresholds
     vector_hits = (
-        index.search(vector, limit=per_side, min_similarity=min_similarity)
-        if vector is not None and index.ready
-        else []
+        index.search(vector, limit=per_side, min_similarity=site_min) if vector is not None and index.ready else []
     )
     rows = await pool.fetch(
         queries.CANDIDATES_SQL,
@@ -86,19 +118,62 @@ async def retrieve(
         OWN_TEXT_CANDIDATES,
         timeout=timeout_s,
     )
+    found = {row["chunk_id"] for row in rows}
+    similar = [(chunk_id, score) for chunk_id, score in vector_hits if chunk_id in found]
+    similar += await asyncio.to_thread(conversation_hits, rows, vector, own_min)
+    return rows, similar
+
+
+async def candidates_in_database(
+    pool: asyncpg.Pool,
+    scope: Scope,
+    question: str,
+    vector: list[float] | None,
+    per_side: int,
+    thresholds: tuple[float, float],
+    timeout_s: float,
+    ef_search: int,
+) -> tuple[list[asyncpg.Record], Hits]:
+    if vector is not None and len(vector) != VECTOR_DIMENSION:
+        log.warning("kb_dimension_mismatch", query=len(vector), index=VECTOR_DIMENSION, fallback="full_text")
+        vector = None
+    site_min, own_min = thresholds
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.SET_HNSW_SEARCH_SQL, str(ef_search))
+        rows = await conn.fetch(
+            queries.VECTOR_CANDIDATES_SQL,
+            text_query(question),
+            scope.conversation_id,
+            scope.user_id,
+            per_side,
+            vector,
+            TEXT_CANDIDATES,
+            OWN_CHUNKS_READ,
+            OWN_TEXT_CANDIDATES,
+            timeout=timeout_s,
+        )
+    similar = [
+        (row["chunk_id"], float(row["similarity"]))
+        for row in rows
+        if row["similarity"] is not None and row["similarity"] >= (own_min if row["own"] else site_min)
+    ]
+    return rows, similar
+
+
+def fused(rows: list[asyncpg.Record], similar: Hits, *, per_side: int, top_k: int, max_chars: int) -> list[Passage]:
+    """Reciprocal rank fusion of the full-text order and the similarity order; the best `top_k` passages while
+    their text fits `max_chars`."""
     by_id = {row["chunk_id"]: row for row in rows}
     text_order = sorted((r for r in rows if r["rank"] is not None), key=lambda r: (-r["rank"], r["chunk_id"]))
-    similar = [(chunk_id, score) for chunk_id, score in vector_hits if chunk_id in by_id]
-    similar += await asyncio.to_thread(conversation_hits, rows, vector, own_min_similarity)
-    similar.sort(key=lambda hit: (-hit[1], hit[0]))
-    fused: dict[int, float] = {}
+    similar = sorted(similar, key=lambda hit: (-hit[1], hit[0]))
+    scores: dict[int, float] = {}
     for rank, row in enumerate(text_order[:per_side], start=1):
-        fused[row["chunk_id"]] = fused.get(row["chunk_id"], 0.0) + 1 / (RRF_K + rank)
+        scores[row["chunk_id"]] = scores.get(row["chunk_id"], 0.0) + 1 / (RRF_K + rank)
     for rank, (chunk_id, _) in enumerate(similar[:per_side], start=1):
-        fused[chunk_id] = fused.get(chunk_id, 0.0) + 1 / (RRF_K + rank)
+        scores[chunk_id] = scores.get(chunk_id, 0.0) + 1 / (RRF_K + rank)
     passages: list[Passage] = []
     left = max_chars
-    for chunk_id, score in sorted(fused.items(), key=lambda item: (-item[1], item[0])):
+    for chunk_id, score in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
         row = by_id[chunk_id]
         if len(passages) == top_k or len(row["content"]) > left:
             break
