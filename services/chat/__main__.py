@@ -5,7 +5,8 @@ from shared.serve import serve
 
 KB_HELP = """commands:
   kb ingest [PATH] [--category C] [--full]   index the knowledge base's documents (under KB_ROOT)
-  kb status                                  what is indexed, by category"""
+  kb status                                  what is indexed, by category
+  kb adopt-n8n                               take an n8n WIBOT's n8n_vectors, without embedding again"""
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["kb"]:

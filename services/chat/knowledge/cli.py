@@ -1,4 +1,4 @@
-"""`python -m services.chat kb ingest PATH [--category C] [--full]` and `kb status`, for operators.
+"""`python -m services.chat kb ingest PATH [--category C] [--full]`, `kb status` and `kb adopt-n8n`, for operators.
 
 The same ingestion as POST /webhook/wibot/rag/ingest (services/chat/knowledge/ingest.py), with a progress bar
 on the terminal. PATH must lie under KB_ROOT. One line on failure, never a traceback.
@@ -18,7 +18,7 @@ import httpx2
 from tqdm import tqdm
 
 from services.chat.attachments import Extractor
-from services.chat.knowledge import queries
+from services.chat.knowledge import adopt, queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.ingest import IngestStats, ingest
 from services.chat.llm import build_client
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--category", help="catégorie des documents (par défaut : leur premier dossier)")
     run.add_argument("--full", action="store_true", help="tout réindexer, même les fichiers inchangés")
     commands.add_parser("status", help="documents et passages indexés, par catégorie")
+    commands.add_parser(
+        "adopt-n8n", help="reprend la table n8n_vectors d'un WIBOT n8n, sans appel au modèle d'embedding"
+    )
     return parser
 
 
@@ -95,6 +98,14 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> IngestStat
         await pool.close()
 
 
+async def run_adopt(settings: Settings) -> str:
+    pool = await create_pool(settings, application_name="wibot-kb-cli")
+    try:
+        return adopt.report(await adopt.adopt_n8n(settings, pool))
+    finally:
+        await pool.close()
+
+
 async def run_status(settings: Settings) -> str:
     pool = await create_pool(settings, application_name="wibot-kb-cli")
     try:
@@ -126,9 +137,15 @@ def main(argv: list[str]) -> int:
         if args.command == "status":
             print(asyncio.run(run_status(settings)))
             return 0
+        if args.command == "adopt-n8n":
+            print(asyncio.run(run_adopt(settings)))
+            return 0
         stats = asyncio.run(run_ingest(settings, args))
     except DomainError as exc:
         print(f"Erreur : {exc.api_error().message}", file=sys.stderr)
+        return 1
+    except adopt.NoN8nTable:
+        print("Erreur : cette base n'a pas de table n8n_vectors (le nœud PGVector de n8n).", file=sys.stderr)
         return 1
     except (*DB_UNAVAILABLE_ERRORS, asyncpg.InvalidCatalogNameError) as exc:
         where = settings.dsn.rsplit("@", 1)[-1]  # never the password

@@ -9,8 +9,10 @@ together (an advisory lock): a second one is refused with 409.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
@@ -25,7 +27,7 @@ from services.chat.knowledge.chunks import split
 from services.chat.knowledge.documents import SUFFIXES, document_text
 from services.chat.knowledge.embeddings import embed
 from services.chat.knowledge.store import write_chunks
-from shared import get_logger
+from shared import Settings, get_logger
 
 log = get_logger("wibot.knowledge")
 
@@ -122,13 +124,20 @@ async def ingest(
     kb: KnowledgeBase, *, path: str | None, mode: Mode, category: str | None, progress: Progress | None = None
 ) -> IngestStats:
     root, target, relative_target = confine(kb.settings.kb_root, path)
-    # The lock lives on a connection of its own: closing it releases the lock, whatever interrupts the run
-    # (pooled connections are returned without a reset: shared/db.py).
-    lock = await asyncpg.connect(kb.settings.dsn, server_settings={"application_name": "wibot-kb-ingest"})
+    async with ingestion_lock(kb.settings):
+        return await _ingest_locked(kb, root, target, relative_target, mode, category, progress)
+
+
+@contextlib.asynccontextmanager
+async def ingestion_lock(settings: Settings) -> AsyncIterator[None]:
+    """One writer of the site's documents at a time, all processes together (KnowledgeBusy otherwise). The lock
+    lives on a connection of its own: closing it releases the lock, whatever interrupts the run (pooled
+    connections are returned without a reset: shared/db.py)."""
+    lock = await asyncpg.connect(settings.dsn, server_settings={"application_name": "wibot-kb-ingest"})
     try:
         if not await lock.fetchval(queries.INGEST_LOCK_SQL):
             raise KnowledgeBusy
-        return await _ingest_locked(kb, root, target, relative_target, mode, category, progress)
+        yield
     finally:
         await asyncio.shield(lock.close(timeout=5))
 

@@ -204,3 +204,47 @@ SELECT d.category, count(*) AS documents, COALESCE(sum(d.chunk_count), 0) AS chu
 FROM kb_documents d WHERE d.conversation_id IS NULL
 GROUP BY d.category ORDER BY d.category
 """
+
+# --- adoption of an n8n WIBOT's vectors (adopt.py) ---------------------------------------------------------
+# n8n's PGVector node writes LangChain's PGVectorStore table: "id" uuid, "text" text, "metadata" jsonb (WIBOT's
+# rag_ingestion sets source, category, path and, for an attachment, conversation_id and user_id; LangChain's
+# splitter adds loc.lines), "embedding" vector (mistral-embed). The site's rows (no conversation) are copied once,
+# inside the database, with their document's path as n8n wrote it (relative to its folder, a leading '/').
+N8N_TABLE_SQL = "SELECT to_regclass('n8n_vectors') IS NOT NULL"
+
+N8N_STAGE_SQL = """
+CREATE TEMPORARY TABLE adopted ON COMMIT DROP AS
+SELECT ltrim(COALESCE(NULLIF(v.metadata->>'path', ''), v.metadata->>'source'), '/') AS path,
+       COALESCE(NULLIF(v.metadata->>'source', ''), v.metadata->>'path') AS source,
+       COALESCE(NULLIF(v.metadata->>'category', ''), 'general') AS category,
+       v."text" AS content,
+       v.embedding::real[] AS embedding,
+       row_number() OVER (
+           PARTITION BY ltrim(COALESCE(NULLIF(v.metadata->>'path', ''), v.metadata->>'source'), '/')
+           ORDER BY (v.metadata #>> '{loc,lines,from}')::int NULLS LAST, v."text", v.id
+       ) - 1 AS position
+FROM n8n_vectors v
+WHERE COALESCE(v.metadata->>'conversation_id', '') = ''
+  AND v."text" IS NOT NULL AND v.embedding IS NOT NULL
+  AND COALESCE(NULLIF(v.metadata->>'path', ''), NULLIF(v.metadata->>'source', '')) IS NOT NULL
+"""
+
+N8N_LEFT_OUT_SQL = """
+SELECT count(*) FILTER (WHERE COALESCE(metadata->>'conversation_id', '') <> '') AS attachments,
+       count(*) FILTER (WHERE COALESCE(metadata->>'conversation_id', '') = '') AS site
+FROM n8n_vectors
+"""
+
+# Each adopted document with its chunks' text in order (no vector leaves the database).
+N8N_DOCUMENTS_SQL = """
+SELECT path, min(source) AS source, min(category) AS category, array_agg(content ORDER BY position) AS chunks
+FROM adopted GROUP BY path ORDER BY path
+"""
+
+DELETE_DOCUMENTS_CHUNKS_SQL = "DELETE FROM kb_chunks WHERE document_id = ANY($1::bigint[])"
+
+N8N_COPY_CHUNKS_SQL = """
+INSERT INTO kb_chunks (document_id, position, content, embedding)
+SELECT d.document_id, a.position, a.content, a.embedding
+FROM adopted a JOIN unnest($1::text[], $2::bigint[]) AS d(path, document_id) USING (path)
+"""
