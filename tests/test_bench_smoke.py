@@ -89,24 +89,28 @@ async def test_streaming_bench_runs_and_reports(tmp_path, database_url):
         assert run["chat"]["chunks_per_stream"] == run["ceiling"]["chunks_per_stream"] == report["chunks_per_reply"]
 
 
-@pytest.mark.timeout(180)
-async def test_knowledge_bench_runs_and_reports(tmp_path, database_url):
-    server = database_url.rsplit("/", 1)[0] + "/postgres"
-    env = {**os.environ, "BENCH_SERVER_URL": server, "DATABASE_URL": server}
+@pytest.mark.timeout(240)
+async def test_knowledge_bench_runs_and_reports(tmp_path, pgvector_server):
+    env = {**os.environ, "BENCH_PGVECTOR_URL": pgvector_server}
     out = tmp_path / "knowledge.json"
     command = [sys.executable, "-m", "bench.knowledge", "--files", "4", "--pdfs", "1", "--pdf-pages", "2",
-               "--max-chunks", "0", "--samples", "24", "--out", str(out)]  # fmt: skip
+               "--distractors", "300", "--sizes", "400", "--samples", "24", "--ef-search", "40",
+               "--variants", "8,32", "--variants-at", "400", "--out", str(out)]  # fmt: skip
     result = await asyncio.to_thread(
-        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170
+        subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=230
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert (report["ingestion"]["files"], report["ingestion"]["pdf_pages"]) == (5, 2)
     assert report["ingestion"]["unchanged_skipped"] == 5
-    (size, figures), *_ = report["sizes"].items()
-    assert figures["index_chunks"] == int(size) > 0
-    # Recall is no timing: the fake embedder and the full-text search are deterministic.
-    assert figures["recall_at_5"] >= 0.9
+    ((size, figures),) = report["sizes"].items()
+    assert int(size) == 400 and figures["index_mib"] > 0
+    for path in ("pgvector", "in_process"):
+        # Recall is no timing: the fake embedder and the full-text search are deterministic.
+        assert figures[path]["recall_at_5"] >= 0.9, figures
+        assert 0 < figures[path]["ndcg_at_5"] <= 1 and figures[path]["rss_mb"] > 0
+    assert figures["exact_recall"]["40"]["recall_at_5"] >= 0.9  # 400 chunks: the graph finds nearly all
+    assert set(report["variants"]) == {"m=8,ef_construction=32"}
 
 
 @pytest.mark.timeout(180)

