@@ -79,8 +79,11 @@ ORDER BY embedding_vector <=> $1::real[]::halfvec LIMIT 5
 """
 # Exact: every site chunk's float32 vector, no index (the ground truth the HNSW search is measured against).
 EXACT_NEAREST_SQL = """
-SELECT chunk_id FROM kb_chunks WHERE conversation_id IS NULL
-ORDER BY embedding::vector <=> $1::real[]::vector LIMIT 5
+SELECT chunk_id, embedding::vector <=> $1::real[]::vector AS distance FROM kb_chunks WHERE conversation_id IS NULL
+ORDER BY distance LIMIT 5
+"""
+EXACT_DISTANCES_SQL = """
+SELECT chunk_id, embedding::vector <=> $2::real[]::vector AS distance FROM kb_chunks WHERE chunk_id = ANY($1::bigint[])
 """
 
 
@@ -216,24 +219,36 @@ async def build_index(conn: asyncpg.Connection, definition: str) -> dict[str, An
 
 
 async def recall_against_exact(conn: asyncpg.Connection, ef_searches: list[int], exact_queries: int) -> dict[str, Any]:
-    """recall@5 of the HNSW search against exact float32 search, per hnsw.ef_search, and its p50 latency."""
-    vectors = [fake_embedding(item["question"]) for item in QUESTIONS] + near_queries(exact_queries, seed=11)
-    exact = [set(await conn.fetchval("SELECT array_agg(chunk_id) FROM (" + EXACT_NEAREST_SQL + ") AS e", v))
-             for v in vectors]  # fmt: skip
+    """recall@5 of the HNSW search against exact float32 search, per hnsw.ef_search, for the bench questions and
+    for queries near the synthetic chunks' subjects, and the search's p50. Two counts: `strict`, the share of
+    the exact five ids found; `recall_at_5`, ann-benchmarks' rule, where a result counts when its exact distance
+    is within 1e-3 of the fifth exact one (ties: on near-equidistant chunks, and halfvec's 3 significant digits,
+    any of them is as good an answer)."""
+    sets = {
+        "questions": [fake_embedding(item["question"]) for item in QUESTIONS],
+        "near": near_queries(exact_queries, seed=11),
+    }
     figures: dict[str, Any] = {}
-    for ef_search in ef_searches:
-        found, timings = 0, []
-        for vector, truth in zip(vectors, exact, strict=True):
-            async with conn.transaction():
-                await conn.execute(queries.SET_HNSW_SEARCH_SQL, str(ef_search))
-                started = time.perf_counter()
-                rows = await conn.fetch(NEAREST_SQL, vector)
-                timings.append((time.perf_counter() - started) * 1000)
-            found += len(truth & {row["chunk_id"] for row in rows})
-        figures[str(ef_search)] = {
-            "recall_at_5": round(found / (5 * len(vectors)), 3),
-            "p50_ms": round(statistics.median(timings), 2),
-        }
+    for name, vectors in sets.items():
+        exact = [await conn.fetch(EXACT_NEAREST_SQL, vector) for vector in vectors]
+        for ef_search in ef_searches:
+            strict = within = 0
+            timings = []
+            for vector, truth in zip(vectors, exact, strict=True):
+                async with conn.transaction():
+                    await conn.execute(queries.SET_HNSW_SEARCH_SQL, str(ef_search))
+                    started = time.perf_counter()
+                    found = [row["chunk_id"] for row in await conn.fetch(NEAREST_SQL, vector)]
+                    timings.append((time.perf_counter() - started) * 1000)
+                distances = await conn.fetch(EXACT_DISTANCES_SQL, found, vector)
+                fifth = truth[-1]["distance"] + 1e-3
+                strict += len({row["chunk_id"] for row in truth} & set(found))
+                within += sum(row["distance"] <= fifth for row in distances)
+            figures.setdefault(name, {})[str(ef_search)] = {
+                "recall_at_5": round(within / (5 * len(vectors)), 3),
+                "strict": round(strict / (5 * len(vectors)), 3),
+                "p50_ms": round(statistics.median(timings), 2),
+            }
     return figures
 
 

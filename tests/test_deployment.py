@@ -54,6 +54,8 @@ def test_compose_file_is_valid_and_complete(compose_config):
     assert published.startswith("5678:5678")
     volumes = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services["postgres"]["volumes"]]
     assert volumes == ["/var/lib/postgresql/data"]  # the schema comes from the migrate job, not initdb
+    # The database searches the knowledge base's vectors (#28): pgvector's image, the version the suite tests.
+    assert services["postgres"]["image"] == "pgvector/pgvector:0.8.0-pg15"
     assert "pgdata" in compose_config["volumes"]
 
 
