@@ -29,17 +29,21 @@ TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+async def create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     name = f"wibot_test_{uuid.uuid4().hex[:12]}"
     admin_url = SERVER_URL
 
     async def create() -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        await create_database(admin_url, name)
         # The same step as `make migrate`.
         await asyncio.to_thread(apply_migrations, with_database(admin_url, name))
 
@@ -81,15 +85,7 @@ def pgvector_database_url(pgvector_server: str) -> str:
     """A throwaway database on the pgvector server, migrated as `make migrate` does (the knowledge base's pgvector
     path: migration 0016 finds the extension there)."""
     name = f"wibot_test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(pgvector_server)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    asyncio.run(create_database(pgvector_server, name))
     url = pgvector_server.replace("/postgres?", f"/{name}?")
     apply_migrations(url)
     return url  # dropped with its server at the end of the run

@@ -45,6 +45,13 @@ def rows_read(plan: dict, relation: str = "kb_chunks") -> int:
     return total + sum(rows_read(child, relation) for child in plan.get("Plans", []))
 
 
+def scans(plan: dict, depth: int = 0) -> str:
+    """The plan's nodes, one a line, with the rows each produced or threw away: what a failure shows."""
+    rows = plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1) + plan.get("Rows Removed by Filter", 0)
+    line = f"{'  ' * depth}{plan['Node Type']} {plan.get('Relation Name', '')} {plan.get('Index Name', '')} {rows:g}"
+    return "\n".join([line, *(scans(child, depth + 1) for child in plan.get("Plans", []))])
+
+
 def node_types(plan: dict, node_type: str) -> set[str]:
     """Names of the indexes the plan's nodes of this type scan."""
     names = {plan["Index Name"]} if plan.get("Node Type") == node_type and "Index Name" in plan else set()
@@ -82,6 +89,9 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
     own_conversation = uuid.uuid4()
     await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")  # the site's
     await add_document(db, chunks=3, content=MATCHING, conversation_id=own_conversation, user_id=owner)
+    # Statistics taken now, while the table is nearly empty, as autovacuum may (it found a plan that hash-joined
+    # this conversation's chunks against a scan of every chunk): the access paths must not depend on them.
+    await db.execute("ANALYZE kb_chunks; ANALYZE kb_documents")
     for _ in range(30):  # another user's conversations: 3,000 chunks holding every word of the question
         await add_document(db, chunks=100, content=MATCHING, conversation_id=uuid.uuid4(), user_id=crowd)
     gone = await add_document(db, chunks=3_000, content=MATCHING, conversation_id=uuid.uuid4(), user_id=crowd)
@@ -96,13 +106,13 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
     )
     args = (QUESTION, own_conversation, owner, 20, vector_hits, TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES)
     async with db.transaction():
-        await db.execute(queries.SET_HNSW_SEARCH_SQL, "40")
+        await db.execute(queries.SET_RETRIEVAL_PLAN_SQL, "40")
         plan = await explain(db, statement, *args)
         rows = await db.fetch(statement, *args)
     read = rows_read(plan)
     # The site's 5 and this conversation's 3, each read by each of its searches and again to be returned: never
     # the 3,000 chunks of other conversations nor the 3,000 deleted ones.
-    assert read <= 5 * (5 + 3), json.dumps(plan)[:3000]
+    assert read <= 5 * (5 + 3), scans(plan)
     assert len(rows) == 8
     if vector_path == "pgvector":  # every chunk scored by the database, none of their vectors read out
         assert "embedding" not in rows[0] and all(row["similarity"] > 0.99 for row in rows)

@@ -3,8 +3,9 @@
 -- writes the chunk: ingestion, an attachment, an adopted n8n table), and an HNSW index (cosine) over the site's
 -- chunks only, so that a conversation's attachments are never in the graph another user's message walks.
 -- halfvec, not vector: mistral-embed's 1024 dimensions in 2 KiB instead of 4, an index half the size (more of it
--- in shared buffers), and a recall measured equal to float32's (bench/knowledge.py). A chunk of another dimension
--- (another embedding model) gets NULL and is not in the index; the start-up log counts them.
+-- in shared buffers), and a recall measured against float32's (bench/knowledge.py). A chunk of another dimension
+-- (another embedding model) gets NULL: not in the index, found by full text only (a question's vector of another
+-- dimension is logged `kb_dimension_mismatch`).
 --
 -- On a server without the extension (Debian's PostgreSQL packages) this does nothing and chat keeps its
 -- in-process index. The extension needs a superuser to be created (it is not "trusted"): where the migrating

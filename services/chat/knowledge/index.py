@@ -138,17 +138,21 @@ class SiteChunks:
     def __init__(self) -> None:
         self.ready = False
         self._counts: dict[int, int] = {}
+        self._size = 0
 
     @property
     def size(self) -> int:
-        return sum(self._counts.values())
+        return self._size
 
     def replace_all(self, rows: list[asyncpg.Record]) -> None:
         self._counts = {row["document_id"]: row["chunks"] for row in rows}
+        self._size = sum(self._counts.values())
 
     def replace_document(self, document_id: int, rows: list[asyncpg.Record]) -> None:
-        self._counts.pop(document_id, None)
-        self._counts.update((row["document_id"], row["chunks"]) for row in rows)
+        self._size -= self._counts.pop(document_id, 0)
+        for row in rows:
+            self._counts[row["document_id"]] = row["chunks"]
+            self._size += row["chunks"]
 
 
 SiteIndex = VectorIndex | SiteChunks

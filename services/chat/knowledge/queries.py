@@ -135,7 +135,7 @@ GROUP BY c.chunk_id, d.document_id
 #     conversation's chunk is in the graph, so no filter can starve the result.
 #   own_similar: the conversation's own chunks (at most $7, by their key), scored exactly: no vector leaves the
 #     database.
-# Run after SET_HNSW_SEARCH_SQL, in the same transaction.
+# Run after SET_RETRIEVAL_PLAN_SQL, in the same transaction.
 VECTOR_CANDIDATES_SQL = (
     _FULL_TEXT_PARTS  # noqa: S608 - two constants joined, never a value
     + """, site_similar AS (
@@ -169,11 +169,18 @@ GROUP BY c.chunk_id, d.document_id
 """
 )
 
-# For VECTOR_CANDIDATES_SQL's transaction only. iterative_scan: should ef_search ever be below the candidates
-# asked, the scan goes on instead of returning fewer (pgvector 0.8).
-SET_HNSW_SEARCH_SQL = (
-    "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-)
+# Set for the candidates statement's transaction, on either path. The statement's scopes are its access paths
+# (the site's indexes, the conversation's key, primary keys) and every join in it is of a few hundred rows at
+# most: nested loops over indexes. Statistics taken when the table was nearly empty (autovacuum's timing) made
+# the planner hash-join a conversation's chunks against a scan of every chunk (tests/test_retrieval_isolation.py):
+# with sequential scans, hash and merge joins off it has no such plan to choose. hnsw.*: the candidates the graph
+# search keeps ($1), and should that be fewer than asked, the scan goes on (iterative scan, pgvector 0.8) instead
+# of returning fewer. Placeholders on a server without pgvector.
+SET_RETRIEVAL_PLAN_SQL = """
+SELECT set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true), set_config('hnsw.ef_search', $1, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true)
+"""
 
 # Attachments indexed for a conversation that was never created (the exchange failed): gone after $1 seconds.
 DELETE_ORPHAN_DOCUMENTS_SQL = """

@@ -77,87 +77,85 @@ async def retrieve(
     must reach `own_min_similarity` (lower when a file was indexed by this very message). TimeoutError past
     `timeout_s` (the statement is cancelled on the server, its connection back in the pool)."""
     per_side = max(CANDIDATES_PER_SIDE, top_k)
-    thresholds = (min_similarity, own_min_similarity)
+    search = Search(scope, question, vector, per_side, min_similarity, own_min_similarity, timeout_s)
     if isinstance(index, VectorIndex):
-        rows, similar = await candidates_in_process(
-            pool, index, scope, question, vector, per_side, thresholds, timeout_s
-        )
+        rows, similar = await candidates_in_process(pool, index, search)
     else:
-        rows, similar = await candidates_in_database(
-            pool, scope, question, vector, per_side, thresholds, timeout_s, ef_search
-        )
+        rows, similar = await candidates_in_database(pool, search, ef_search)
     return fused(rows, similar, per_side=per_side, top_k=top_k, max_chars=max_chars)
 
 
 Hits = list[tuple[int, float]]  # (chunk_id, cosine)
 
 
+@dataclass(frozen=True, slots=True)
+class Search:
+    scope: Scope
+    question: str
+    vector: list[float] | None
+    per_side: int
+    site_min_similarity: float
+    own_min_similarity: float
+    timeout_s: float
+
+    def arguments(self, vector_side: object) -> tuple[object, ...]:
+        """The candidates statements' parameters; $5 is the path's: the site's vector hits, or the vector."""
+        return (
+            text_query(self.question),
+            self.scope.conversation_id,
+            self.scope.user_id,
+            self.per_side,
+            vector_side,
+            TEXT_CANDIDATES,
+            OWN_CHUNKS_READ,
+            OWN_TEXT_CANDIDATES,
+        )
+
+
 async def candidates_in_process(
-    pool: asyncpg.Pool,
-    index: VectorIndex,
-    scope: Scope,
-    question: str,
-    vector: list[float] | None,
-    per_side: int,
-    thresholds: tuple[float, float],
-    timeout_s: float,
+    pool: asyncpg.Pool, index: VectorIndex, search: Search
 ) -> tuple[list[asyncpg.Record], Hits]:
-    site_min, own_min = thresholds
+    vector = search.vector
     vector_hits = (
-        index.search(vector, limit=per_side, min_similarity=site_min) if vector is not None and index.ready else []
+        index.search(vector, limit=search.per_side, min_similarity=search.site_min_similarity)
+        if vector is not None and index.ready
+        else []
     )
-    rows = await pool.fetch(
-        queries.CANDIDATES_SQL,
-        text_query(question),
-        scope.conversation_id,
-        scope.user_id,
-        per_side,
-        [chunk_id for chunk_id, _ in vector_hits],
-        TEXT_CANDIDATES,
-        OWN_CHUNKS_READ,
-        OWN_TEXT_CANDIDATES,
-        timeout=timeout_s,
-    )
+    hit_ids = [chunk_id for chunk_id, _ in vector_hits]
+    rows = await fetch_candidates(pool, queries.CANDIDATES_SQL, search.arguments(hit_ids), search.timeout_s, 0)
     found = {row["chunk_id"] for row in rows}
     similar = [(chunk_id, score) for chunk_id, score in vector_hits if chunk_id in found]
-    similar += await asyncio.to_thread(conversation_hits, rows, vector, own_min)
+    similar += await asyncio.to_thread(conversation_hits, rows, vector, search.own_min_similarity)
     return rows, similar
 
 
 async def candidates_in_database(
-    pool: asyncpg.Pool,
-    scope: Scope,
-    question: str,
-    vector: list[float] | None,
-    per_side: int,
-    thresholds: tuple[float, float],
-    timeout_s: float,
-    ef_search: int,
+    pool: asyncpg.Pool, search: Search, ef_search: int
 ) -> tuple[list[asyncpg.Record], Hits]:
+    vector = search.vector
     if vector is not None and len(vector) != VECTOR_DIMENSION:
         log.warning("kb_dimension_mismatch", query=len(vector), index=VECTOR_DIMENSION, fallback="full_text")
         vector = None
-    site_min, own_min = thresholds
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(queries.SET_HNSW_SEARCH_SQL, str(ef_search))
-        rows = await conn.fetch(
-            queries.VECTOR_CANDIDATES_SQL,
-            text_query(question),
-            scope.conversation_id,
-            scope.user_id,
-            per_side,
-            vector,
-            TEXT_CANDIDATES,
-            OWN_CHUNKS_READ,
-            OWN_TEXT_CANDIDATES,
-            timeout=timeout_s,
-        )
+    rows = await fetch_candidates(
+        pool, queries.VECTOR_CANDIDATES_SQL, search.arguments(vector), search.timeout_s, ef_search
+    )
     similar = [
         (row["chunk_id"], float(row["similarity"]))
         for row in rows
-        if row["similarity"] is not None and row["similarity"] >= (own_min if row["own"] else site_min)
+        if row["similarity"] is not None
+        and row["similarity"] >= (search.own_min_similarity if row["own"] else search.site_min_similarity)
     ]
     return rows, similar
+
+
+async def fetch_candidates(
+    pool: asyncpg.Pool, statement: str, arguments: tuple[object, ...], timeout_s: float, ef_search: int
+) -> list[asyncpg.Record]:
+    """The candidates statement in a transaction of its own, with its planner settings (SET_RETRIEVAL_PLAN_SQL);
+    cancelled on the server past `timeout_s` (TimeoutError), its connection back in the pool."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.SET_RETRIEVAL_PLAN_SQL, str(max(ef_search, 1)))
+        return list(await conn.fetch(statement, *arguments, timeout=timeout_s))
 
 
 def fused(rows: list[asyncpg.Record], similar: Hits, *, per_side: int, top_k: int, max_chars: int) -> list[Passage]:
