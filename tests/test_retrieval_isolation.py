@@ -14,6 +14,8 @@ import pytest
 from services.chat.app import create_app
 from services.chat.knowledge import queries
 from services.chat.knowledge.retrieval import (
+    ANY_WORD_MAX_CHUNKS,
+    ANY_WORDS,
     OWN_CHUNKS_READ,
     OWN_TEXT_CANDIDATES,
     TEXT_CANDIDATES,
@@ -104,7 +106,10 @@ async def test_a_messages_retrieval_reads_none_of_the_other_conversations_chunks
     statement, vector_hits = (
         (queries.VECTOR_CANDIDATES_SQL, [0.03125] * 1024) if vector_path == "pgvector" else (queries.CANDIDATES_SQL, [])
     )
-    args = (QUESTION, own_conversation, owner, 20, vector_hits, TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES)
+    args = (
+        QUESTION, own_conversation, owner, 20, vector_hits,
+        TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES, ANY_WORD_MAX_CHUNKS, ANY_WORDS,
+    )  # fmt: skip
     async with db.transaction():
         await db.execute(queries.SET_RETRIEVAL_PLAN_SQL, "40")
         plan = await explain(db, statement, *args)
@@ -162,3 +167,31 @@ async def test_a_slow_retrieval_is_dropped_and_the_chat_answered_without_passage
     status, _ = await ask(client, user_id, QUESTION)
     assert status == 200
     assert "Procédure onduleur" in fake_mistral.received[-1]["messages"][0]["content"]
+
+
+async def test_the_any_word_search_leaves_out_words_too_common_to_bound_its_work(db, vector_path):
+    """#28 point 4: the any-word search reads the posting lists of the question's rare words only (by the
+    column's statistics), so its work is bounded whatever the corpus's size; a small corpus keeps every word."""
+    await add_document(db, chunks=30, content="Routeur du local technique")
+    rare = await add_document(db, chunks=1, content="Onduleur en panne")
+    await db.execute("ANALYZE kb_chunks")
+    statement, vector_side = (
+        (queries.VECTOR_CANDIDATES_SQL, None) if vector_path == "pgvector" else (queries.CANDIDATES_SQL, [])
+    )
+
+    async def text_matches(common_from: int) -> set[int]:
+        args = (
+            "routeur onduleur batterie", uuid.uuid4(), 1, 40, vector_side,
+            TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES, common_from, ANY_WORDS,
+        )  # fmt: skip
+        async with db.transaction():
+            await db.execute(queries.SET_RETRIEVAL_PLAN_SQL, "40")
+            rows = await db.fetch(statement, *args)
+        documents = await db.fetch(
+            "SELECT DISTINCT document_id FROM kb_chunks WHERE chunk_id = ANY($1::bigint[])",
+            [row["chunk_id"] for row in rows if row["rank"] is not None],
+        )
+        return {row["document_id"] for row in documents}
+
+    assert len(await text_matches(common_from=ANY_WORD_MAX_CHUNKS)) == 2  # 31 chunks: every word is rare enough
+    assert await text_matches(common_from=10) == {rare}  # "routeur", in 30 chunks, is left out

@@ -63,14 +63,31 @@ HAS_VECTOR_INDEX_SQL = "SELECT to_regclass('idx_kb_site_chunks_hnsw') IS NOT NUL
 # by its key; another conversation's chunks, however many, are never read, ranked or filtered out.
 #   site_every / site_any: the best full-text matches (at most $4) among the site's chunks, of the question ($1,
 #     French stemming, plain text: a `-` or quotes are not operators) holding every one of its words; only when
-#     none holds them all, of any of its words (the OR query, costlier, skipped otherwise). Each ranks at most
-#     $6 candidates: a question of common words never ranks every chunk that holds one of them.
+#     none holds them all, of any of its rare words: the $10 rarest, each in fewer than $9 chunks by PostgreSQL's
+#     own statistics of the column (pg_stats.most_common_elems and the table's row count, kept by ANALYZE; a word
+#     not listed there is rarer than any listed). In a large corpus a common word says little of a chunk and its
+#     posting list is a large part of the table: left out, the OR query reads a bounded set of entries whatever
+#     the corpus's size (in a small one every word is rare enough). Each side ranks at most $6 candidates.
 #   own: the caller's ($3) chunks of this conversation ($2), at most $7; own_text: the best full-text matches
 #     among them, at most $8 ranked (ranking is what costs: 200 ms for 4,000 chunks).
 _FULL_TEXT_PARTS = """
-WITH question AS (
+WITH common_word AS (
+    SELECT e.lexeme, e.share * GREATEST(c.reltuples, 0) AS chunks
+    FROM pg_class c, pg_stats s,
+         unnest(s.most_common_elems::text::text[],
+                s.most_common_elem_freqs[1:cardinality(s.most_common_elems::text::text[])]) AS e(lexeme, share)
+    WHERE c.oid = 'kb_chunks'::regclass
+      AND s.schemaname = current_schema() AND s.tablename = 'kb_chunks' AND s.attname = 'tsv'
+), rare_word AS (
+    SELECT w.lexeme, COALESCE(c.chunks, 0) AS chunks
+    FROM unnest(tsvector_to_array(to_tsvector('french', $1))) AS w(lexeme)
+    LEFT JOIN common_word c USING (lexeme)
+    WHERE COALESCE(c.chunks, 0) < $9
+    ORDER BY chunks, w.lexeme
+    LIMIT $10
+), question AS (
     SELECT plainto_tsquery('french', $1) AS every_word,
-           to_tsquery('simple', replace(plainto_tsquery('french', $1)::text, '&', '|')) AS any_word
+           (SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) FROM rare_word) AS any_word
 ), site_every AS (
     SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.every_word) AS rank
     FROM question, LATERAL (
@@ -107,6 +124,20 @@ WITH question AS (
     LIMIT $4
 )"""
 
+# Each picked chunk read by its key, then its document by its key, one after the other (OFFSET 0 keeps each
+# subquery a parameterised lookup: left to the planner, stale statistics made it walk every document's chunks),
+# and kept only when the caller may see it.
+_EACH_PICKED_CHUNK = """
+CROSS JOIN LATERAL (
+    SELECT c.document_id, c.content, c.conversation_id, c.embedding FROM kb_chunks c WHERE c.chunk_id = p.chunk_id
+    OFFSET 0
+) AS c
+CROSS JOIN LATERAL (
+    SELECT d.source, d.path, d.user_id FROM kb_documents d WHERE d.document_id = c.document_id OFFSET 0
+) AS d
+WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
+"""
+
 # In-process path: with the chunks the process's vector index chose ($5), and the conversation's own chunks'
 # vectors (array_send's bytes, read by numpy without a Python float per element; scored in process).
 CANDIDATES_SQL = (
@@ -122,12 +153,10 @@ CANDIDATES_SQL = (
     UNION ALL
     SELECT chunk_id, rank FROM own_text
 )
-SELECT c.chunk_id, c.content, d.source, d.path, max(p.rank) AS rank,
+SELECT p.chunk_id, c.content, d.source, d.path, p.rank,
        CASE WHEN c.conversation_id IS NOT NULL THEN array_send(c.embedding) END AS embedding
-FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (document_id)
-WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
-GROUP BY c.chunk_id, d.document_id
-"""
+FROM (SELECT chunk_id, max(rank) AS rank FROM picked GROUP BY chunk_id) AS p"""
+    + _EACH_PICKED_CHUNK
 )
 
 # pgvector path: the question's vector ($5, real[]; NULL when it could not be embedded) searched by the database.
@@ -161,12 +190,9 @@ VECTOR_CANDIDATES_SQL = (
     UNION ALL
     SELECT chunk_id, NULL, similarity FROM own_similar
 )
-SELECT c.chunk_id, c.content, d.source, d.path, max(p.rank) AS rank, max(p.similarity) AS similarity,
-       c.conversation_id IS NOT NULL AS own
-FROM picked p JOIN kb_chunks c USING (chunk_id) JOIN kb_documents d USING (document_id)
-WHERE c.conversation_id IS NULL OR (c.conversation_id = $2 AND d.user_id = $3)
-GROUP BY c.chunk_id, d.document_id
-"""
+SELECT p.chunk_id, c.content, d.source, d.path, p.rank, p.similarity, c.conversation_id IS NOT NULL AS own
+FROM (SELECT chunk_id, max(rank) AS rank, max(similarity) AS similarity FROM picked GROUP BY chunk_id) AS p"""
+    + _EACH_PICKED_CHUNK
 )
 
 # Set for the candidates statement's transaction, on either path. The statement's scopes are its access paths

@@ -24,8 +24,8 @@ log = get_logger("wibot.knowledge")
 RRF_K = 60
 CANDIDATES_PER_SIDE = 20
 # Full-text matches ranked per side at most: a question of common words ranks these, never every chunk holding
-# one of its words.
-TEXT_CANDIDATES = 1_000
+# one of its words (ts_rank_cd costs ~35 µs a chunk of 150 words: 1,000 candidates were 36 ms at 100,000 chunks).
+TEXT_CANDIDATES = 300
 # A conversation's own chunks read per message at most, with their vectors (the default conversation cap,
 # KB_CONVERSATION_MAX_CHUNKS: 16 MB of mistral-embed vectors at most in one request).
 OWN_CHUNKS_READ = 4_000
@@ -33,6 +33,9 @@ OWN_TEXT_CANDIDATES = 200
 # Words of the question the full-text side searches for: a 3,500-word message made a query of 3,500 terms that
 # every index lookup and every rank had to walk (60 s by hand); the embedding still reads the whole question.
 TEXT_QUERY_WORDS = 64
+# The any-word search's words: at most this many, each in fewer chunks than this (rarest first): its index scan
+# reads at most ANY_WORDS × ANY_WORD_MAX_CHUNKS entries, at 10,000 chunks as at a million.
+ANY_WORDS, ANY_WORD_MAX_CHUNKS = 6, 5_000
 # The pgvector column's dimension (migration 0016: mistral-embed's).
 VECTOR_DIMENSION = 1024
 
@@ -109,6 +112,8 @@ class Search:
             TEXT_CANDIDATES,
             OWN_CHUNKS_READ,
             OWN_TEXT_CANDIDATES,
+            ANY_WORD_MAX_CHUNKS,
+            ANY_WORDS,
         )
 
 
