@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def pgserver_install() -> Path | None:
     except ImportError:
         return None
     return Path(pgserver.__file__).resolve().parent / "pginstall"
+
+
+def download(url: str, attempts: int = 3) -> bytes:
+    """The file at `url`, tried again after a network hiccup (its checksum is checked by the caller)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - a constant http URL
+                return bytes(response.read())
+        except OSError as exc:
+            if attempt == attempts:
+                raise
+            print(f"pgvector source: {exc}; trying again", file=sys.stderr)
+            time.sleep(5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def main() -> int:
