@@ -414,7 +414,6 @@ async def hnsw_variants(conn: asyncpg.Connection, definition: str, args: argpars
     for m, ef_construction in args.variants:
         variant = re.sub(r"m='?\d+'?, ef_construction='?\d+'?", f"m='{m}', ef_construction='{ef_construction}'",
                          definition)  # fmt: skip
-        assert variant != definition or (m, ef_construction) == (16, 64), variant
         built = await build_index(conn, variant)
         figures[f"m={m},ef_construction={ef_construction}"] = {
             **built,
@@ -440,8 +439,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=96, help="retrievals timed per size and path")
     parser.add_argument("--sizes", type=sizes, default=sizes("10000,100000,1000000"), help="chunks, comma-separated")
     parser.add_argument("--in-process-max", type=int, default=100_000, help="largest size run on the in-process path")
-    parser.add_argument("--ef-search", type=lambda t: [int(v) for v in t.split(",")], default=[40, 100, 200])
-    parser.add_argument("--variants", type=variants, default=variants("16,64;24,100"), help="m,ef_construction;…")
+    parser.add_argument("--ef-search", type=lambda t: [int(v) for v in t.split(",")], default=[40, 100, 200, 400])
+    parser.add_argument("--variants", type=variants, default=variants("16,64"), help="m,ef_construction;…")
     parser.add_argument("--variants-at", type=int, default=100_000, help="the size the variants are built at")
     parser.add_argument("--distractors", type=int, default=10_000, help="harsh distractors, embedded")
     parser.add_argument(

@@ -132,7 +132,7 @@ BEGIN
     -- The graph of a large corpus is built in memory when it fits (pgvector warns and slows down otherwise).
     PERFORM set_config('maintenance_work_mem', '512MB', true);
     EXECUTE 'CREATE INDEX IF NOT EXISTS idx_kb_site_chunks_hnsw ON kb_chunks '
-         || 'USING hnsw (embedding_vector halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) '
+         || 'USING hnsw (embedding_vector halfvec_cosine_ops) WITH (m = 24, ef_construction = 100) '
          || 'WHERE conversation_id IS NULL';
     RETURN 'pgvector';
 END $$;

@@ -172,7 +172,7 @@ class Settings(DatabaseSettings):
         " process holds them; in_process: always the latter",
     )
     kb_hnsw_ef_search: int = Field(
-        100, ge=1, le=1000, description="pgvector path: candidates the HNSW search keeps (recall against latency)"
+        200, ge=1, le=1000, description="pgvector path: candidates the HNSW search keeps (recall against latency)"
     )
 
     # --- safeguard (approval of AI tool calls, held by an external Safeguard/MCP server) ---------

@@ -61,9 +61,11 @@ HAS_VECTOR_INDEX_SQL = "SELECT to_regclass('idx_kb_site_chunks_hnsw') IS NOT NUL
 # One round trip for a message, on either path. Every part reads only what this message may see, by an index that
 # holds only that (migrations 0014, 0016): the site's chunks by their own GIN (and HNSW) index, this conversation's
 # by its key; another conversation's chunks, however many, are never read, ranked or filtered out.
-#   site_every / site_any: the best full-text matches (at most $4) among the site's chunks, of the question ($1,
-#     French stemming, plain text: a `-` or quotes are not operators) holding every one of its words; only when
-#     none holds them all, of any of its rare words: the $10 rarest, each in fewer than $9 chunks by PostgreSQL's
+#   site_every / site_rarest / site_any: the best full-text matches (at most $4) among the site's chunks, of the
+#     question ($1, French stemming, plain text: a `-` or quotes are not operators) holding every one of its
+#     words; only when none holds them all, holding its three rarest words together (an intersection: selective
+#     however common each word is); only when none does either, holding any of its rare words: the $10 rarest,
+#     each in fewer than $9 chunks by PostgreSQL's
 #     own statistics of the column (pg_stats.most_common_elems and the table's row count, kept by ANALYZE; a word
 #     not listed there is rarer than any listed). In a large corpus a common word says little of a chunk and its
 #     posting list is a large part of the table: left out, the OR query reads a bounded set of entries whatever
@@ -78,16 +80,17 @@ WITH common_word AS (
                 s.most_common_elem_freqs[1:cardinality(s.most_common_elems::text::text[])]) AS e(lexeme, share)
     WHERE c.oid = 'kb_chunks'::regclass
       AND s.schemaname = current_schema() AND s.tablename = 'kb_chunks' AND s.attname = 'tsv'
-), rare_word AS (
+), question_word AS (
     SELECT w.lexeme, COALESCE(c.chunks, 0) AS chunks
     FROM unnest(tsvector_to_array(to_tsvector('french', $1))) AS w(lexeme)
     LEFT JOIN common_word c USING (lexeme)
-    WHERE COALESCE(c.chunks, 0) < $9
-    ORDER BY chunks, w.lexeme
-    LIMIT $10
 ), question AS (
     SELECT plainto_tsquery('french', $1) AS every_word,
-           (SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | ')) FROM rare_word) AS any_word
+           (SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' & '))
+            FROM (SELECT lexeme FROM question_word ORDER BY chunks, lexeme LIMIT 3) AS rarest) AS rarest_words,
+           (SELECT to_tsquery('simple', string_agg(quote_literal(lexeme), ' | '))
+            FROM (SELECT lexeme FROM question_word WHERE chunks < $9 ORDER BY chunks, lexeme LIMIT $10) AS rare)
+               AS any_word
 ), site_every AS (
     SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.every_word) AS rank
     FROM question, LATERAL (
@@ -97,6 +100,16 @@ WITH common_word AS (
     ) AS candidate
     ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
+), site_rarest AS (
+    SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.any_word) AS rank
+    FROM question, LATERAL (
+        SELECT c.chunk_id, c.tsv FROM kb_chunks c
+        WHERE c.conversation_id IS NULL AND c.tsv @@ question.rarest_words
+        LIMIT $6
+    ) AS candidate
+    WHERE NOT EXISTS (SELECT 1 FROM site_every)
+    ORDER BY rank DESC, candidate.chunk_id
+    LIMIT $4
 ), site_any AS (
     SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.any_word) AS rank
     FROM question, LATERAL (
@@ -104,7 +117,7 @@ WITH common_word AS (
         WHERE c.conversation_id IS NULL AND c.tsv @@ question.any_word
         LIMIT $6
     ) AS candidate
-    WHERE NOT EXISTS (SELECT 1 FROM site_every)
+    WHERE NOT EXISTS (SELECT 1 FROM site_every) AND NOT EXISTS (SELECT 1 FROM site_rarest)
     ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
 ), own AS (
@@ -145,6 +158,8 @@ CANDIDATES_SQL = (
     + """, picked AS (
     SELECT chunk_id, rank FROM site_every
     UNION ALL
+    SELECT chunk_id, rank FROM site_rarest
+    UNION ALL
     SELECT chunk_id, rank FROM site_any
     UNION ALL
     SELECT chunk_id, NULL FROM unnest($5::bigint[]) AS vector_hits(chunk_id)
@@ -181,6 +196,8 @@ VECTOR_CANDIDATES_SQL = (
     LIMIT $4
 ), picked AS (
     SELECT chunk_id, rank, NULL::float8 AS similarity FROM site_every
+    UNION ALL
+    SELECT chunk_id, rank, NULL FROM site_rarest
     UNION ALL
     SELECT chunk_id, rank, NULL FROM site_any
     UNION ALL
