@@ -53,7 +53,7 @@ from services.chat.attachments import Extractor
 from services.chat.knowledge import queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.consult import consult_knowledge
-from services.chat.knowledge.index import IndexFollower, SiteChunks, VectorIndex, keep_current
+from services.chat.knowledge.index import SiteChunks, VectorIndex, keep_current
 from services.chat.knowledge.ingest import ingest
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import build_client
@@ -324,9 +324,7 @@ def pgvector_server() -> tuple[str, Any]:
 async def knowledge_base(settings: Settings, pool: asyncpg.Pool, http: httpx2.AsyncClient, path: str) -> KnowledgeBase:
     extractor = Extractor(workers=settings.extraction_workers, timeout_s=settings.extraction_timeout_s)
     kb = KnowledgeBase(settings, pool, build_client(settings, http), extractor)
-    if path == "pgvector":
-        kb.index = SiteChunks()
-    kb.follower = IndexFollower(kb.index)
+    kb.use(SiteChunks() if path == "pgvector" else VectorIndex())
     return kb
 
 
@@ -386,8 +384,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for task in listeners:
                 task.cancel()
             listeners.clear()
-            in_process.index, on_db.index = VectorIndex(), SiteChunks()  # RAM back before the next size
-            in_process.follower, on_db.follower = IndexFollower(in_process.index), IndexFollower(on_db.index)
+            in_process.use(VectorIndex())  # RAM back before the next size
+            on_db.use(SiteChunks())
             report["sizes"][str(chunks)] = figures
             print(json.dumps({str(chunks): figures}), flush=True)
             if chunks == args.variants_at:

@@ -48,13 +48,17 @@ class KnowledgeBase:
             running=max(1, self.settings.db_pool_max // 2),
         )
 
+    def use(self, index: SiteIndex) -> None:
+        """The index this process searches with (start_knowledge's choice), and its follower."""
+        self.index = index
+        self.follower = IndexFollower(index)
+
 
 async def start_knowledge(kb: KnowledgeBase, background: Background) -> None:
     """After the pool, the model client and the extractor: the vector path chosen, the index's listener (waited
     for a while, so that a starting process serves with its index), then the sync if asked."""
     if kb.settings.kb_vector_search == "auto" and await kb.pool.fetchval(queries.HAS_VECTOR_INDEX_SQL):
-        kb.index = SiteChunks()
-        kb.follower = IndexFollower(kb.index)
+        kb.use(SiteChunks())
     for path in (PGVECTOR, VectorIndex.path):
         KNOWLEDGE_VECTOR_PATH.labels(path).set(1 if kb.index.path == path else 0)
     log.info("kb_vector_path", path=kb.index.path, setting=kb.settings.kb_vector_search)
