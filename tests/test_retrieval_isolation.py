@@ -195,3 +195,33 @@ async def test_the_any_word_search_leaves_out_words_too_common_to_bound_its_work
 
     assert len(await text_matches(common_from=ANY_WORD_MAX_CHUNKS)) == 2  # 31 chunks: every word is rare enough
     assert await text_matches(common_from=10) == {rare}  # "routeur", in 30 chunks, is left out
+
+
+async def test_when_no_chunk_holds_every_word_the_three_rarest_together_are_searched(db, vector_path):
+    """The step between every word and any rare word: a chunk holding the question's three rarest words is found
+    even with the any-word search off (its word count 0), whatever the commoner fourth word."""
+    await add_document(db, chunks=30, content="Routeur du local technique")
+    wanted = await add_document(db, chunks=1, content="Onduleur batterie secours")
+    await db.execute("ANALYZE kb_chunks")
+    statement, vector_side = (
+        (queries.VECTOR_CANDIDATES_SQL, None) if vector_path == "pgvector" else (queries.CANDIDATES_SQL, [])
+    )
+
+    async def found(question: str) -> set[int]:
+        args = (
+            question, uuid.uuid4(), 1, 40, vector_side,
+            TEXT_CANDIDATES, OWN_CHUNKS_READ, OWN_TEXT_CANDIDATES, ANY_WORD_MAX_CHUNKS, 0,
+        )  # fmt: skip
+        async with db.transaction():
+            await db.execute(queries.SET_RETRIEVAL_PLAN_SQL, "40")
+            rows = await db.fetch(statement, *args)
+        return set(
+            await db.fetchval(
+                "SELECT coalesce(array_agg(DISTINCT document_id), '{}') FROM kb_chunks"
+                " WHERE chunk_id = ANY($1::bigint[])",
+                [row["chunk_id"] for row in rows if row["rank"] is not None],
+            )
+        )
+
+    assert await found("routeur onduleur batterie secours") == {wanted}
+    assert await found("routeur imprimante") == set()  # no chunk holds the rarest words together, none is tried alone

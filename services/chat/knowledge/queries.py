@@ -101,7 +101,7 @@ WITH common_word AS (
     ORDER BY rank DESC, candidate.chunk_id
     LIMIT $4
 ), site_rarest AS (
-    SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.any_word) AS rank
+    SELECT candidate.chunk_id, ts_rank_cd(candidate.tsv, question.rarest_words) AS rank
     FROM question, LATERAL (
         SELECT c.chunk_id, c.tsv FROM kb_chunks c
         WHERE c.conversation_id IS NULL AND c.tsv @@ question.rarest_words
