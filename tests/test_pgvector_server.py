@@ -58,3 +58,33 @@ async def test_the_migrations_give_the_same_schema_on_postgresql_18_with_pgvecto
     finally:
         await vector_side.close()
         await debian_side.close()
+
+
+async def test_migration_0016_fills_the_vector_column_of_a_database_with_chunks_in_it(pgvector_server):
+    """A site upgrading with its knowledge base already indexed: the existing chunks get their halfvec and the
+    HNSW index, and a second run of the function changes nothing."""
+    admin = await asyncpg.connect(pgvector_server)
+    try:
+        await admin.execute('DROP DATABASE IF EXISTS "wibot_upgrade" WITH (FORCE)')
+        await admin.execute('CREATE DATABASE "wibot_upgrade"')
+    finally:
+        await admin.close()
+    url = pgvector_server.replace("/postgres?", "/wibot_upgrade?")
+    await asyncio.to_thread(apply_migrations, url, upto="0015-settled-charge")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO kb_documents (source, path, content_hash) VALUES ('a.md', 'a.md', 'h');"
+            "INSERT INTO kb_chunks (document_id, position, content, embedding)"
+            " SELECT 1, n, 'texte ' || n, (SELECT array_agg(cos(n * i)::real) FROM generate_series(1, 1024) AS i)"
+            " FROM generate_series(1, 30) AS n;"
+            "INSERT INTO kb_chunks (document_id, position, content, embedding) VALUES (1, 99, 'autre', '{0.6,0.8}')"
+        )
+        assert await asyncio.to_thread(apply_migrations, url) == ["0016-kb-pgvector"]
+        filled = await conn.fetchval("SELECT count(embedding_vector) FROM kb_chunks")
+        assert filled == 30  # the 2-dimension chunk (another model) is left NULL, not an error
+        assert await conn.fetchval("SELECT to_regclass('idx_kb_site_chunks_hnsw') IS NOT NULL")
+        assert await conn.fetchval("SELECT wibot_kb_vectors()") == "pgvector"
+        assert await conn.fetchval("SELECT count(embedding_vector) FROM kb_chunks") == filled
+    finally:
+        await conn.close()
