@@ -27,6 +27,11 @@ QUOTA_REJECTIONS = Counter("wibot_quota_rejections_total", "Chats refused for an
 STALE_RESERVATIONS = Counter(
     "wibot_stale_reservations_refunded_total", "Quota reservations left by a dead request, refunded by the sweeper"
 )
+PERSONAL_DATA_FOUND = Counter(
+    "wibot_personal_data_total",
+    "Identifiers found in what the model would be sent, by kind and outcome",
+    ["kind", "outcome"],
+)
 EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embeddings (knowledge base)", ["purpose"])
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]

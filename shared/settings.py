@@ -118,6 +118,16 @@ class Settings(DatabaseSettings):
     mode_prompt_code_file: Path | None = Field(None, description="Replaces the built-in addition for mode code")
     mode_prompt_redaction_file: Path | None = Field(None, description="Replaces the built-in addition for redaction")
 
+    # --- data protection ------------------------------------------------------------------------
+    personal_data: Literal["off", "pseudonymise", "block"] = Field(
+        "pseudonymise",
+        description="Identifiers (NIR, IBAN, card, phone, e-mail) in what the model is sent: replaced by placeholders"
+        " and put back in the reply, refused (422 PERSONAL_DATA), or sent as they are",
+    )
+    personal_data_names: bool = Field(
+        False, description="Also replace person names introduced by a civility or a care word (Mme, Dr, patient…)"
+    )
+
     # --- model ----------------------------------------------------------------------------------
     mistral_api_key: SecretStr | None = None
     mistral_server_url: str = "https://api.mistral.ai"

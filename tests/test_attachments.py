@@ -291,13 +291,13 @@ async def test_without_indexing_text_beyond_the_budget_is_cut_and_the_prompt_say
     settings = chat_settings.model_copy(update={"chat_files_max_chars": 70, "kb_index_attachments": False})
     client = await make_client(create_app(settings))
     pdf = text_pdf(["A" * 30, "B" * 30, "C" * 30])
-    files = [{"name": "court.txt", "content": "0123456789"}, {"name": "long.pdf", "content": b64(pdf)}]
+    files = [{"name": "court.txt", "content": "9876543210"}, {"name": "long.pdf", "content": b64(pdf)}]
     r = await send(client, user_id, files, "Lis")
     assert r.status == 200, await r.text()
     sent = fake_mistral.received[-1]["messages"][-1]["content"]
     kept = "[Page 1/3]\n" + "A" * 30 + "\n\n[Page 2/3]\n" + "B" * 6  # 60 characters: the budget minus court.txt
     assert sent == (
-        "Lis\n\n--- Fichier : court.txt ---\n0123456789"
+        "Lis\n\n--- Fichier : court.txt ---\n9876543210"
         f"\n\n--- Fichier : long.pdf ---\n{kept}\n"
         "[Contenu tronqué : le fichier long.pdf est coupé à la page 2, au caractère 60 sur 127"
         " (limite de 70 caractères de fichiers par message).]"

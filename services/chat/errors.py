@@ -67,6 +67,32 @@ class FilesTooLarge(OverLimit):
         )
 
 
+class PersonalDataRefused(DomainError):
+    """PERSONAL_DATA=block: the message or a file holds identifiers (`kinds`, their placeholder names)."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        super().__init__(kinds)
+        self.kinds = kinds
+
+    def api_error(self) -> ApiError:
+        named = ", ".join(PERSONAL_DATA_NAMES.get(kind, kind) for kind in self.kinds)
+        return ApiError(
+            422,
+            f"Données personnelles détectées ({named}) : retirez-les avant d'envoyer votre message.",
+            "PERSONAL_DATA",
+        )
+
+
+PERSONAL_DATA_NAMES = {
+    "NIR": "numéro de sécurité sociale",
+    "IBAN": "IBAN",
+    "CARTE": "numéro de carte bancaire",
+    "TEL": "numéro de téléphone",
+    "EMAIL": "adresse e-mail",
+    "NOM": "nom de personne",
+}
+
+
 FileFault = Literal["type", "size", "unreadable"]
 
 

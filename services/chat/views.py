@@ -28,7 +28,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 reply = await llm.complete(
                     chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
                 )
-            return json_response(await settle_turn(chat, turn, reply))
+            return json_response(await settle_turn(chat, turn, turn.restored(reply)))
         async with turn.budget.given_back_on_failure():  # before the first text: the usual status and envelope
             stream = await llm.open_stream(
                 chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
@@ -45,10 +45,10 @@ async def stream_turn(chat: Chat, turn: Turn, stream: llm.ModelStream, writer: R
     try:
         async with turn.budget.given_back_on_failure():
             try:
-                delivered = await writer.relay(stream)
+                delivered = await writer.relay(turn.pseudonyms.restoring(stream))
             finally:
                 await stream.close()  # a client gone or a failure: the model stops working for nobody
-            reply = stream.reply(interrupted=not delivered)
+            reply = turn.restored(stream.reply(interrupted=not delivered))
     except Exception as exc:  # the model failed mid-reply: nothing saved, the reservation given back
         return await writer.fail(exc)
     try:

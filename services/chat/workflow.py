@@ -1,8 +1,9 @@
 """Workflow chat_main as two steps around the model call, each a list of steps named after the n8n diagram's nodes.
 
-`prepare_turn`: validate → rate limit → load memory (ownership) → conversation cap → check files → reserve the
-budget (before anything that costs) → read attachments → consult the knowledge base (large attachments indexed,
-passages retrieved) → prepare context → fit the budget to the prompt. Any failure after the reservation gives it
+`prepare_turn`: validate (identifiers refused in block mode) → rate limit → load memory (ownership) → conversation
+cap → check files → reserve the budget (before anything that costs) → read attachments (identifiers refused in block
+mode) → consult the knowledge base (large attachments indexed, passages retrieved) → pseudonymise → prepare context
+→ fit the budget to the prompt. Any failure after the reservation gives it
 back (but what the attachments' embeddings already cost).
 The view then calls the model (whole, or streamed through services/chat/writer.py), inside
 `turn.budget.given_back_on_failure()`.
@@ -13,7 +14,7 @@ No database connection is held while the model works.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from services.chat.errors import MessageEmpty, MessageTooLong
 from services.chat.knowledge.consult import Consulted, consult_knowledge
 from services.chat.knowledge.retrieval import Scope
 from services.chat.llm import ModelReply
+from services.chat.privacy import Pseudonyms, pseudonymise, refuse_personal_data
 from services.chat.prompt import prepare_context
 from services.chat.quota import Budget, Reservation, Usage
 from services.chat.resources import Chat
@@ -49,6 +51,10 @@ class Turn:
     messages: list[dict[str, str]]
     budget: Budget
     knowledge: Consulted
+    pseudonyms: Pseudonyms  # the reply's placeholders put back before the user sees it or it is stored
+
+    def restored(self, reply: ModelReply) -> ModelReply:
+        return replace(reply, text=self.pseudonyms.restore(reply.text))
 
     @property
     def max_tokens(self) -> int:
@@ -59,6 +65,7 @@ async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, receive
     settings, pool = chat.settings, chat.pool
     mode = body.mode or "flash"
     check_message(body, settings)
+    refuse_personal_data(settings, [body.message])
     await check_rate(pool, user_id=user.user_id, action="chat", per_minute=settings.chat_requests_per_minute)
     memory = await load_memory(
         pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
@@ -72,13 +79,18 @@ async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, receive
     budget = await reserve_budget(chat, user, system_prompt, memory, body.message)
     async with budget.given_back_on_failure():
         files = await read_attachments(chat.extractor, files_sent, settings, owner=user.user_id)
+        refuse_personal_data(settings, [text for read in files for text in (read.name, read.text)])
         scope = Scope(user_id=user.user_id, conversation_id=body.conversation_id)
         knowledge = await consult_knowledge(
             chat.knowledge, scope, body.message, files, budget, has_documents=memory.has_documents
         )
-        messages = prepare_context(system_prompt, memory.messages, body.message, knowledge.files, knowledge.passages)
+        sent = pseudonymise(settings, memory.messages, body.message, knowledge.files, knowledge.passages)
+        messages = prepare_context(
+            system_prompt + sent.instructions, sent.memory, sent.message, sent.files, sent.passages
+        )
         await budget.fit(quota.estimate_prompt_tokens([m["content"] for m in messages]))
-    return Turn(user, body, received_at, mode, settings.model_for_mode(mode), messages, budget, knowledge)
+    model = settings.model_for_mode(mode)
+    return Turn(user, body, received_at, mode, model, messages, budget, knowledge, sent.pseudonyms)
 
 
 async def settle_turn(chat: Chat, turn: Turn, reply: ModelReply) -> ChatResponse:

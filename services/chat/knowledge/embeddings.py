@@ -1,4 +1,5 @@
-"""Texts to vectors through the mistralai SDK (retried like chat), batched; their token cost logged and counted."""
+"""Texts to vectors through the mistralai SDK (retried like chat), batched, identifiers replaced by their kind
+(services/chat/privacy); their token cost logged and counted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from mistralai.client import Mistral
 
 from services.chat.errors import ModelFailed
 from services.chat.llm import estimate_tokens, model_failures
+from services.chat.privacy import for_embedding
 from shared import Settings, get_logger
 from shared.metrics import EMBEDDING_TOKENS
 
@@ -38,7 +40,7 @@ async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpos
         async with slots:
             with model_failures(model, started):
                 async with asyncio.timeout(settings.mistral_timeout_s):
-                    result = await client.embeddings.create_async(model=model, inputs=batch)
+                    result = await client.embeddings.create_async(model=model, inputs=for_embedding(settings, batch))
         data = sorted(result.data or [], key=lambda item: item.index or 0)
         got = [item.embedding for item in data if item.embedding]
         if len(got) != len(batch) or len({len(vector) for vector in got}) != 1:

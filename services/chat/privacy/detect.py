@@ -1,0 +1,193 @@
+"""Personal identifiers in French text: where each is, what kind, and a key that says when two spellings are one
+value ("06 12 34 56 78" and "+33612345678" are one phone number).
+
+The checksummed kinds are flagged only when their checksum holds (a NIR's key, an IBAN's mod 97, a card's Luhn
+digit): a ticket number, a serial or a wrong key is left alone. Phone numbers and e-mail addresses have no
+checksum: their shape decides. Names are an option (PERSONAL_DATA_NAMES): only a name introduced by a civility or
+a care word ("Mme Durand", "résident Jean MARTIN", "chambre 12 : Dupont") is seen, and only the name is replaced.
+IP addresses, host names and ticket numbers are the technicians' work and never flagged.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+NIR, IBAN, CARD, PHONE, EMAIL, NAME = "NIR", "IBAN", "CARTE", "TEL", "EMAIL", "NOM"
+CHECKSUMMED = (NIR, IBAN, CARD)
+KINDS = (NIR, IBAN, CARD, PHONE, EMAIL, NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    kind: str
+    start: int
+    end: int
+    key: str  # the value normalised: one key, one placeholder
+
+
+_SEP = r"[ .]?"
+# Sex (1, 2; 7, 8 for provisional numbers), year, month, then département + commune (2A/2B in Corsica;
+# three + two digits overseas), order number, key.
+_NIR = re.compile(
+    rf"(?<![\w.])([1278]){_SEP}(\d\d){_SEP}(\d\d){_SEP}((?:\d\d|2[ABab]){_SEP}\d{{3}}|\d{{3}}{_SEP}\d\d)"
+    rf"{_SEP}(\d{{3}}){_SEP}(\d\d)(?![\w])"
+)
+_IBAN = re.compile(r"(?<![\w])[A-Za-z]{2}\d\d(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?![\w])")
+_CARD = re.compile(
+    r"(?<![\w.,-])(?:\d{4}([ -]?)\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -]?)\d{6}\2\d{4,5}|\d{13,15})"
+    r"(?![\w]|[.,-]\d)"
+)
+_PHONE = re.compile(r"(?<![\w+.-])(?:(?:\+|00) ?33[ .-]?(?:\(0\)[ .-]?)?|0)([1-9])((?:[ .-]?\d\d){4})(?![\w]|[.-]\d)")
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.([A-Za-z]{2,24})(?![\w-])"
+)
+# Internal domains name hosts (root@srv-glpi.widip.local is an SSH target, not a person's address).
+_HOST_ONLY_DOMAINS = frozenset({"local", "lan", "internal", "intranet", "localdomain", "localhost", "corp", "home"})
+
+_UPPER, _LOWER = "A-ZÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸ", "a-zàâäçéèêëîïôöùûüÿœæ"
+_NAME_WORD = rf"(?:[{_UPPER}][{_LOWER}]+(?:[-'][{_UPPER}][{_LOWER}]+)?|[{_UPPER}]{{2,}}(?:[-'][{_UPPER}]{{2,}})?)"
+_CIVILITY = r"(?:M\.|MM\.|Mme|Mmes|Mlle|Monsieur|Madame|Mademoiselle|Dr\.?|Docteur|Pr\.?|Professeur)"
+_CARE = r"(?:[Pp]atiente?|[Rr][ée]sidente?|[Cc]hambre\s*(?:n°|no\.?|n)?\s*\d{1,4}[A-Za-z]?\s*[:,-]?)"
+_PARTICLE = r"(?:[Ll]e|[Ll]a|LE|LA|[Dd]e|DE|[Dd]u|DU|[Dd]es|[Vv]an|[Vv]on|[Dd]i|[Dd]a)"
+_NAME_PART = rf"(?:{_PARTICLE} )?{_NAME_WORD}"
+_NAME = re.compile(rf"(?<![\w])(?:({_CIVILITY})|{_CARE}) +({_NAME_PART}(?: {_NAME_PART})?)(?![\w])")
+# After a care word a capital is often a sentence's next word ("le patient Le lendemain" is rare, "résident A"…).
+_NOT_NAMES = frozenset(
+    "le la les l un une des du de d au aux ce cet cette il elle ils elles on son sa ses leur qui que dont en et ou"
+    " mais donc car est a n ne pas".split()
+)
+
+_TITLES = frozenset(
+    "directrice directeur maire presidente president responsable cadre infirmiere infirmier medecin adjointe adjoint"
+    " secretaire comptable gouvernante".split()
+)
+
+
+def find_identifiers(text: str, *, names: bool = False) -> list[Found]:
+    """Every identifier in `text`, in order, never two on one character (the checksummed kinds first)."""
+    taken: list[Found] = []
+    for finder in (_nirs, _ibans, _cards, _phones, _emails, *((_names,) if names else ())):
+        for found in finder(text):
+            if not any(found.start < other.end and other.start < found.end for other in taken):
+                taken.append(found)
+    return sorted(taken, key=lambda found: found.start)
+
+
+def replace_found(text: str, found: list[Found], replacement: Callable[[Found], str]) -> str:
+    """`text` with each of `found` (in order, as find_identifiers gives them) replaced."""
+    parts, last = [], 0
+    for item in found:
+        parts += [text[last : item.start], replacement(item)]
+        last = item.end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def _nirs(text: str) -> Iterator[Found]:
+    for match in _NIR.finditer(text):
+        sex, year, month, place, order, key = match.groups()
+        place = re.sub(r"[ .]", "", place).upper()
+        if not (1 <= int(month) <= 12 or 20 <= int(month) <= 42 or 50 <= int(month) <= 99):
+            continue
+        digits = sex + year + month + place + order
+        number = int(digits.replace("2A", "19").replace("2B", "18"))
+        if 97 - number % 97 == int(key):
+            yield Found(NIR, match.start(), match.end(), digits + key)
+
+
+# Lengths by country (ISO 13616 registry) for the countries WIDIP's sites deal with; others: the mod 97 alone.
+_IBAN_LENGTHS = {
+    "FR": 27, "MC": 27, "DE": 22, "BE": 16, "LU": 20, "CH": 21, "IT": 27, "ES": 24, "PT": 25, "NL": 18,
+    "GB": 22, "IE": 22, "AT": 20, "PL": 28, "DK": 18, "SE": 24, "FI": 18, "GR": 27, "LI": 21, "AD": 24,
+}  # fmt: skip
+
+
+def _ibans(text: str) -> Iterator[Found]:
+    for match in _IBAN.finditer(text):
+        candidate = match.group()
+        compact = candidate.replace(" ", "").upper()
+        length = _IBAN_LENGTHS.get(compact[:2])
+        if length is not None and len(compact) > length:  # a word after the IBAN taken as its last group
+            end = _position_after(candidate, length)
+            if candidate[end - 1 : end] == " " or (end < len(candidate) and candidate[end] != " "):
+                continue
+            candidate, compact = candidate[:end], compact[:length]
+        if (length is None or len(compact) == length) and 15 <= len(compact) <= 34 and _mod97(compact) == 1:
+            yield Found(IBAN, match.start(), match.start() + len(candidate), compact)
+
+
+def _position_after(candidate: str, characters: int) -> int:
+    """Where the first `characters` non-space characters of `candidate` end."""
+    seen = 0
+    for position, character in enumerate(candidate):
+        seen += character != " "
+        if seen == characters:
+            return position + 1
+    return len(candidate)
+
+
+def _mod97(compact: str) -> int:
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97
+
+
+def _cards(text: str) -> Iterator[Found]:
+    for match in _CARD.finditer(text):
+        digits = re.sub(r"[ -]", "", match.group())
+        if _card_network(digits) and _luhn(digits):
+            yield Found(CARD, match.start(), match.end(), digits)
+
+
+def _card_network(digits: str) -> bool:
+    """The issuer prefixes of the networks in use in France (Visa, Mastercard, CB co-badged, Amex, Maestro…)."""
+    length, first = len(digits), digits[0]
+    if first == "4":
+        return length in (13, 16, 19)
+    if first == "5":
+        return 16 <= length <= 19
+    if first == "2":
+        return length == 16 and 2221 <= int(digits[:4]) <= 2720
+    if first == "3":  # American Express and JCB; not Diners' 14 digits (a compact SIRET has as many)
+        return (length == 15 and digits[:2] in ("34", "37")) or (length == 16 and digits[:2] == "35")
+    return first == "6" and 16 <= length <= 19
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for position, character in enumerate(reversed(digits)):
+        digit = int(character)
+        if position % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def _phones(text: str) -> Iterator[Found]:
+    for match in _PHONE.finditer(text):
+        first, rest = match.groups()
+        yield Found(PHONE, match.start(), match.end(), "0" + first + re.sub(r"[ .-]", "", rest))
+
+
+def _emails(text: str) -> Iterator[Found]:
+    for match in _EMAIL.finditer(text):
+        if match.group(1).lower() not in _HOST_ONLY_DOMAINS:
+            yield Found(EMAIL, match.start(), match.end(), match.group().lower())
+
+
+def _names(text: str) -> Iterator[Found]:
+    for match in _NAME.finditer(text):
+        civility, name = match.groups()
+        if _folded(name.split(" ")[-1]) in _TITLES:  # "Mme La Directrice"
+            continue
+        if civility is None and (name.lower() in _NOT_NAMES or (name.isupper() and len(name) <= 3)):  # "chambre 3 : TV"
+            continue
+        yield Found(NAME, match.start(2), match.end(2), _folded(name))
+
+
+def _folded(name: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", name.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
