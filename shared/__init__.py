@@ -1,5 +1,6 @@
 """WIBOT's common package: settings, JWT, error envelope, DB pool, logging, HTTP base and contracts."""
 
+from shared import audit
 from shared.auth import authenticated, current_user, decode_token, issue_token
 from shared.bodies import parse_body, read_json_object, validate
 from shared.db import DB_UNAVAILABLE_ERRORS, create_pool, current_month
@@ -23,6 +24,7 @@ __all__ = [
     "RequestKeys",
     "Settings",
     "apply_migrations",
+    "audit",
     "authenticated",
     "base_app",
     "configure_logging",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictBool, StrictInt, StrictStr
@@ -130,6 +130,33 @@ class AdminUser(Response):
     standing_quota_tokens: int | None = Field(description="Every new month's quota; null: the default")
     quota_source: QuotaSource
     accreditation_level: AccreditationLevel
+
+
+class AuditQuery(Request):
+    user_id: int | None = Field(None, description="Rows whose actor is this user")
+    action: str | None = Field(None, max_length=40)
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = Field(None, description="Next page: rows before this audit_id")
+    limit: int = Field(100, ge=1, le=500)
+
+
+class AuditRow(Response):
+    audit_id: int
+    at: UtcDatetime
+    actor_id: int | None
+    action: str
+    target: str | None
+    request_id: str | None
+    client_address: str | None
+    details: dict[str, Any]
+    hash: str
+
+
+class AuditResponse(Response):
+    success: Literal[True] = True
+    rows: list[AuditRow]
+    next_before_id: int | None = Field(None, description="Pass as before_id for the next page; null at the end")
 
 
 class AdminUsersResponse(Response):
@@ -260,6 +287,49 @@ class TokenUsageResponse(Response):
     tokens_percentage: float
     status: Literal["good", "medium", "critical"]
     quota_source: QuotaSource = Field(description="month: set for this month; standing: the user's; default")
+
+
+class ExportedProfile(Response):
+    user_id: int
+    username: str
+    email: str | None
+    role: str | None
+    accreditation_level: str | None
+    is_active: bool | None
+    created_at: UtcDatetime | None
+
+
+class ExportedUsage(Response):
+    month: str = Field(description="YYYY-MM")
+    used_tokens: int | None
+    quota_tokens: int | None
+
+
+class ExportedMessage(Response):
+    role: Role
+    content: str
+    tokens: int | None
+    mode: str | None
+    attachments: list[dict[str, Any]] | None
+    created_at: UtcDatetime | None
+
+
+class ExportedConversation(Response):
+    conversation_id: UuidStr
+    title: str | None
+    created_at: UtcDatetime | None
+    updated_at: UtcDatetime | None
+    messages: list[ExportedMessage]
+
+
+class UserExportResponse(Response):
+    """GET /webhook/wibot/user/export: everything WIBOT keeps about the caller (RGPD art. 15 and 20)."""
+
+    success: Literal[True] = True
+    exported_at: UtcDatetime
+    user: ExportedProfile
+    usage: list[ExportedUsage]
+    conversations: list[ExportedConversation]
 
 
 # --- supervision (analytics) --------------------------------------------------------------------------

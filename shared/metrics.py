@@ -32,6 +32,11 @@ PERSONAL_DATA_FOUND = Counter(
     "Identifiers found in what the model would be sent, by kind and outcome",
     ["kind", "outcome"],
 )
+RETENTION_PURGED = Counter(
+    "wibot_retention_purged_total",
+    "Rows deleted by the retention purge (conversations, messages, chunks, audit)",
+    ["what"],
+)
 EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embeddings (knowledge base)", ["purpose"])
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]

@@ -29,7 +29,7 @@ SELECT hits,
 FROM hit
 """
 
-ACTION_LABELS = {"chat": "messages", "conversation_create": "créations de conversation"}
+ACTION_LABELS = {"chat": "messages", "conversation_create": "créations de conversation", "export": "exports"}
 
 
 async def check_rate(pool: Any, *, user_id: int, action: str, per_minute: int) -> None:

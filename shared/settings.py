@@ -128,6 +128,15 @@ class Settings(DatabaseSettings):
         False, description="Also replace person names introduced by a civility or a care word (Mme, Dr, patient…)"
     )
 
+    retention_days: int = Field(
+        0, ge=0, description="Conversations without activity for this many days are deleted (0: kept for ever)"
+    )
+    retention_purge_every_s: float = Field(3600.0, gt=0, description="How often the conversations service purges")
+    audit_retention_days: int = Field(
+        365, ge=180, description="Audit trail rows kept this long (the database refuses to delete younger than 180)"
+    )
+    data_exports_per_minute: int = Field(2, ge=0, description="GET /webhook/wibot/user/export per user and minute")
+
     # --- model ----------------------------------------------------------------------------------
     mistral_api_key: SecretStr | None = None
     mistral_server_url: str = "https://api.mistral.ai"

@@ -23,7 +23,7 @@ from services.auth.errors import UserError, UserExists
 from services.auth.legacy import migrate_passwords
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher
 from services.auth.usernames import RULES, printable
-from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, current_month, load_settings_or_exit
+from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, create_pool, current_month, load_settings_or_exit
 from shared.db import database_of_make_run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -112,13 +112,22 @@ class Context:
         return await users.user_id_by_name(self.pool, self.args.username)
 
     async def update(self, **changes: object) -> users.UserRecord:
-        return await users.update_user(
+        user_id = await self.user_id()
+        record = await users.update_user(
             self.pool,
-            user_id=await self.user_id(),
+            user_id=user_id,
             month=self.month,
             default_quota=self.settings.default_quota_tokens,
             **changes,  # type: ignore[arg-type]
         )
+        action = audit.USER_DEACTIVATED if changes.get("is_active") is False else audit.USER_CHANGED
+        await self.audit(action, user_id, **changes)
+        return record
+
+    async def audit(self, action: str, user_id: int, **details: object) -> None:
+        """Done from the command line: no actor id, no request (the trail says `via: cli`)."""
+        details = {"via": "cli", **details}
+        await audit.record(self.pool, action, actor_id=None, target=str(user_id), details=details)
 
 
 async def create(ctx: Context) -> str:
@@ -140,6 +149,7 @@ async def create(ctx: Context) -> str:
         if args.if_missing:
             return f"L'utilisateur {ctx.name} existe déjà : rien à faire"
         raise
+    await ctx.audit(audit.USER_CREATED, user.user_id, role=user.role, accreditation_level=user.accreditation_level)
     return (
         f"Utilisateur créé : {printable(user.username)} (id {user.user_id}, rôle {user.role},"
         f" niveau {user.accreditation_level})"
@@ -159,7 +169,9 @@ async def list_users(ctx: Context) -> str:
 
 async def set_password(ctx: Context) -> str:
     hasher = PasswordHasher(ctx.settings.bcrypt_rounds)
-    await users.set_password(ctx.pool, hasher, user_id=await ctx.user_id(), password=read_password())
+    user_id = await ctx.user_id()
+    await users.set_password(ctx.pool, hasher, user_id=user_id, password=read_password())
+    await ctx.audit(audit.USER_CHANGED, user_id, changed="password")
     return f"Mot de passe changé : {ctx.name} (ses sessions ouvertes sont fermées)"
 
 
@@ -202,6 +214,7 @@ async def reactivate(ctx: Context) -> str:
 
 async def delete(ctx: Context) -> str:
     user_id, username = await users.delete_user(ctx.pool, user_id=await ctx.user_id())
+    await ctx.audit(audit.USER_DELETED, user_id)
     return f"Compte supprimé : {printable(username)} (id {user_id}), avec ses conversations et sa consommation"
 
 

@@ -16,6 +16,7 @@ from shared import (
     AppKeys,
     RequestKeys,
     Settings,
+    audit,
     authenticated,
     current_user,
     get_logger,
@@ -30,13 +31,26 @@ log = get_logger("wibot.auth")
 INVALID_CREDENTIALS = "Identifiants invalides"
 
 
+class LoginRefused(ApiError):
+    """The one 401 of a failed login; `user_id` when the username is someone's (for the audit trail only)."""
+
+    def __init__(self, user_id: int | None = None) -> None:
+        super().__init__(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+        self.user_id = user_id
+
+
 async def login(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginRequest)
-    user, generation = await verify_credentials(
-        request.app[AppKeys.DB], request.app[HASHER], body.username, body.password
-    )
+    pool = request.app[AppKeys.DB]
+    try:
+        user, generation = await verify_credentials(pool, request.app[HASHER], body.username, body.password)
+    except LoginRefused as refused:  # the username as typed is never kept: it may be a password typed too soon
+        target = str(refused.user_id) if refused.user_id is not None else None
+        await audit.record(pool, audit.LOGIN_FAILED, actor_id=None, target=target, request=request)
+        raise
     request[RequestKeys.USER_ID] = user.id
     token = generate_token(request.app[AppKeys.SETTINGS], user, generation=generation)
+    await audit.record(pool, audit.LOGIN, actor_id=user.id, target=str(user.id), request=request)
     return json_response(LoginResponse(token=token, user=user))
 
 
@@ -46,7 +60,7 @@ async def verify_credentials(
     """The user and their token generation; one 401 whatever was wrong: unknown user, inactive user, wrong
     password, password over 72 bytes."""
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
-        raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+        raise LoginRefused
     # Spelt as new usernames are stored (NFKC: "rt_ﬁ" is "rt_fi"), found whatever its case.
     row = await pool.fetchrow(queries.LOGIN_USER_SQL, username, unicodedata.normalize("NFKC", username))
     stored = row["password_hash"] if row else None
@@ -55,7 +69,7 @@ async def verify_credentials(
         log.warning("legacy_password_login", user_id=row["user_id"], hint=f"run {MIGRATE_COMMAND}")
         stored = None
     if not await hasher.verify(password, stored):
-        raise ApiError(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
+        raise LoginRefused(row["user_id"] if row is not None else None)
     assert row is not None
     return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
 
@@ -86,4 +100,5 @@ async def logout(request: web.Request) -> web.Response:
     )
     # Refused by this process from the next request; by the others as soon as they are notified.
     request.app[AppKeys.SESSIONS].revoke(user.token_key, user.token_expires_at)
+    await audit.record(request.app[AppKeys.DB], audit.LOGOUT, actor_id=user.user_id, request=request)
     return json_response(SuccessResponse())

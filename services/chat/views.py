@@ -11,7 +11,7 @@ from services.chat.knowledge.ingest import ingest
 from services.chat.resources import CHAT, Chat
 from services.chat.workflow import Turn, prepare_turn, settle_turn, utc_now
 from services.chat.writer import ReplyWriter, requested_format
-from shared import authenticated, current_user, json_response, parse_body
+from shared import audit, authenticated, current_user, json_response, parse_body
 from shared.contracts import ChatRequest, IngestStats, RagIngestRequest, RagIngestResponse
 
 
@@ -61,5 +61,10 @@ async def stream_turn(chat: Chat, turn: Turn, stream: llm.ModelStream, writer: R
 @authenticated(admin=True)
 async def rag_ingest(request: web.Request) -> web.Response:
     body = await parse_body(request, RagIngestRequest)
-    stats = await ingest(request.app[CHAT].knowledge, path=body.path, mode=body.mode, category=body.category)
+    chat = request.app[CHAT]
+    stats = await ingest(chat.knowledge, path=body.path, mode=body.mode, category=body.category)
+    await audit.record(
+        chat.pool, audit.KB_INGESTION, actor_id=current_user(request).user_id, target=body.path or ".",
+        request=request, details={"mode": body.mode, **stats.as_dict()},
+    )  # fmt: skip
     return json_response(RagIngestResponse(stats=IngestStats.model_validate(stats.as_dict())))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
 from aiohttp import web
 
-from services.conversations import views
-from shared import Settings, base_app
+from services.conversations import data, views
+from shared import AppKeys, Settings, base_app
+from shared.background import Background
 from shared.contracts import (
     ConversationResponse,
     ConversationsResponse,
@@ -15,6 +19,7 @@ from shared.contracts import (
     RenameConversationRequest,
     SuccessResponse,
     TokenUsageResponse,
+    UserExportResponse,
 )
 from shared.openapi import Route, add_routes
 
@@ -89,10 +94,35 @@ ROUTES = [
         TokenUsageResponse,
         tags=TAGS,
     ),
+    Route(
+        "GET",
+        "/webhook/wibot/user/export",
+        views.user_export,
+        "Toutes les données de l'utilisateur connecté (profil, consommation, conversations et messages), en JSON",
+        UserExportResponse,
+        errors=(429,),
+        tags=TAGS,
+    ),
 ]
 
 
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="conversations")
     add_routes(app, ROUTES)
+    app.cleanup_ctx.append(retention(settings))
     return app
+
+
+def retention(settings: Settings) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The retention purge's schedule (services/conversations/data.py), stopped with the app."""
+
+    @contextlib.asynccontextmanager
+    async def _run(app: web.Application) -> AsyncIterator[None]:
+        background = Background()
+        background.loop(data.scheduled_purge(app[AppKeys.DB], settings), name="retention_purge")
+        try:
+            yield
+        finally:
+            await background.close()
+
+    return _run

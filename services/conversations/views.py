@@ -9,11 +9,12 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import Field
 
-from services.conversations import store
+from services.conversations import data, store
 from shared import (
     FORBIDDEN_CONVERSATION_MESSAGE,
     ApiError,
     AppKeys,
+    audit,
     authenticated,
     current_month,
     current_user,
@@ -157,3 +158,26 @@ def token_usage(used: int, quota: int, source: str) -> TokenUsageResponse:
         status=status,
         quota_source=source,
     )
+
+
+@authenticated()
+async def user_export(request: web.Request) -> web.StreamResponse:
+    """The caller's own data as one JSON document, streamed; each export is in the audit trail."""
+    pool, settings, user = request.app[AppKeys.DB], request.app[AppKeys.SETTINGS], current_user(request)
+    await check_rate(pool, user_id=user.user_id, action="export", per_minute=settings.data_exports_per_minute)
+    await audit.record(pool, audit.DATA_EXPORT, actor_id=user.user_id, target=str(user.user_id), request=request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="wibot-export-{user.user_id}.json"',
+            "Cache-Control": "no-store",
+        }
+    )
+    pieces = data.export_user(pool, user.user_id, exported_at=data.utc_now())
+    first = await anext(pieces)  # before the status is sent: a database failure is still the usual envelope
+    await response.prepare(request)
+    await response.write(first)
+    async for piece in pieces:
+        await response.write(piece)
+    await response.write_eof()
+    return response

@@ -13,6 +13,8 @@ from shared.contracts import (
     AdminUsersResponse,
     AnalyticsQuery,
     AnalyticsResponse,
+    AuditQuery,
+    AuditResponse,
 )
 from shared.openapi import Route
 
@@ -65,6 +67,16 @@ ROUTES = [
         "Statistiques de la page Supervision (admin)",
         AnalyticsResponse,
         query=AnalyticsQuery,
+        errors=(400, 403),
+        tags=("admin",),
+    ),
+    Route(
+        "GET",
+        "/webhook/wibot/admin/audit",
+        views.audit_trail,
+        "Piste d'audit, la plus récente d'abord, filtrée et paginée (admin)",
+        AuditResponse,
+        query=AuditQuery,
         errors=(400, 403),
         tags=("admin",),
     ),

@@ -10,7 +10,7 @@ from aiohttp import web
 from services.auth.safeguard.client import SAFEGUARD, SafeguardClient, SafeguardUnavailable
 from services.auth.safeguard.errors import UNAVAILABLE_MESSAGE, DecisionRefused, RequestNotFound, SafeguardDown
 from services.auth.safeguard.rules import check_can_decide, describe, require_access
-from shared import authenticated, current_user, json_response, parse_body, validate
+from shared import AppKeys, audit, authenticated, current_user, json_response, parse_body, validate
 from shared.contracts import (
     SafeguardActionRequest,
     SafeguardActionResponse,
@@ -134,7 +134,12 @@ def decision_route(action: str) -> Handler:
         client = request.app[SAFEGUARD]
         held = await fetch_request(client, body.approval_id, user)
         check_can_decide(held, user)
-        return json_response(await relay_decision(client, held, action, user, body.comment))
+        decided = await relay_decision(client, held, action, user, body.comment)
+        await audit.record(
+            request.app[AppKeys.DB], audit.SAFEGUARD_DECISION, actor_id=user.user_id, target=held.approval_id,
+            request=request, details={"decision": action, "security_level": held.security_level},
+        )  # fmt: skip
+        return json_response(decided)
 
     decide.__name__ = action
     return decide
