@@ -111,9 +111,10 @@ CREATE FUNCTION public.wibot_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_log'
-       AND OLD.at < (now() AT TIME ZONE 'UTC') - interval '180 days' THEN
-        RETURN OLD;
+    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_log' THEN  -- nested: OLD has no `at` on audit_anchor
+        IF OLD.at < (now() AT TIME ZONE 'UTC') - interval '180 days' THEN
+            RETURN OLD;
+        END IF;
     END IF;
     RAISE EXCEPTION 'the audit trail is append-only (% on %)', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';

@@ -56,7 +56,11 @@ LAST_HASH_SQL = "SELECT encode(hash, 'hex') FROM audit_log ORDER BY audit_id DES
 PURGE_BATCH_SQL = """
 WITH removed AS (
     DELETE FROM audit_log
-    WHERE audit_id IN (SELECT audit_id FROM audit_log WHERE at < $1 ORDER BY audit_id LIMIT $2)
+    WHERE audit_id IN (
+        SELECT audit_id FROM audit_log
+        WHERE at < $1 AND at < (now() AT TIME ZONE 'UTC') - make_interval(days => $3)  -- what the trigger allows
+        ORDER BY audit_id LIMIT $2
+    )
     RETURNING audit_id, hash
 ), last AS (
     SELECT audit_id, hash FROM removed ORDER BY audit_id DESC LIMIT 1
@@ -130,7 +134,7 @@ async def purge(pool: asyncpg.Pool | asyncpg.Connection, *, before: datetime, ba
     """Rows older than `before`, oldest first, `batch` per transaction; returns how many."""
     total = 0
     while True:
-        removed: int = await pool.fetchval(PURGE_BATCH_SQL, before, batch)
+        removed: int = await pool.fetchval(PURGE_BATCH_SQL, before, batch, MIN_RETENTION_DAYS)
         total += removed
         if removed < batch:
             return total

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 import structlog.tracebacks
 
 
-def configure_logging(*, level: str = "INFO", fmt: str = "json", service: str = "wibot") -> None:
+def configure_logging(
+    *, level: str = "INFO", fmt: str = "json", service: str = "wibot", stream: TextIO = sys.stdout
+) -> None:
+    """`stream`: stdout for a service; a command whose stdout is its output logs to stderr."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     )
@@ -25,7 +29,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json", service: str = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()

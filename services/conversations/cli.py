@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from services.conversations import data
-from shared import Settings, audit, create_pool, load_settings_or_exit
+from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, configure_logging, create_pool, load_settings_or_exit
 from shared.contracts import format_utc
 from shared.db import database_of_make_run
 
@@ -102,4 +102,9 @@ COMMANDS = {"purge": purge, "export": export, "audit": read_trail, "verify": ver
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = database_of_make_run(load_settings_or_exit())
-    return asyncio.run(run(args, settings))
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service="data-cli", stream=sys.stderr)
+    try:
+        return asyncio.run(run(args, settings))
+    except (*DB_UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:  # a CLI: one line, never a traceback
+        print(f"Erreur : base de données : {type(exc).__name__}: {str(exc)[:300]} (make migrate ?)", file=sys.stderr)
+        return 1

@@ -69,7 +69,9 @@ SELECT (SELECT count(*) FROM old) AS conversations,
        (SELECT coalesce(sum(chunk_count), 0) FROM kb_documents
          WHERE conversation_id IN (SELECT conversation_id FROM old)) AS chunks
 """  # noqa: S608 - a constant's text, no value
-AUDIT_ROWS_BEFORE_SQL = "SELECT count(*) FROM audit_log WHERE at < $1"
+AUDIT_ROWS_BEFORE_SQL = """
+SELECT count(*) FROM audit_log WHERE at < $1 AND at < (now() AT TIME ZONE 'UTC') - make_interval(days => $2)
+"""
 
 
 async def export_user(pool: asyncpg.Pool, user_id: int, *, exported_at: datetime) -> AsyncIterator[bytes]:
@@ -149,7 +151,9 @@ async def _purge(conn: asyncpg.Connection, settings: Settings, *, now: datetime,
                     break
                 await asyncio.sleep(0)
     if dry_run:
-        return replace(total, audit_rows=await conn.fetchval(AUDIT_ROWS_BEFORE_SQL, audit_before))
+        return replace(
+            total, audit_rows=await conn.fetchval(AUDIT_ROWS_BEFORE_SQL, audit_before, audit.MIN_RETENTION_DAYS)
+        )
     total = replace(total, audit_rows=await audit.purge(conn, before=audit_before))
     for what, count in asdict(total).items():
         RETENTION_PURGED.labels(what).inc(count)
