@@ -171,6 +171,8 @@ async def test_spec_curl_tests_pass_through_the_gateway(stack, factory, database
         ("PATCH", "/webhook/wibot/conversation/rename"),
         ("DELETE", "/webhook/wibot/conversation/delete"),
         ("GET", "/webhook/wibot/user/tokens"),
+        ("GET", "/webhook/wibot/user/export"),
+        ("GET", "/webhook/wibot/admin/audit"),
         ("GET", "/webhook/auth/me"),
         ("POST", "/webhook/auth/logout"),
         ("GET", "/webhook/wibot/admin/users"),
@@ -269,6 +271,38 @@ async def test_a_txt_and_a_pdf_as_the_newer_frontend_sends_them_reach_the_model_
     payload = {"conversation_id": str(uuid.uuid4()), "message": "x", "files": [{"name": "a.exe", "content": "MZ"}]}
     async with http.post(stack.url + CHAT_PATH, json=payload, headers=bearer(user_id)) as r:
         assert (r.status, (await r.json())["code"]) == (415, "FILE_UNSUPPORTED_TYPE")
+
+
+async def test_no_message_file_password_or_token_reaches_any_log(stack, http, factory, db):
+    """#30: what a user sends is theirs; the logs of nginx, the services and the fake model carry none of it."""
+    from tests.documents import b64
+
+    password, wrong = "Cheval-Agrafe-7419", "Mauvais-Essai-8821"
+    message = "Le serveur de Quimper-marqueur-5521 refuse la connexion"
+    file_text = "Journal confidentiel marqueur-9043 de la résidente"
+    await factory.user("discret", password)
+    login = stack.url + "/webhook/auth/login"
+    async with http.post(login, json={"username": "discret", "password": wrong}) as r:
+        assert r.status == 401
+    async with http.post(login, json={"username": "discret", "password": password}) as r:
+        token = (await r.json())["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    files = [{"name": "journal.txt", "content": b64(file_text.encode())}]
+    for extra in ({}, {"stream": True}):
+        payload = {"conversation_id": str(uuid.uuid4()), "message": message, "files": files, **extra}
+        async with http.post(stack.url + CHAT_PATH, json=payload, headers=headers) as r:
+            assert r.status == 200 and "marqueur-5521" in await r.text()
+    async with http.get(stack.url + "/webhook/wibot/user/export", headers=headers) as r:
+        assert r.status == 200 and "marqueur-5521" in await r.text()
+    async with http.post(stack.url + "/webhook/auth/logout", headers=headers) as r:
+        assert r.status == 200
+    request_ids = await stack.wait_for(
+        lambda lines: [line for line in lines if line.get("path") == "/webhook/auth/logout"], bool
+    )
+    assert request_ids, "the logs were read after the last request reached them"
+    logged = stack.log.read_text(encoding="utf-8", errors="replace")
+    secrets = [password, wrong, "marqueur-5521", "marqueur-9043", b64(file_text.encode())[:24], token.split(".")[2]]
+    assert [secret for secret in secrets if secret in logged] == []
 
 
 def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
