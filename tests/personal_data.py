@@ -92,12 +92,15 @@ def card(rng: random.Random) -> str:
 def phone(rng: random.Random) -> str:
     first = rng.choice("1234567896")
     pairs = [f"{rng.randrange(100):02d}" for _ in range(4)]
-    spelling = rng.randrange(9)
-    if spelling < 5:
-        separator = [" ", ".", "-", "", " "][spelling]
+    spelling = rng.randrange(11)
+    if spelling < 6:
+        separator = [" ", ".", "-", "", " ", "/"][spelling]
         return separator.join([f"0{first}", *pairs])
     national = " ".join([first, *pairs])
-    return [f"+33 {national}", "+33" + first + "".join(pairs), f"+33 (0){national}", f"0033 {national}"][spelling - 5]
+    return [
+        f"+33 {national}", "+33" + first + "".join(pairs), f"+33 (0){national}", f"+33 (0) {national}",
+        f"0033 {national}",
+    ][spelling - 6]  # fmt: skip
 
 
 FIRST_NAMES = ["Jean", "Marie", "Pierre", "Françoise", "Michel", "Monique", "André", "Hélène", "Louis", "Jeanne"]
@@ -108,7 +111,8 @@ SITES = ["EHPAD Les Tilleuls", "Clinique Saint-Roch", "Résidence du Parc", "EHP
 def email(rng: random.Random) -> str:
     first = rng.choice(["jean", "marie", "p.girard", "f.lefevre", "accueil", "direction"])
     domain = rng.choice(["ehpad-tilleuls.fr", "gmail.com", "orange.fr", "clinique-saint-roch.com", "widip.fr"])
-    return f"{first}{rng.choice(['', '.martin', '_dubois', '42'])}@{domain}"
+    address = f"{first}{rng.choice(['', '.martin', '_dubois', '42'])}@{domain}"
+    return address.upper() if rng.random() < 0.1 else address
 
 
 def person(rng: random.Random) -> str:
@@ -158,7 +162,7 @@ LOOKALIKES += [wrong_key_nir, wrong_iban, wrong_card]
 
 def iban_spelled(rng: random.Random) -> str:
     value = iban(rng, rng.choice(["FR"] * 4 + ["DE", "BE", "ES", "IT"]))
-    return rng.choice([value, grouped(value)])
+    return rng.choice([value, grouped(value), grouped(value), grouped(value).lower()])
 
 
 GENERATORS: dict[str, Callable[[random.Random], str]] = {

@@ -72,7 +72,7 @@ def test_iban_card_phone_and_email_in_their_usual_spellings():
     assert kinds_at(f"carte {card_spaced} exp 12/27") == [(CARD, card_spaced)]
     assert kinds_at(f"carte {VISA}") == [(CARD, VISA)]
     for spelling in ["06 12 34 56 78", "06.12.34.56.78", "06-12-34-56-78", "0612345678", "+33 6 12 34 56 78",
-                     "+33612345678", "+33 (0)6 12 34 56 78", "0033 6 12 34 56 78"]:  # fmt: skip
+                     "+33612345678", "+33 (0)6 12 34 56 78", "0033 6 12 34 56 78", "06/12/34/56/78"]:  # fmt: skip
         assert kinds_at(f"Rappeler au {spelling}.") == [(PHONE, spelling)], spelling
     assert kinds_at("écrire à f.lefevre@ehpad-tilleuls.fr.") == [(EMAIL, "f.lefevre@ehpad-tilleuls.fr")]
 
@@ -306,12 +306,37 @@ async def test_off_sends_the_values_as_they_are(make_client, chat_settings, db, 
     assert "marqueurs" not in fake_mistral.received[-1]["messages"][0]["content"]
 
 
-def test_no_value_in_the_logs_only_counts(capsys):
+async def test_no_value_in_the_logs_only_counts(capsys):
     from services.chat.privacy import pseudonymise
     from tests.conftest import make_settings
 
-    protected = pseudonymise(make_settings("postgresql://unused"), [], MESSAGE, [], [])
+    protected = await pseudonymise(make_settings("postgresql://unused"), [], MESSAGE, [], [])
     assert protected.message.count("[") == 2
     logged = capsys.readouterr()
     assert "personal_data_pseudonymised" in logged.out + logged.err
     assert "paul.girard" not in logged.out + logged.err and "12 34" not in logged.out + logged.err
+
+
+async def test_a_large_text_is_pseudonymised_off_the_event_loop_with_the_same_placeholders(monkeypatch):
+    import threading
+
+    from services.chat import privacy
+    from services.chat.attachments import ReadFile
+    from tests.conftest import make_settings
+
+    threads = []
+    real = privacy._pseudonymise
+
+    def spy(*args):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+
+    monkeypatch.setattr(privacy, "_pseudonymise", spy)
+    big = "ligne de journal sans rien\n" * 2000 + "Rappeler le 06 12 34 56 78"
+    read = ReadFile(name="journal.txt", type="text/plain", size=len(big), text=big, pages=None, chars=len(big))
+    settings = make_settings("postgresql://unused")
+    protected = await privacy.pseudonymise(settings, [], "Appelle le 0612345678", [read], [])
+    small = await privacy.pseudonymise(settings, [], "Appelle le 0612345678", [], [])
+    assert threads == [False, True]  # the large one in a worker thread, the small one inline
+    assert protected.message == small.message == "Appelle le [TEL_1]"
+    assert protected.files[0].text.endswith("Rappeler le [TEL_1]")

@@ -12,6 +12,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import httpx2
@@ -22,7 +23,7 @@ from services.chat.knowledge import adopt, queries
 from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.ingest import IngestStats, ingest
 from services.chat.llm import build_client
-from shared import DB_UNAVAILABLE_ERRORS, Settings, create_pool, load_settings_or_exit
+from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, create_pool, load_settings_or_exit
 from shared.db import database_of_make_run, model_of_make_run
 from shared.errors import DomainError
 
@@ -84,14 +85,13 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> IngestStat
     http_client = httpx2.AsyncClient(follow_redirects=True)
     try:
         kb = KnowledgeBase(settings, pool, build_client(settings, http_client), extractor)
+        path = relative_to_root(settings, args.path)
+        mode: Literal["full", "incremental"] = "full" if args.full else "incremental"
         with progress_bar() as bar:
-            return await ingest(
-                kb,
-                path=relative_to_root(settings, args.path),
-                mode="full" if args.full else "incremental",
-                category=args.category,
-                progress=bar,
-            )
+            stats = await ingest(kb, path=path, mode=mode, category=args.category, progress=bar)
+        details = {"via": "cli", "mode": mode, **stats.as_dict()}
+        await audit.record(pool, audit.KB_INGESTION, actor_id=None, target=path or ".", details=details)
+        return stats
     finally:
         await http_client.aclose()
         await asyncio.to_thread(extractor.close)

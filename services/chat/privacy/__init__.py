@@ -9,6 +9,7 @@ cloud) with each identifier replaced by its kind. Logs and metrics carry counts 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -60,10 +61,23 @@ class Protected:
     instructions: str  # for the system prompt, when something was replaced
 
 
-def pseudonymise(
+# About 180 µs per KB of tickets (bench/RESULTS.md): beyond this much text, off the event loop.
+IN_THREAD_ABOVE_CHARS = 32_000
+
+
+async def pseudonymise(
     settings: Settings, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
 ) -> Protected:
     """Placeholders numbered in this order (memory first): a value keeps its number while the model sees it."""
+    size = len(message) + sum(len(m["content"]) for m in memory) + sum(len(r.text) for r in files)
+    if settings.personal_data != "off" and size > IN_THREAD_ABOVE_CHARS:
+        return await asyncio.to_thread(_pseudonymise, settings, memory, message, files, passages)
+    return _pseudonymise(settings, memory, message, files, passages)
+
+
+def _pseudonymise(
+    settings: Settings, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
+) -> Protected:
     pseudonyms = Pseudonyms(names=settings.personal_data_names)
     if settings.personal_data == "off":
         return Protected(memory, message, files, passages, pseudonyms, "")

@@ -10,6 +10,7 @@ IP addresses, host names and ticket numbers are the technicians' work and never 
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ class Found:
     key: str  # the value normalised: one key, one placeholder
 
 
+_DIGIT = re.compile(r"\d")
 _SEP = r"[ .]?"
 # Sex (1, 2; 7, 8 for provisional numbers), year, month, then département + commune (2A/2B in Corsica;
 # three + two digits overseas), order number, key.
@@ -40,7 +42,9 @@ _CARD = re.compile(
     r"(?<![\w.,-])(?:\d{4}([ -]?)\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -]?)\d{6}\2\d{4,5}|\d{13,15})"
     r"(?![\w]|[.,-]\d)"
 )
-_PHONE = re.compile(r"(?<![\w+.-])(?:(?:\+|00) ?33[ .-]?(?:\(0\)[ .-]?)?|0)([1-9])((?:[ .-]?\d\d){4})(?![\w]|[.-]\d)")
+_PHONE = re.compile(
+    r"(?<![\w+./-])(?:(?:\+|00) ?33[ .-]?(?:\(0\)[ .-]?)?|0)([1-9])((?:[ ./-]?\d\d){4})(?![\w]|[./-]\d)"
+)
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.([A-Za-z]{2,24})(?![\w-])"
@@ -69,12 +73,17 @@ _TITLES = frozenset(
 
 def find_identifiers(text: str, *, names: bool = False) -> list[Found]:
     """Every identifier in `text`, in order, never two on one character (the checksummed kinds first)."""
-    taken: list[Found] = []
-    for finder in (_nirs, _ibans, _cards, _phones, _emails, *((_names,) if names else ())):
+    finders = [*((_nirs, _ibans, _cards, _phones) if _DIGIT.search(text) else ()), *((_emails,) if "@" in text else ())]
+    if names:
+        finders.append(_names)
+    taken: list[Found] = []  # sorted by start, never overlapping
+    for finder in finders:
         for found in finder(text):
-            if not any(found.start < other.end and other.start < found.end for other in taken):
-                taken.append(found)
-    return sorted(taken, key=lambda found: found.start)
+            at = bisect.bisect_left(taken, found.start, key=lambda item: item.start)
+            if (at and taken[at - 1].end > found.start) or (at < len(taken) and taken[at].start < found.end):
+                continue
+            taken.insert(at, found)
+    return taken
 
 
 def replace_found(text: str, found: list[Found], replacement: Callable[[Found], str]) -> str:
@@ -169,7 +178,7 @@ def _luhn(digits: str) -> bool:
 def _phones(text: str) -> Iterator[Found]:
     for match in _PHONE.finditer(text):
         first, rest = match.groups()
-        yield Found(PHONE, match.start(), match.end(), "0" + first + re.sub(r"[ .-]", "", rest))
+        yield Found(PHONE, match.start(), match.end(), "0" + first + re.sub(r"[ ./-]", "", rest))
 
 
 def _emails(text: str) -> Iterator[Found]:
