@@ -109,6 +109,9 @@ def stack(database_url, tmp_path_factory):
         # The demo corpus, ingested by the tests themselves (no sync at start to race with them).
         "KB_ROOT": str(ROOT / "devtools" / "kb_corpus"),
         "KB_SYNC_EVERY_S": "0",
+        # Conversations idle for 30 days go (no test but the purge's makes one that old), checked twice a second.
+        "RETENTION_DAYS": "30",
+        "RETENTION_PURGE_EVERY_S": "0.5",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     log = run_dir / "stack.log"
@@ -303,6 +306,31 @@ async def test_no_message_file_password_or_token_reaches_any_log(stack, http, fa
     logged = stack.log.read_text(encoding="utf-8", errors="replace")
     secrets = [password, wrong, "marqueur-5521", "marqueur-9043", b64(file_text.encode())[:24], token.split(".")[2]]
     assert [secret for secret in secrets if secret in logged] == []
+
+
+async def test_the_retention_purge_and_the_audit_trail_work_through_the_gateway(stack, http, factory, db):
+    admin = await factory.user("gardien", "motdepasse-gardien", role="admin")
+    user_id = await factory.user("ancien")
+    old = await factory.conversation(user_id, updated_at="2020-01-01T00:00:00Z")
+    await factory.message(old, user_id, "user", "Un vieux message")
+    fresh = await factory.conversation(user_id)
+    async with asyncio.timeout(10):  # the conversations service's schedule, every 0.5 s here
+        while await db.fetchval("SELECT count(*) FROM conversations WHERE conversation_id = $1", old):
+            await asyncio.sleep(0.1)
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", old) == 0
+    assert await db.fetchval("SELECT count(*) FROM conversations WHERE conversation_id = $1", fresh) == 1
+
+    login = {"username": "gardien", "password": "motdepasse-gardien"}
+    async with http.post(stack.url + "/webhook/auth/login", json=login) as r:
+        headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    audit_url = stack.url + "/webhook/wibot/admin/audit"
+    async with http.get(audit_url, params={"action": "retention_purge"}, headers=headers) as r:
+        purges = (await r.json())["rows"]
+    assert r.status == 200 and any(row["details"]["conversations"] >= 1 for row in purges)
+    async with http.get(audit_url, params={"action": "login", "user_id": str(admin)}, headers=headers) as r:
+        [row] = (await r.json())["rows"]
+    assert row["target"] == str(admin) and row["client_address"] == "127.0.0.1"  # as nginx saw the client
+    assert len(row["request_id"]) >= 16
 
 
 def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -138,7 +138,7 @@ async def test_ids_that_would_reach_elsewhere_upstream_are_refused(client, peopl
     assert upstream.decisions == []
 
 
-async def test_approval_within_the_level_is_relayed_with_the_approver(client, people, held, upstream):
+async def test_approval_within_the_level_is_relayed_with_the_approver(client, people, held, upstream, db):
     r = await client.post(
         f"{SAFEGUARD}/approve",
         json={"approval_id": "req-l2", "comment": "ok, vu au téléphone"},
@@ -156,6 +156,11 @@ async def test_approval_within_the_level_is_relayed_with_the_approver(client, pe
         }
     ]
     assert held["l2"]["status"] == "approved"
+    trail = await db.fetchrow(
+        "SELECT action, actor_id, target, details->>'decision' AS decision, details->>'security_level' AS level"
+        " FROM audit_log ORDER BY audit_id DESC LIMIT 1"
+    )
+    assert tuple(trail) == ("safeguard_decision", people["N2"], "req-l2", "approve", "L2")
 
 
 async def test_rejection_is_relayed(client, people, held, upstream):
