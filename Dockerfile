@@ -4,11 +4,16 @@
 # no tests, no compiler), run by an unprivileged user.
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# bonsai (the directory login's LDAP client) is built against OpenLDAP's libldap.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libldap2-dev libsasl2-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /venv
 COPY requirements.lock /tmp/requirements.lock
 RUN /venv/bin/pip install --require-hashes --no-deps -r /tmp/requirements.lock
 
 FROM python:3.11.14-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends libldap-2.5-0 libsasl2-2 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/venv/bin:$PATH
 COPY --from=build /venv /venv
 WORKDIR /app

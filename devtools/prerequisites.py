@@ -1,9 +1,10 @@
 """`make run`'s first step: what this machine lacks, installed when it can be, else named in one line.
 
 Standard library only: it runs before the virtual environment exists. Needed: nginx, Python's venv module,
-and PostgreSQL (a server answering where the settings point, or its binaries for the private cluster that
-`make run` starts otherwise). As root with apt-get (a fresh Debian machine, CI), missing packages are installed;
-otherwise nothing is done and one line lists every missing piece with the command that installs it.
+PostgreSQL (a server answering where the settings point, or its binaries for the private cluster that
+`make run` starts otherwise), and OpenLDAP's headers (the directory login's client is built against them). As
+root with apt-get (a fresh Debian machine, CI), missing packages are installed; otherwise nothing is done and one
+line lists every missing piece with the command that installs it.
 
     python3 -m devtools.prerequisites      exit 0 when everything is there (after installing it), 1 otherwise
 """
@@ -49,11 +50,17 @@ def postgres_found() -> bool:
     return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or shutil.which("initdb") is not None
 
 
-# (what, is it there, Debian package)
+def ldap_headers_found() -> bool:
+    """bonsai, the directory login's LDAP client, is built by `make install` against OpenLDAP's libldap."""
+    return os.path.exists("/usr/include/ldap.h") and os.path.exists("/usr/include/sasl/sasl.h")
+
+
+# (what, is it there, Debian packages)
 CHECKS = [
     ("nginx", nginx_found, "nginx-light"),
     ("Python venv", venv_found, "python3-venv"),
     ("PostgreSQL", postgres_found, "postgresql"),
+    ("OpenLDAP headers", ldap_headers_found, "libldap2-dev libsasl2-dev"),
 ]
 
 
@@ -74,7 +81,7 @@ def install(packages: list[str]) -> bool:
 
 def main() -> int:
     lacking = missing()
-    if lacking and can_install() and install([package for _, package in lacking]):
+    if lacking and can_install() and install([package for _, packages in lacking for package in packages.split()]):
         lacking = missing()
     if not lacking:
         return 0

@@ -130,6 +130,9 @@ class AdminUser(Response):
     standing_quota_tokens: int | None = Field(description="Every new month's quota; null: the default")
     quota_source: QuotaSource
     accreditation_level: AccreditationLevel
+    source: Literal["local", "directory"] = Field(
+        "local", description="Where the account comes from: WIBOT's own password, or the LDAP/AD directory"
+    )
 
 
 class AuditQuery(Request):
@@ -372,6 +375,7 @@ class ConversationStats(Response):
 
 class UserStats(Response):
     total: int
+    directory: int = Field(0, description="Of them, accounts from the LDAP/AD directory (AUTH_MODE directory/both)")
 
 
 class FileStats(Response):

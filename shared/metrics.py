@@ -37,6 +37,11 @@ RETENTION_PURGED = Counter(
     "Rows deleted by the retention purge (conversations, messages, chunks, audit)",
     ["what"],
 )
+DIRECTORY_OPERATIONS = Counter(
+    "wibot_directory_operations_total",
+    "Directory (LDAP/AD) operations by outcome: ok, unknown, ambiguous, wrong_password, disabled, unavailable, busy",
+    ["operation", "outcome"],
+)
 EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embeddings (knowledge base)", ["purpose"])
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]

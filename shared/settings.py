@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.directory_settings import DirectorySettings
+
 MIN_JWT_SECRET_BYTES = 32
 # A secret drawn at random does not compress (zlib makes 32 random hex characters longer, never shorter: 200,000
 # draws, ratio >= 1.06); "x" * 40 (0.30) or a repeated word (0.47-0.53) shrinks to half or less.
@@ -63,7 +65,7 @@ class DatabaseSettings(BaseSettings):
         return f"postgresql://{credentials}@{self.postgres_host}:{self.postgres_port}/{quote(self.postgres_db)}"
 
 
-class Settings(DatabaseSettings):
+class Settings(DirectorySettings, DatabaseSettings):
     # --- security -------------------------------------------------------------------------------
     jwt_secret: SecretStr = Field(description="HS256 signing key, at least 32 bytes (required)")
     jwt_secret_previous: SecretStr | None = Field(

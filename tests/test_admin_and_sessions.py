@@ -57,6 +57,7 @@ async def test_admin_lists_users_with_this_months_usage(client, admin_id, factor
         "standing_quota_tokens",
         "quota_source",
         "accreditation_level",
+        "source",
     }
     assert users[0]["created_at"].endswith("Z")
 

@@ -770,7 +770,7 @@ async def test_the_newer_frontends_supervision_and_safeguard_pages_work_through_
         assert r.status == 200, await r.text()
         body = await r.json()
         assert body["period"] == "30d" and len(body["stats"]["messages"]["byDay"]) == 31
-        assert body["stats"]["users"] == {"total": 2}
+        assert body["stats"]["users"] == {"total": 2, "directory": 0}
     async with http.get(stack.url + "/webhook/wibot/analytics", headers=bearer(tech, "tech")) as r:
         assert r.status == 403
         assert (await r.json())["code"] == "FORBIDDEN"

@@ -101,6 +101,10 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0017-audit-trail": """
+INSERT INTO audit_log (actor_id, action, target) VALUES (1, 'login', '1');
+INSERT INTO audit_anchor (audit_id, hash) VALUES (0, '\\x00');
+""",
     "0011-conversation-message-count": """
 INSERT INTO conversations (conversation_id, user_id, title)
   VALUES ('33333333-3333-4333-8333-333333333333', 1, 'Après 0011');

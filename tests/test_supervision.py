@@ -117,7 +117,7 @@ async def test_figures_of_the_last_30_days_and_this_months_tokens(settings, hist
     # This month only (February's row left out); the inactive user without usage is not counted, the active
     # admin and bob are; quotas are theirs (no default needed).
     assert figures["tokens"] == {"used": 4000, "quota": 60000, "percentage": 6.7}
-    assert figures["users"] == {"total": 2}
+    assert figures["users"] == {"total": 2, "directory": 0}
 
 
 async def test_users_without_a_row_this_month_count_with_the_default_quota(settings, db, factory):
@@ -162,7 +162,7 @@ async def test_the_route_answers_the_pages_exact_shape(client, admin_id, history
         "messages": {"total", "today", "byDay"},
         "modes": {"flash", "code", "redaction"},
         "conversations": {"total", "active"},
-        "users": {"total"},
+        "users": {"total", "directory"},
         "files": {"total", "messagesWithFiles"},
         "rag": {"queries"},
     }

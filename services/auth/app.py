@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.auth import admin, docs, safeguard, views
+from services.auth.directory import directory_context
 from services.auth.legacy import warn_about_plain_text_passwords
 from services.auth.resources import auth_resources
 from shared import Settings, base_app
@@ -22,7 +23,7 @@ LOGIN_ROUTES = [
         "Connexion : renvoie un JWT (8 h)",
         LoginResponse,
         request=LoginRequest,
-        errors=(400, 401, 413, 429),
+        errors=(400, 401, 409, 413, 429, 503),
         authenticated=False,
         tags=("auth",),
     ),
@@ -35,6 +36,7 @@ ROUTES = [*LOGIN_ROUTES, *admin.ROUTES, *safeguard.ROUTES]
 def create_app(settings: Settings) -> web.Application:
     app = base_app(settings, service="auth")
     app.cleanup_ctx.append(auth_resources(settings))
+    app.cleanup_ctx.append(directory_context(settings))
     app.on_startup.append(warn_about_plain_text_passwords)
     add_routes(app, ROUTES)
     docs.add_docs_routes(app)

@@ -158,10 +158,12 @@ async def create(ctx: Context) -> str:
 
 async def list_users(ctx: Context) -> str:
     rows = await users.list_users(ctx.pool, month=ctx.month, default_quota=ctx.settings.default_quota_tokens)
-    lines = [f"{'id':>5}  {'username':<24} {'role':<6} {'niveau':<7} {'actif':<6} {'tokens ce mois':>21}  email"]
+    header = f"{'id':>5}  {'username':<24} {'role':<6} {'niveau':<7} {'actif':<6} {'origine':<9}"
+    lines = [f"{header} {'tokens ce mois':>21}  email"]
     lines += [
         f"{u.user_id:>5}  {printable(u.username):<24} {printable(u.role):<6} {u.accreditation_level:<7}"
-        f" {'oui' if u.is_active else 'non':<6} {f'{u.used_tokens}/{u.quota_tokens}':>21}  {printable(u.email or '')}"
+        f" {'oui' if u.is_active else 'non':<6} {'annuaire' if u.source == 'directory' else 'local':<9}"
+        f" {f'{u.used_tokens}/{u.quota_tokens}':>21}  {printable(u.email or '')}"
         for u in rows
     ]
     return "\n".join(lines)

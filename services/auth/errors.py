@@ -32,6 +32,38 @@ class LastAdmin(UserError):
         return ApiError(409, str(self), "CONFLICT")
 
 
+class DirectoryAccount(UserError):
+    def __init__(self) -> None:
+        super().__init__("Ce compte vient de l'annuaire : son mot de passe se change dans l'annuaire, pas dans WIBOT")
+
+    def api_error(self) -> ApiError:
+        return ApiError(409, str(self), "DIRECTORY_ACCOUNT")
+
+
+class DirectoryUnavailable(DomainError):
+    """The directory did not answer (down, slow, refused the service account): never a 401."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            503,
+            "Annuaire d'entreprise indisponible : la connexion n'a pas pu être vérifiée. Réessayez dans quelques"
+            " instants.",
+            "DIRECTORY_UNAVAILABLE",
+            headers={"Retry-After": "5"},
+        )
+
+
+class AccountConflict(DomainError):
+    """A directory login whose username is a local admin's (break-glass accounts are never taken over)."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            409,
+            "Un compte local administrateur porte déjà ce nom : demandez à un administrateur de le renommer.",
+            "ACCOUNT_CONFLICT",
+        )
+
+
 class LoginBusy(DomainError):
     """Every password-checking thread is taken and the queue is full."""
 

@@ -6,7 +6,8 @@
 # (CREATE_USER_SQL), so the case-insensitive match finds the one user; a database from n8n may hold names that
 # differ only in case: the exact spelling wins, then the oldest account.
 LOGIN_USER_SQL = """
-SELECT u.user_id, u.username, u.password_hash, u.role, COALESCE(a.generation, 0) AS generation
+SELECT u.user_id, u.username, u.password_hash, u.role, COALESCE(a.generation, 0) AS generation,
+       u.directory_id IS NOT NULL AS from_directory
 FROM users u
 LEFT JOIN user_token_revocations a ON a.user_id = u.user_id
 WHERE (u.username = $1 OR lower(u.username) = lower($2)) AND u.is_active IS TRUE
@@ -29,7 +30,8 @@ ADMIN_USERS_SQL = """
 SELECT u.user_id, u.username, u.email, COALESCE(u.role, 'user') AS role, COALESCE(u.is_active, true) AS is_active,
        u.created_at, COALESCE(t.used_tokens, 0) AS used_tokens,
        t.quota_tokens AS month_quota_tokens, u.standing_quota_tokens,
-       COALESCE(u.accreditation_level, 'N1') AS accreditation_level
+       COALESCE(u.accreditation_level, 'N1') AS accreditation_level,
+       CASE WHEN u.directory_id IS NULL THEN 'local' ELSE 'directory' END AS source
 FROM users u
 LEFT JOIN user_token_usage t ON t.user_id = u.user_id AND t.month = $1
 WHERE $2::int IS NULL OR u.user_id = $2
@@ -38,7 +40,10 @@ ORDER BY u.user_id
 
 USER_ID_BY_NAME_SQL = "SELECT user_id FROM users WHERE username = $1"
 
-LOCK_USER_SQL = "SELECT user_id, username, role, is_active FROM users WHERE user_id = $1 FOR UPDATE"
+LOCK_USER_SQL = """
+SELECT user_id, username, role, is_active, directory_id IS NOT NULL AS from_directory FROM users
+WHERE user_id = $1 FOR UPDATE
+"""
 
 # Locks every active admin, always in the same order (no deadlock): two admins demoting each other at once
 # cannot both succeed.
@@ -96,10 +101,11 @@ DELETE_USER_SQL = "DELETE FROM users WHERE user_id = $1 RETURNING user_id, usern
 
 # $1 is passwords.BCRYPT_HASH's pattern: anything in password_hash that is not a bcrypt hash is the n8n install's
 # plain text.
-COUNT_PLAIN_TEXT_PASSWORDS_SQL = "SELECT count(*) FROM users WHERE password_hash !~ $1"
+# Directory accounts have no local password (their marker is no bcrypt hash, and no plain text either).
+COUNT_PLAIN_TEXT_PASSWORDS_SQL = "SELECT count(*) FROM users WHERE password_hash !~ $1 AND directory_id IS NULL"
 PLAIN_TEXT_PASSWORDS_BATCH_SQL = """
 SELECT user_id, password_hash FROM users
-WHERE password_hash !~ $1 AND user_id > $2
+WHERE password_hash !~ $1 AND directory_id IS NULL AND user_id > $2
 ORDER BY user_id
 LIMIT $3
 """

@@ -9,7 +9,7 @@ from typing import Literal
 import asyncpg
 
 from services.auth import queries
-from services.auth.errors import LastAdmin, UserError, UserExists, UserNotFound
+from services.auth.errors import DirectoryAccount, LastAdmin, UserError, UserExists, UserNotFound
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher, fits_bcrypt
 from services.auth.usernames import InvalidUsername, normalize_username
 from shared.rules import quota_in_force
@@ -34,6 +34,7 @@ class UserRecord:
     standing_quota_tokens: int | None
     quota_source: str
     accreditation_level: str
+    source: str  # local, or directory (AUTH_MODE directory/both: services/auth/directory)
 
 
 def check_accreditation(level: str) -> None:
@@ -121,8 +122,11 @@ async def set_password(pool: asyncpg.Pool, hasher: PasswordHasher, *, user_id: i
     check_new_password(password)
     password_hash = await hasher.hash(password)
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(queries.LOCK_USER_SQL, user_id) is None:
+        user = await conn.fetchrow(queries.LOCK_USER_SQL, user_id)
+        if user is None:
             raise UserNotFound(f"Utilisateur inconnu : {user_id}")
+        if user["from_directory"]:
+            raise DirectoryAccount
         await conn.execute(queries.SET_PASSWORD_SQL, user_id, password_hash)
         await conn.execute(queries.REVOKE_ALL_TOKENS_SQL, user_id)
 

@@ -1,13 +1,16 @@
-"""Workflow auth_login: validate input → get user → verify password → issue JWT → respond."""
+"""Workflow auth_login: validate input → check the credentials (local passwords, or the directory: AUTH_MODE) →
+issue JWT → respond."""
 
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from services.auth import queries, users
+from services.auth.directory import check_with_directory
 from services.auth.keys import HASHER
 from services.auth.legacy import MIGRATE_COMMAND
 from services.auth.passwords import PasswordHasher, fits_bcrypt, is_bcrypt_hash
@@ -32,21 +35,23 @@ INVALID_CREDENTIALS = "Identifiants invalides"
 
 
 class LoginRefused(ApiError):
-    """The one 401 of a failed login; `user_id` when the username is someone's (for the audit trail only)."""
+    """The one 401 of a failed login; `user_id` when the username is someone's, `reason` when the directory gave
+    one (for the audit trail only)."""
 
-    def __init__(self, user_id: int | None = None) -> None:
+    def __init__(self, user_id: int | None = None, reason: str | None = None) -> None:
         super().__init__(401, INVALID_CREDENTIALS, "INVALID_CREDENTIALS")
-        self.user_id = user_id
+        self.user_id, self.reason = user_id, reason
 
 
 async def login(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginRequest)
     pool = request.app[AppKeys.DB]
     try:
-        user, generation = await verify_credentials(pool, request.app[HASHER], body.username, body.password)
+        user, generation = await check_credentials(request.app, body.username, body.password)
     except LoginRefused as refused:  # the username as typed is never kept: it may be a password typed too soon
         target = str(refused.user_id) if refused.user_id is not None else None
-        await audit.record(pool, audit.LOGIN_FAILED, actor_id=None, target=target, request=request)
+        details = {"reason": refused.reason} if refused.reason else None
+        await audit.record(pool, audit.LOGIN_FAILED, actor_id=None, target=target, request=request, details=details)
         raise
     request[RequestKeys.USER_ID] = user.id
     token = generate_token(request.app[AppKeys.SETTINGS], user, generation=generation)
@@ -54,15 +59,31 @@ async def login(request: web.Request) -> web.Response:
     return json_response(LoginResponse(token=token, user=user))
 
 
+async def check_credentials(app: web.Application, username: str, password: str) -> tuple[LoginUser, int]:
+    """AUTH_MODE local: WIBOT's passwords; directory/both: services/auth/directory decides, local accounts beside."""
+    pool, hasher = app[AppKeys.DB], app[HASHER]
+    if app[AppKeys.SETTINGS].auth_mode == "local":
+        return await verify_credentials(pool, hasher, username, password)
+
+    async def local(admins_only: bool) -> dict[str, Any]:
+        user, generation = await verify_credentials(pool, hasher, username, password, admins_only=admins_only)
+        return {"user_id": user.id, "username": user.username, "role": user.role, "generation": generation}
+
+    row = await check_with_directory(app, username, password, local, lambda reason: LoginRefused(reason=reason))
+    return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
+
+
 async def verify_credentials(
-    pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str
+    pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str, *, admins_only: bool = False
 ) -> tuple[LoginUser, int]:
-    """The user and their token generation; one 401 whatever was wrong: unknown user, inactive user, wrong
-    password, password over 72 bytes."""
+    """The local user and their token generation; one 401 whatever was wrong: unknown user, inactive user, wrong
+    password, password over 72 bytes, a directory account (no local password), not an admin (`admins_only`)."""
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
         raise LoginRefused
     # Spelt as new usernames are stored (NFKC: "rt_ﬁ" is "rt_fi"), found whatever its case.
     row = await pool.fetchrow(queries.LOGIN_USER_SQL, username, unicodedata.normalize("NFKC", username))
+    if row is not None and (row["from_directory"] or (admins_only and row["role"] != "admin")):
+        row = None  # checked all the same below, against no hash: the same time as a wrong password
     stored = row["password_hash"] if row else None
     if row is not None and not is_bcrypt_hash(stored or ""):
         # An n8n install's plain text: never compared as such; costs what a wrong password costs.

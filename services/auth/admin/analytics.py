@@ -62,7 +62,7 @@ async def compute_stats(
         ),
         modes=ModeStats(flash=row["flash"], code=row["code"], redaction=row["redaction"]),
         conversations=ConversationStats(total=row["conversations"], active=row["active_conversations"]),
-        users=UserStats(total=row["users"]),
+        users=UserStats(total=row["users"], directory=row["directory_users"]),
         files=FileStats(total=row["files"], messagesWithFiles=row["with_files"]),
         rag=RagStats(queries=row["rag"]),
     )

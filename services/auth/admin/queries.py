@@ -39,6 +39,7 @@ SELECT month_usage.used, month_usage.quota,
        (SELECT count(*) FROM conversations) AS conversations,
        (SELECT count(*) FROM conversations WHERE updated_at >= $1) AS active_conversations,
        (SELECT count(*) FROM users WHERE is_active IS TRUE) AS users,
+       (SELECT count(*) FROM users WHERE is_active IS TRUE AND directory_id IS NOT NULL) AS directory_users,
        (SELECT COALESCE(sum(files), 0)::bigint FROM per_day) AS files,
        (SELECT COALESCE(sum(with_files), 0)::bigint FROM per_day) AS with_files,
        (SELECT COALESCE(sum(rag), 0)::bigint FROM per_day) AS rag

@@ -1,0 +1,71 @@
+"""Directory login (#29): AUTH_MODE local | directory | both, behind the same POST /webhook/auth/login.
+
+`directory`: only the directory's accounts (a local admin still logs in while it is down: break-glass).
+`both`: the directory first; a username it does not know is then checked against the local accounts; while it
+is down, local accounts still log in and a directory user gets a 503, never a 401 saying their password is wrong.
+client.py speaks LDAP (search, bind, groups); accounts.py keeps the local account of each directory user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from services.auth.directory.accounts import scheduled_sync, sign_in
+from services.auth.directory.client import Directory, DirectoryRefused
+from services.auth.errors import DirectoryUnavailable
+from shared import AppKeys, Settings
+from shared.background import Background
+
+DIRECTORY = web.AppKey("directory", Directory)
+
+LocalCheck = Callable[[bool], Awaitable[dict[str, Any]]]  # admins_only -> the local user
+
+
+async def check_with_directory(
+    app: web.Application, username: str, password: str, local: LocalCheck, refused: Callable[[str], Exception]
+) -> dict[str, Any]:
+    """The user (user_id, username, role, generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
+    checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401."""
+    settings, directory = app[AppKeys.SETTINGS], app[DIRECTORY]
+    admins_only = settings.auth_mode == "directory"
+    try:
+        account = await directory.authenticate(username, password)
+    except DirectoryRefused as refusal:
+        if refusal.reason == "unknown":  # not the directory's: a local account, if any
+            return await local(admins_only)
+        raise refused(refusal.reason) from None
+    except DirectoryUnavailable:
+        try:  # local accounts still log in while the directory is down
+            return await local(admins_only)
+        except Exception:
+            raise DirectoryUnavailable from None
+    user = await sign_in(app[AppKeys.DB], settings, account)
+    if not user["is_active"]:  # deactivated here: that decision stands whatever the directory says
+        raise refused("inactive")
+    return user
+
+
+def directory_context(settings: Settings) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The directory client and, with LDAP_SYNC_EVERY_S, its sync, for AUTH_MODE directory/both."""
+
+    @contextlib.asynccontextmanager
+    async def _open(app: web.Application) -> AsyncIterator[None]:
+        if settings.auth_mode == "local":
+            yield
+            return
+        directory = Directory(settings)
+        app[DIRECTORY] = directory
+        background = Background()
+        if settings.ldap_sync_every_s > 0:
+            background.loop(scheduled_sync(app[AppKeys.DB], directory), name="directory_sync")
+        try:
+            yield
+        finally:
+            await background.close()
+            await directory.close()
+
+    return _open
