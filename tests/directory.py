@@ -51,6 +51,7 @@ modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
 pidfile {dir}/slapd.pid
+{tls}
 database mdb
 suffix "{base}"
 rootdn "{root_dn}"
@@ -83,6 +84,8 @@ class Slapd:
     port: int
     run_dir: Path
     process: subprocess.Popen[bytes]
+    ldaps_url: str | None = None  # with TLS: the same directory over ldaps://
+    ca_file: Path | None = None  # the CA its certificate is signed by
 
     def admin(self) -> bonsai.LDAPConnection:
         client = bonsai.LDAPClient(self.url)
@@ -158,27 +161,58 @@ class Slapd:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def start_slapd() -> Slapd:
+TLS_CONFIG = """
+TLSCACertificateFile {dir}/ca.pem
+TLSCertificateFile {dir}/server.pem
+TLSCertificateKeyFile {dir}/server.key
+"""
+
+
+def make_certificates(run_dir: Path) -> None:
+    """A CA and the server's certificate for 127.0.0.1 (openssl), as a site's PKI would issue them."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=run_dir, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=WIBOT test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")  # fmt: skip
+    (run_dir / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
+
+
+def start_slapd(*, tls: bool = False) -> Slapd:
     slapd = shutil.which("slapd") or "/usr/sbin/slapd"
     assert Path(slapd).exists(), "slapd is required (apt-get install slapd ldap-utils)"
     run_dir = Path(tempfile.mkdtemp(prefix="wibot-slapd-"))
     (run_dir / "data").mkdir()
     (run_dir / "wibot-test.schema").write_text(SCHEMA)
+    if tls:
+        make_certificates(run_dir)
     config = run_dir / "slapd.conf"
     config.write_text(
-        CONFIG.format(dir=run_dir, base=BASE, root_dn=ROOT_DN, root_password=ROOT_PASSWORD, service_dn=SERVICE_DN)
-    )
-    (port,) = free_ports(1)
-    url = f"ldap://127.0.0.1:{port}"
+        CONFIG.format(
+            dir=run_dir, base=BASE, root_dn=ROOT_DN, root_password=ROOT_PASSWORD, service_dn=SERVICE_DN,
+            tls=TLS_CONFIG.format(dir=run_dir) if tls else "",
+        )
+    )  # fmt: skip
+    port, tls_port = free_ports(2)
+    url, ldaps_url = f"ldap://127.0.0.1:{port}", f"ldaps://127.0.0.1:{tls_port}"
+    listen = url + "/" + (f" {ldaps_url}/" if tls else "")
     # -d 0: in the foreground (a child we can stop), quiet.
     process = subprocess.Popen(
-        [slapd, "-f", str(config), "-h", url + "/", "-d", "0"],
+        [slapd, "-f", str(config), "-h", listen, "-d", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ},
     )
     wait_for_port(port)
     directory = Slapd(url, port, run_dir, process)
+    if tls:
+        wait_for_port(tls_port)
+        directory.ldaps_url, directory.ca_file = ldaps_url, run_dir / "ca.pem"
     _load_tree(directory)
     return directory
 

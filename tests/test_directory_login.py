@@ -5,11 +5,15 @@ directory down or slow, break-glass local admins, and the refusals, each with th
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 
+import aiohttp
 import pytest
 
+from devtools.stack import free_ports, wait_for_port
 from services.auth import users
 from services.auth.app import create_app
 from services.auth.directory import DIRECTORY
@@ -19,7 +23,7 @@ from services.auth.errors import DirectoryAccount
 from services.auth.passwords import PasswordHasher
 from shared import AppKeys
 from tests import directory as ldap
-from tests.conftest import make_settings, sessions_caught_up
+from tests.conftest import TEST_SECRET, make_settings, sessions_caught_up
 
 LOGIN = "/webhook/auth/login"
 
@@ -252,3 +256,54 @@ async def test_first_logins_at_once_make_one_account(client, db, slapd):
     assert {status for status, _ in results} == {200}
     assert len({body["user"]["id"] for _, body in results}) == 1
     assert await db.fetchval("SELECT count(*) FROM users WHERE username = $1", username) == 1
+
+
+async def login_in_own_process(database_url: str, **env: str) -> int:
+    """libldap keeps its TLS settings process-wide: each TLS case runs an auth service of its own, as production
+    runs one directory configuration per process."""
+    (port,) = free_ports(1)
+    environment = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET": TEST_SECRET, "LOG_LEVEL": "WARNING",
+                   **{name.upper(): value for name, value in env.items()}}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.auth", "--host", "127.0.0.1", "--port", str(port), env=environment,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        async with aiohttp.ClientSession() as http:
+            payload = {"username": "bob", "password": "bob-pw-2026"}
+            async with http.post(f"http://127.0.0.1:{port}{LOGIN}", json=payload) as r:
+                return r.status
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def directory_env(slapd: ldap.Slapd, **overrides: str) -> dict[str, str]:
+    return {
+        "auth_mode": "both", "ldap_url": slapd.url, "ldap_start_tls": "false", "ldap_bind_dn": ldap.SERVICE_DN,
+        "ldap_bind_password": ldap.SERVICE_PASSWORD, "ldap_user_base": ldap.BASE,
+        "ldap_user_filter": ldap.OPENLDAP_FILTER, "ldap_id_attribute": "entryUUID", "ldap_timeout_s": "2",
+    } | overrides  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_slapd():
+    server = ldap.start_slapd(tls=True)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("transport", ["ldaps", "starttls"])
+async def test_tls_is_checked_against_the_sites_ca_unless_explicitly_disabled(database_url, tls_slapd, db, transport):
+    url = tls_slapd.ldaps_url if transport == "ldaps" else tls_slapd.url
+    tls = directory_env(tls_slapd, ldap_url=url, ldap_start_tls=str(transport == "starttls").lower())
+    assert await login_in_own_process(database_url, **tls, ldap_ca_file=str(tls_slapd.ca_file)) == 200
+    # The certificate checked against the system's CAs, which do not vouch for it: never a login.
+    assert await login_in_own_process(database_url, **tls) == 503
+    assert await login_in_own_process(database_url, **tls, ldap_verify_certificate="false") == 200
+
+
+async def test_starttls_asked_of_a_directory_without_tls_is_a_503(database_url, slapd, tls_slapd, db):
+    plain = directory_env(slapd, ldap_start_tls="true", ldap_ca_file=str(tls_slapd.ca_file))
+    assert await login_in_own_process(database_url, **plain) == 503

@@ -30,6 +30,7 @@ import pytest
 
 from devtools.fake_mistral import REPLY_PREFIX
 from devtools.stack import Topology, free_ports, wait_for_port, write_nginx_main
+from tests import directory as ldap
 from tests.conftest import TEST_SECRET, bearer, token_for
 from tests.figures import FIGURES
 
@@ -79,7 +80,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(database_url, tmp_path_factory):
+def slapd():
+    server = ldap.start_slapd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, tmp_path_factory, slapd):
     assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), "nginx is required (apt-get install nginx-light)"
     run_dir = tmp_path_factory.mktemp("stack")
     gateway, auth, chat1, chat2, conversations, fake, safeguard = free_ports(7)
@@ -112,6 +120,17 @@ def stack(database_url, tmp_path_factory):
         # Conversations idle for 30 days go (no test but the purge's makes one that old), checked twice a second.
         "RETENTION_DAYS": "30",
         "RETENTION_PURGE_EVERY_S": "0.5",
+        # Directory accounts beside the local ones (#29), from the test directory.
+        "AUTH_MODE": "both",
+        "LDAP_URL": slapd.url,
+        "LDAP_START_TLS": "false",
+        "LDAP_BIND_DN": ldap.SERVICE_DN,
+        "LDAP_BIND_PASSWORD": ldap.SERVICE_PASSWORD,
+        "LDAP_USER_BASE": ldap.BASE,
+        "LDAP_USER_FILTER": ldap.OPENLDAP_FILTER,
+        "LDAP_ID_ATTRIBUTE": "entryUUID",
+        "LDAP_ADMIN_GROUPS": json.dumps([ldap.ADMINS]),
+        "LDAP_LEVEL_GROUPS": json.dumps(ldap.LEVEL_GROUPS),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     log = run_dir / "stack.log"
@@ -331,6 +350,31 @@ async def test_the_retention_purge_and_the_audit_trail_work_through_the_gateway(
         [row] = (await r.json())["rows"]
     assert row["target"] == str(admin) and row["client_address"] == "127.0.0.1"  # as nginx saw the client
     assert len(row["request_id"]) >= 16
+
+
+async def test_a_directory_user_logs_in_through_the_gateway_and_loses_the_admin_role_with_the_group(
+    stack, http, slapd, db
+):
+    """#29 done: the real login route through nginx; role and level from the directory's groups, then changed."""
+    username, password = f"d{uuid.uuid4().hex[:8]}", "directory-pw-2026"
+    dn = slapd.add_person(username, password)
+    slapd.add_to_group(ldap.ADMINS, dn)
+    slapd.add_to_group(ldap.LEVEL_GROUPS["N2"], dn)
+    login = stack.url + "/webhook/auth/login"
+    async with http.post(login, json={"username": username, "password": password}) as r:
+        body = await r.json()
+    assert r.status == 200 and body["user"]["role"] == "admin", body
+    headers = {"Authorization": f"Bearer {body['token']}"}
+    async with http.get(stack.url + "/webhook/wibot/admin/users", headers=headers) as r:
+        listed = {u["username"]: u for u in (await r.json())["users"]}
+    assert (listed[username]["source"], listed[username]["accreditation_level"]) == ("directory", "N2")
+    slapd.remove_from_group(ldap.ADMINS, dn)
+    async with http.post(login, json={"username": username, "password": password}) as r:
+        assert (await r.json())["user"]["role"] == "user"  # applied at the login
+    async with http.get(stack.url + "/webhook/wibot/admin/users", headers=headers) as r:
+        assert r.status == 403  # and to the token issued before, at its next request (the session copies)
+    async with http.post(login, json={"username": username, "password": "wrong-password"}) as r:
+        assert (r.status, (await r.json())["code"]) == (401, "INVALID_CREDENTIALS")
 
 
 def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -44,6 +44,8 @@ async def check_with_directory(
         except Exception:
             raise DirectoryUnavailable from None
     user = await sign_in(app[AppKeys.DB], settings, account)
+    # Role and level may have changed: this process re-reads them at once, the others when notified.
+    app[AppKeys.SESSIONS].forget(user["user_id"])
     if not user["is_active"]:  # deactivated here: that decision stands whatever the directory says
         raise refused("inactive")
     return user
