@@ -42,6 +42,7 @@ DIRECTORY_OPERATIONS = Counter(
     "Directory (LDAP/AD) operations by outcome: ok, unknown, ambiguous, wrong_password, disabled, unavailable, busy",
     ["operation", "outcome"],
 )
+PASSWORD_CHECKS = Counter("wibot_password_checks_total", "bcrypt password checks (logins, and their look-alikes)")
 EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embeddings (knowledge base)", ["purpose"])
 KNOWLEDGE_RETRIEVALS = Counter(
     "wibot_kb_retrievals_total", "Chat messages that consulted the knowledge base, by outcome", ["outcome"]

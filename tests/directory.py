@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def _load_tree(directory: Slapd) -> None:
             conn.add(_entry(group, attributes))
 
 
-def _entry(dn: str, attributes: dict[str, object]) -> bonsai.LDAPEntry:
+def _entry(dn: str, attributes: Mapping[str, object]) -> bonsai.LDAPEntry:
     entry = bonsai.LDAPEntry(dn)
     for name, value in attributes.items():
         entry[name] = value

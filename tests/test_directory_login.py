@@ -22,6 +22,7 @@ from services.auth.directory.client import DirectoryRefused
 from services.auth.errors import DirectoryAccount
 from services.auth.passwords import PasswordHasher
 from shared import AppKeys
+from shared.metrics import PASSWORD_CHECKS
 from tests import directory as ldap
 from tests.conftest import TEST_SECRET, make_settings, sessions_caught_up
 
@@ -109,6 +110,16 @@ async def test_refusals_are_the_usual_401(client, db, username, password, reason
     assert trail["action"] == "login_failed"
     assert (reason in trail["details"]) if reason else True
     assert await db.fetchval("SELECT count(*) FROM users WHERE username = $1", username) == 0
+
+
+async def test_a_refusal_for_a_name_the_directory_knows_costs_what_an_unknown_name_costs(client):
+    """No enumeration of directory accounts by timing: an unknown name falls through to the local check (bcrypt),
+    so a wrong password for a known name pays one bcrypt check too (bench/RESULTS.md measures the times)."""
+    before = PASSWORD_CHECKS._value.get()
+    assert (await login(client, "bob", "wrong-password"))[0] == 401
+    assert (await login(client, "carol", "carol-pw-2026"))[0] == 401  # disabled
+    assert (await login(client, "nobody-here", "wrong-password"))[0] == 401  # unknown: the local check
+    assert PASSWORD_CHECKS._value.get() - before == 3
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 import bcrypt
 
 from services.auth.errors import LoginBusy
+from shared.metrics import PASSWORD_CHECKS
 
 BCRYPT_MAX_BYTES = 72
 # What bcrypt writes: $2a$/$2b$/$2y$, a two-digit cost, then 53 characters of salt and hash.
@@ -73,6 +74,7 @@ class PasswordHasher:
         if not fits_bcrypt(password):
             return False
         stored = password_hash.encode("utf-8") if password_hash is not None else self._dummy_hash
+        PASSWORD_CHECKS.inc()
         try:
             matches = await self._run(bcrypt.checkpw, password.encode("utf-8"), stored)
         except ValueError:  # a corrupt or foreign hash in the users table

@@ -69,7 +69,14 @@ async def check_credentials(app: web.Application, username: str, password: str) 
         user, generation = await verify_credentials(pool, hasher, username, password, admins_only=admins_only)
         return {"user_id": user.id, "username": user.username, "role": user.role, "generation": generation}
 
-    row = await check_with_directory(app, username, password, local, lambda reason: LoginRefused(reason=reason))
+    row = await check_with_directory(
+        app,
+        username,
+        password,
+        local,
+        lambda reason: LoginRefused(reason=reason),
+        lambda: hasher.verify(password, None),
+    )
     return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
 
 

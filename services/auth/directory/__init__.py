@@ -26,10 +26,16 @@ LocalCheck = Callable[[bool], Awaitable[dict[str, Any]]]  # admins_only -> the l
 
 
 async def check_with_directory(
-    app: web.Application, username: str, password: str, local: LocalCheck, refused: Callable[[str], Exception]
+    app: web.Application,
+    username: str,
+    password: str,
+    local: LocalCheck,
+    refused: Callable[[str], Exception],
+    local_cost: Callable[[], Awaitable[object]],
 ) -> dict[str, Any]:
     """The user (user_id, username, role, generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
-    checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401."""
+    checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401,
+    `local_cost()` costs what a local check costs (bcrypt): every refusal takes as long, whoever the username is."""
     settings, directory = app[AppKeys.SETTINGS], app[DIRECTORY]
     admins_only = settings.auth_mode == "directory"
     try:
@@ -37,6 +43,9 @@ async def check_with_directory(
     except DirectoryRefused as refusal:
         if refusal.reason == "unknown":  # not the directory's: a local account, if any
             return await local(admins_only)
+        # The directory knows the name: its answer stands (no local password is tried), in the time a name it
+        # does not know takes (measured: bench/RESULTS.md "Directory login").
+        await local_cost()
         raise refused(refusal.reason) from None
     except DirectoryUnavailable:
         try:  # local accounts still log in while the directory is down
