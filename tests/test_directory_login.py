@@ -318,3 +318,15 @@ async def test_tls_is_checked_against_the_sites_ca_unless_explicitly_disabled(da
 async def test_starttls_asked_of_a_directory_without_tls_is_a_503(database_url, slapd, tls_slapd, db):
     plain = directory_env(slapd, ldap_start_tls="true", ldap_ca_file=str(tls_slapd.ca_file))
     assert await login_in_own_process(database_url, **plain) == 503
+
+
+async def test_the_scheduled_sync_runs_when_set(make_client, database_url, slapd, db):
+    client = await make_client(create_app(directory_settings(database_url, slapd, ldap_sync_every_s=0.2)))
+    username, password = person(slapd)
+    assert (await login(client, username, password))[0] == 200
+    slapd.delete(username)
+    async with asyncio.timeout(10):  # the schedule's next round (every 0.2 s here)
+        while await db.fetchval("SELECT is_active FROM users WHERE username = $1", username):
+            await asyncio.sleep(0.05)
+    trail = await db.fetchrow("SELECT action, details FROM audit_log ORDER BY audit_id DESC LIMIT 1")
+    assert trail["action"] == "user_deactivated" and "directory_sync" in trail["details"]
