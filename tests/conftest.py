@@ -102,6 +102,16 @@ def on_vector_path(request: pytest.FixtureRequest, vector_path: str, database_ur
     return str(request.getfixturevalue("pgvector_database_url")) if vector_path == "pgvector" else database_url
 
 
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[Any]:
+    """A real OpenLDAP with an AD-like tree (tests/directory.py), for the directory login and the routed stack."""
+    from tests.directory import start_slapd
+
+    server = start_slapd()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)

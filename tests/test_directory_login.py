@@ -29,13 +29,6 @@ from tests.conftest import TEST_SECRET, make_settings, sessions_caught_up
 LOGIN = "/webhook/auth/login"
 
 
-@pytest.fixture(scope="module")
-def slapd():
-    server = ldap.start_slapd()
-    yield server
-    server.stop()
-
-
 def directory_settings(database_url: str, slapd: ldap.Slapd, **overrides):
     values = {
         "auth_mode": "both",

@@ -80,13 +80,6 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def slapd():
-    server = ldap.start_slapd()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def stack(database_url, tmp_path_factory, slapd):
     assert shutil.which("nginx") or Path("/usr/sbin/nginx").exists(), "nginx is required (apt-get install nginx-light)"
     run_dir = tmp_path_factory.mktemp("stack")
