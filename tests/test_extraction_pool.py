@@ -8,12 +8,14 @@ import asyncio
 
 from services.chat.app import create_app
 from services.chat.resources import CHAT as RESOURCES
-from tests.documents import b64, slow_pdf
+from tests.documents import b64, slow_pdf, text_pdf
 from tests.test_attachments import assert_nothing_happened, send
 
 # Seconds of parsing on this machine (about 4 s), far longer than a small text file's milliseconds, for a few
 # characters of text: its job ends as soon as its worker is done (no megabytes of text to hand back).
 SLOW_PDF = b64(slow_pdf())
+# A small PDF: it needs a worker (a short text file is read on the event loop and never waits for one).
+SMALL_PDF = {"name": "note.pdf", "content": b64(text_pdf(["Bonjour"]))}
 SMALL_TXT = {"name": "note.txt", "content": b64(b"Bonjour")}
 
 
@@ -36,7 +38,7 @@ async def test_one_users_slow_files_leave_a_worker_to_the_others(make_client, ch
     hostile, other = await factory.user("hostile"), await factory.user("other")
     attacks = [asyncio.ensure_future(send(client, hostile, [slow(f"lent{i}.pdf")])) for i in range(2)]
     await jobs_running(client, 2)
-    r = await send(client, other, [SMALL_TXT])
+    r = await send(client, other, [SMALL_PDF])
     assert r.status == 200, await r.text()
     # Served while both of the hostile user's files are still being read (seconds each): they held one worker,
     # never both, or this file would have waited for one of them to finish.
@@ -55,7 +57,7 @@ async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
     user_id = await factory.user()
     first = asyncio.ensure_future(send(client, user_id, [slow()]))
     await jobs_running(client, 1)
-    r = await send(client, user_id, [SMALL_TXT])
+    r = await send(client, user_id, [SMALL_PDF])
     assert r.status == 429, await r.text()
     assert r.headers["Retry-After"] == "5"
     assert await r.json() == {
@@ -68,7 +70,7 @@ async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
     await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
     await assert_nothing_happened(db, fake_mistral)
     # Nothing kept from the refusal: the user's next file is read.
-    r = await send(client, user_id, [SMALL_TXT])
+    r = await send(client, user_id, [SMALL_PDF])
     assert r.status == 200, await r.text()
 
 
@@ -77,7 +79,7 @@ async def test_a_full_pool_is_a_503_with_retry_after_for_everyone_else(make_clie
     hostile, other = await factory.user("hostile"), await factory.user("other")
     attack = asyncio.ensure_future(send(client, hostile, [slow()]))
     await jobs_running(client, 1)
-    r = await send(client, other, [SMALL_TXT])
+    r = await send(client, other, [SMALL_PDF])
     assert r.status == 503, await r.text()
     assert r.headers["Retry-After"] == "5"
     assert (await r.json())["code"] == "EXTRACTION_BUSY"
@@ -94,11 +96,24 @@ async def test_a_jobs_deadline_counts_from_its_submission(make_client, chat_sett
     first, second = await factory.user("first"), await factory.user("second")
     attack = asyncio.ensure_future(send(client, first, [slow()]))
     await jobs_running(client, 1)
-    r = await send(client, second, [SMALL_TXT])
+    r = await send(client, second, [SMALL_PDF])
     assert await r.json() == {
         "success": False,
-        "error": "Fichier illisible : note.txt (extraction interrompue après 1.5 s).",
+        "error": "Fichier illisible : note.pdf (extraction interrompue après 1.5 s).",
         "code": "FILE_UNREADABLE",
     }
     assert (await attack).status == 422
     assert client.app[RESOURCES].extractor.jobs == 0
+
+
+async def test_a_short_text_file_is_read_at_once_while_the_pool_is_full(make_client, chat_settings, factory):
+    """#31: another user's note never waits behind slow PDFs: short texts are read without a worker."""
+    client = await make_client(create_app(chat_settings.model_copy(update={"extraction_max_jobs": 1})))
+    hostile, other = await factory.user("hostile"), await factory.user("other")
+    attack = asyncio.ensure_future(send(client, hostile, [slow()]))
+    await jobs_running(client, 1)
+    r = await send(client, other, [SMALL_TXT])
+    assert r.status == 200, await r.text()  # a PDF here would be a 503 EXTRACTION_BUSY (the test above)
+    assert "Bonjour" in (await r.json())["response"]
+    attack.cancel()
+    await until(lambda: client.app[RESOURCES].extractor.jobs == 0)

@@ -159,6 +159,14 @@ def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     return Extracted("text", len(data), decoded_text)
 
 
+def extract_unless_pdf(content: str, *, max_bytes: int) -> Extracted | None:
+    """extract() of a file that is no PDF (None for a PDF: that is the workers' job)."""
+    decoded = file_bytes(content)
+    if decoded is not None and decoded[1] == "pdf":
+        return None
+    return extract(content, max_bytes=max_bytes, max_pages=0)
+
+
 def pdf_text(data: bytes, *, max_pages: int) -> tuple[str, int]:
     """Page by page, each under a `[Page n/N]` marker."""
     from pypdf import PdfReader
