@@ -2,16 +2,22 @@
 # Build stage: the dependencies from requirements.lock (every version pinned, every file checked against its
 # sha256), into a virtual environment. Final stage: that environment and the services' code only (no devtools,
 # no tests, no compiler), run by an unprivileged user.
-FROM python:3.11.14-slim-bookworm AS build
+# BASE_IMAGE: the official pinned image; a machine without access to an image registry passes a base of its own
+# made from Debian's packages (tests/test_docker.py: debootstrap, then docker import).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# bonsai (the directory login's LDAP client) is built against OpenLDAP's libldap.
+# bonsai (the directory login's LDAP client) is built against OpenLDAP's libldap (and Python's headers, which
+# the official image has and a base made from Debian's packages does not).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libldap2-dev libsasl2-dev \
+    && (python -c "import os, sysconfig; assert os.path.exists(sysconfig.get_paths()['include'] + '/Python.h')" \
+        || apt-get install -y --no-install-recommends python3-dev) \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /venv
 COPY requirements.lock /tmp/requirements.lock
 RUN /venv/bin/pip install --require-hashes --no-deps -r /tmp/requirements.lock
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends libldap-2.5-0 libsasl2-2 \
     && rm -rf /var/lib/apt/lists/*
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/venv/bin:$PATH
