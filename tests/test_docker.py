@@ -69,7 +69,9 @@ def base_image(daemon: None) -> str:
         )  # fmt: skip
         shutil.copy(CA_BUNDLE, Path(folder) / "etc/ssl/certs/ca-certificates.crt")
         with subprocess.Popen(["tar", "-C", folder, "-c", "."], stdout=subprocess.PIPE) as tar:
-            subprocess.run(["docker", "import", "-", BASE], stdin=tar.stdout, capture_output=True, timeout=300, check=True)
+            subprocess.run(
+                ["docker", "import", "-", BASE], stdin=tar.stdout, capture_output=True, timeout=300, check=True
+            )
         assert tar.returncode == 0
     return BASE
 
