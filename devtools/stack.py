@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -450,8 +451,50 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def service_ports(topology: Topology) -> dict[str, list[int]]:
+    return {"auth": topology.auth_ports, "chat": topology.chat_ports, "conversations": topology.conversations_ports}
+
+
+def ready(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def announce(topology: Topology, *, within_s: float = 300.0) -> str:
+    """Once every service is ready and the gateway answers: where everything is (make run's last words)."""
+    deadline = time.monotonic() + within_s
+    waiting = [(port, "/readyz") for ports in service_ports(topology).values() for port in ports]
+    waiting.append((topology.gateway_port, "/docs"))
+    while waiting:
+        if time.monotonic() > deadline:
+            return f"!!! Not ready after {within_s:.0f} s: {', '.join(str(p) for p, _ in waiting)} (see the logs above)"
+        waiting = [(port, path) for port, path in waiting if not ready(port, path)]
+        time.sleep(0.5)
+    gateway = f"http://127.0.0.1:{topology.gateway_port}"
+    metrics = ", ".join(
+        f"{name} http://127.0.0.1:{ports[0]}/metrics" for name, ports in service_ports(topology).items()
+    )
+    return "\n".join([
+        "=" * 78,
+        "WIBOT is ready.",
+        f"  API (frontend, n8n, curl): {gateway}/webhook/...  e.g. POST {gateway}/webhook/auth/login",
+        f"  Swagger (every route):     {gateway}/docs",
+        f"  Metrics (Prometheus):      {metrics}",
+        f"  Demo login:                {DEMO_USER} / {DEMO_PASSWORD} (admin; development only)",
+        "  Logs:                      this terminal, one JSON object per line (grep a request_id)",
+        "  Stop:                      Ctrl-C",
+        "=" * 78,
+    ])  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "run"
+    if command == "announce":  # make run's background helper (below)
+        print(announce(Topology.from_env(dict(os.environ))), flush=True)
+        return 0
     ensure_dotenv()
     env = {**load_dotenv(ROOT / ".env"), **os.environ}
     procfile_path, extra = prepare(env)
@@ -467,6 +510,8 @@ def main(argv: list[str]) -> int:
     merged = {**dotenv, **{k: v for k, v in os.environ.items() if k in dotenv}, **extra}
     write_private(stack_env, "".join(f"{k}={v}\n" for k, v in merged.items()))
     honcho = [sys.executable, "-m", "honcho", "-f", str(procfile_path), "-d", str(ROOT), "-e", str(stack_env), "start"]
+    # Says where everything is once it all answers (it outlives this process's exec into honcho).
+    subprocess.Popen([sys.executable, "-m", "devtools.stack", "announce"], env={**env, **extra}, cwd=ROOT)
     # exec: honcho takes this process's place, so SIGTERM or Ctrl-C reaches it and it stops every process.
     os.execve(sys.executable, honcho, {**env, **extra, "PYTHONUNBUFFERED": "1"})
 

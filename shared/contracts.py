@@ -136,11 +136,11 @@ class AdminUser(Response):
 
 
 class AuditQuery(Request):
-    user_id: int | None = Field(None, description="Rows whose actor is this user")
+    user_id: int | None = Field(None, ge=1, le=2_147_483_647, description="Rows whose actor is this user")
     action: str | None = Field(None, max_length=40)
     since: datetime | None = None
     until: datetime | None = None
-    before_id: int | None = Field(None, description="Next page: rows before this audit_id")
+    before_id: int | None = Field(None, ge=1, le=2**63 - 1, description="Next page: rows before this audit_id")
     limit: int = Field(100, ge=1, le=500)
 
 

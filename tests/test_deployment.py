@@ -57,6 +57,12 @@ def test_compose_file_is_valid_and_complete(compose_config):
     # The database searches the knowledge base's vectors (#28): pgvector's image, the version the suite tests.
     assert services["postgres"]["image"] == "pgvector/pgvector:0.8.0-pg15"
     assert "pgdata" in compose_config["volumes"]
+    # The knowledge base's documents (#33): a host folder, read-only in every chat container, KB_ROOT pointing at it.
+    [documents] = [
+        v for v in services["chat"]["volumes"] if (v["target"] if isinstance(v, dict) else v.split(":")[1]) == "/kb"
+    ]
+    assert (documents.get("read_only") if isinstance(documents, dict) else documents.endswith(":ro")) is True
+    assert services["chat"]["environment"]["KB_ROOT"] == "/kb"
 
 
 def test_env_example_lists_every_setting():

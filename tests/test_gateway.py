@@ -495,6 +495,18 @@ async def test_two_chat_processes_share_quota_and_history(stack, http, factory, 
     assert used - used_before == sum(body["tokens_used"] for status, body in results if status == 200)
 
 
+async def test_make_run_says_where_everything_is_once_it_all_answers(stack, db):
+    """#33: the URLs (API, Swagger, metrics), the demo login and where the logs are, after every /readyz."""
+
+    def announcement(_: list[dict]) -> str:
+        text = stack.log.read_text(encoding="utf-8", errors="replace")
+        return text[text.find("WIBOT is ready.") :] if "WIBOT is ready." in text else ""
+
+    said = await stack.wait_for(announcement, bool, within_s=30)
+    assert f"Swagger (every route):     {stack.url}/docs" in said
+    assert f"chat http://127.0.0.1:{stack.chat_ports[0]}/metrics" in said and "Demo login" in said
+
+
 async def test_every_service_process_runs_on_uvloop(stack, db):
     def loops(lines: list[dict]) -> dict[str, str]:
         return {

@@ -37,7 +37,19 @@ def test_every_resource_is_valid_for_kubernetes(resources):
         kubernetes_validate.validate(resource, "1.30.0", strict=True)  # raises on the first invalid field
     kinds = {r["kind"] for r in resources}
     assert kinds == {"Namespace", "ConfigMap", "Job", "Deployment", "Service", "HorizontalPodAutoscaler",
-                     "PodDisruptionBudget"}  # fmt: skip
+                     "PodDisruptionBudget", "PersistentVolumeClaim"}  # fmt: skip
+
+
+def test_every_chat_pod_reads_the_knowledge_base_from_one_shared_volume(resources):
+    """#33: KB_ROOT is a volume the site fills, mounted read-only by every chat replica."""
+    chat = named(resources, "Deployment")["chat"]["spec"]["template"]["spec"]
+    [mount] = [m for m in chat["containers"][0]["volumeMounts"] if m["mountPath"] == "/kb"]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in chat["volumes"] if v["name"] == mount["name"]]
+    claim = named(resources, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    settings = named(resources, "ConfigMap")
+    assert any(cm.get("data", {}).get("KB_ROOT") == "/kb" for cm in settings.values())
 
 
 def test_each_service_has_probes_a_service_autoscaling_and_a_disruption_budget(resources):
