@@ -113,6 +113,12 @@ def test_the_migrate_job_ran_first_and_every_service_is_healthy(stack):
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert state == ["exited", "0"]
+    # No pgvector in the local image (bookworm has none recent enough for halfvec): the path is said, not hidden.
+    said = compose("logs", "--no-color", "migrate", env=stack)
+    assert "knowledge-base vectors: in process (this server has no pgvector extension)" in said
+    for port in (8002, 8012):
+        ready = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/readyz"], capture_output=True, text=True)
+        assert '"knowledge_vectors":"in_process"' in ready.stdout.replace(" ", ""), ready.stdout
     assert all(health(f"{PROJECT}_{service}_1") == "healthy" for service in SERVICES)
 
 
