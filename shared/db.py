@@ -108,6 +108,11 @@ def pool_context(settings: Settings, *, application_name: str) -> Callable[[web.
     return _pool_ctx
 
 
+def utc_now() -> datetime:
+    """Naive UTC, the representation of the TIMESTAMP columns."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def current_month(now: datetime | None = None) -> date:
     """First day of the current UTC month (the `month` key of user_token_usage)."""
     now = now or datetime.now(UTC)

@@ -4,7 +4,6 @@ issue JWT → respond."""
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -65,11 +64,10 @@ async def check_credentials(app: web.Application, username: str, password: str) 
     if app[AppKeys.SETTINGS].auth_mode == "local":
         return await verify_credentials(pool, hasher, username, password)
 
-    async def local(admins_only: bool) -> dict[str, Any]:
-        user, generation = await verify_credentials(pool, hasher, username, password, admins_only=admins_only)
-        return {"user_id": user.id, "username": user.username, "role": user.role, "generation": generation}
+    async def local(admins_only: bool) -> tuple[LoginUser, int]:
+        return await verify_credentials(pool, hasher, username, password, admins_only=admins_only)
 
-    row = await check_with_directory(
+    return await check_with_directory(
         app,
         username,
         password,
@@ -77,7 +75,6 @@ async def check_credentials(app: web.Application, username: str, password: str) 
         lambda reason: LoginRefused(reason=reason),
         lambda: hasher.verify(password, None),
     )
-    return LoginUser(id=row["user_id"], username=row["username"], role=row["role"] or "user"), row["generation"]
 
 
 async def verify_credentials(

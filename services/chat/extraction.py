@@ -142,7 +142,18 @@ def least_size(content: str) -> int:
 
 def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     """The text of one file (the worker's entry point). Raises FileProblem."""
+    return _extracted(content, file_bytes(content), max_bytes=max_bytes, max_pages=max_pages)
+
+
+def extract_unless_pdf(content: str, *, max_bytes: int) -> Extracted | None:
+    """extract() of a file that is no PDF (None for a PDF: that is the workers' job)."""
     decoded = file_bytes(content)
+    if decoded is not None and decoded[1] == "pdf":
+        return None
+    return _extracted(content, decoded, max_bytes=max_bytes, max_pages=0)
+
+
+def _extracted(content: str, decoded: tuple[bytes, Kind] | None, *, max_bytes: int, max_pages: int) -> Extracted:
     if decoded is None:
         size = len(content.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
@@ -157,14 +168,6 @@ def extract(content: str, *, max_bytes: int, max_pages: int) -> Extracted:
     decoded_text = decode_text(data)
     assert decoded_text is not None  # sniff() said text
     return Extracted("text", len(data), decoded_text)
-
-
-def extract_unless_pdf(content: str, *, max_bytes: int) -> Extracted | None:
-    """extract() of a file that is no PDF (None for a PDF: that is the workers' job)."""
-    decoded = file_bytes(content)
-    if decoded is not None and decoded[1] == "pdf":
-        return None
-    return extract(content, max_bytes=max_bytes, max_pages=0)
 
 
 def pdf_text(data: bytes, *, max_pages: int) -> tuple[str, int]:

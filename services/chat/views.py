@@ -9,10 +9,11 @@ from services.chat import llm
 from services.chat.admission import admit_chat
 from services.chat.knowledge.ingest import ingest
 from services.chat.resources import CHAT, Chat
-from services.chat.workflow import Turn, prepare_turn, settle_turn, utc_now
+from services.chat.workflow import Turn, prepare_turn, settle_turn
 from services.chat.writer import ReplyWriter, requested_format
 from shared import audit, authenticated, current_user, json_response, parse_body
 from shared.contracts import ChatRequest, IngestStats, RagIngestRequest, RagIngestResponse
+from shared.db import utc_now
 
 
 @authenticated()

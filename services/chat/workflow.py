@@ -15,7 +15,7 @@ No database connection is held while the model works.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -222,8 +222,3 @@ async def save_exchange(
         )
         raise ConversationIdTaken
     return Usage(row["used_tokens"], row["quota_tokens"])
-
-
-def utc_now() -> datetime:
-    """Naive UTC, the representation of the TIMESTAMP columns."""
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -19,7 +19,7 @@ import orjson
 from services.conversations import data
 from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, configure_logging, create_pool, load_settings_or_exit
 from shared.contracts import format_utc
-from shared.db import database_of_make_run
+from shared.db import database_of_make_run, utc_now
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def purge(pool: asyncpg.Pool, settings: Settings, args: argparse.Namespace) -> int:
-    done = await data.purge_inactive(pool, settings, now=data.utc_now(), dry_run=args.dry_run)
+    done = await data.purge_inactive(pool, settings, now=utc_now(), dry_run=args.dry_run)
     if done is None:
         print("Une purge est déjà en cours dans un autre processus : rien fait.")
         return 1
@@ -69,7 +69,7 @@ async def export(pool: asyncpg.Pool, settings: Settings, args: argparse.Namespac
     await audit.record(pool, audit.DATA_EXPORT, actor_id=None, target=str(user_id), details={"via": "cli"})
     out = args.output.open("wb") if args.output else sys.stdout.buffer
     try:
-        async for piece in data.export_user(pool, user_id, exported_at=data.utc_now()):
+        async for piece in data.export_user(pool, user_id, exported_at=utc_now()):
             out.write(piece)
     finally:
         if args.output:

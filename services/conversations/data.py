@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ import orjson
 
 from shared import Settings, audit, get_logger
 from shared.contracts import format_utc
+from shared.db import utc_now
 from shared.metrics import RETENTION_PURGED
 
 log = get_logger("wibot.data")
@@ -100,11 +101,6 @@ async def export_user(pool: asyncpg.Pool, user_id: int, *, exported_at: datetime
         yield (b"" if first else b",") + b",".join(parts)
         first, after = False, ids[-1]
     yield b"]}"
-
-
-def utc_now() -> datetime:
-    """Naive UTC, the representation of the TIMESTAMP columns."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _utc(row: dict[str, Any]) -> dict[str, Any]:

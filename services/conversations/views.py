@@ -35,6 +35,7 @@ from shared.contracts import (
     SuccessResponse,
     TokenUsageResponse,
 )
+from shared.db import utc_now
 from shared.ratelimit import check_rate
 
 
@@ -173,7 +174,7 @@ async def user_export(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "no-store",
         }
     )
-    pieces = data.export_user(pool, user.user_id, exported_at=data.utc_now())
+    pieces = data.export_user(pool, user.user_id, exported_at=utc_now())
     first = await anext(pieces)  # before the status is sent: a database failure is still the usual envelope
     await response.prepare(request)
     await response.write(first)

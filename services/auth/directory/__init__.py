@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -19,10 +18,12 @@ from services.auth.directory.client import Directory, DirectoryRefused
 from services.auth.errors import DirectoryUnavailable
 from shared import AppKeys, Settings
 from shared.background import Background
+from shared.contracts import LoginUser
 
 DIRECTORY = web.AppKey("directory", Directory)
 
-LocalCheck = Callable[[bool], Awaitable[dict[str, Any]]]  # admins_only -> the local user
+SignedIn = tuple[LoginUser, int]  # the user and their token generation
+LocalCheck = Callable[[bool], Awaitable[SignedIn]]  # admins_only -> the local user
 
 
 async def check_with_directory(
@@ -32,8 +33,8 @@ async def check_with_directory(
     local: LocalCheck,
     refused: Callable[[str], Exception],
     local_cost: Callable[[], Awaitable[object]],
-) -> dict[str, Any]:
-    """The user (user_id, username, role, generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
+) -> SignedIn:
+    """The user (and their token generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
     checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401,
     `local_cost()` costs what a local check costs (bcrypt): every refusal takes as long, whoever the username is."""
     settings, directory = app[AppKeys.SETTINGS], app[DIRECTORY]
@@ -57,7 +58,7 @@ async def check_with_directory(
     app[AppKeys.SESSIONS].forget(user["user_id"])
     if not user["is_active"]:  # deactivated here: that decision stands whatever the directory says
         raise refused("inactive")
-    return user
+    return LoginUser(id=user["user_id"], username=user["username"], role=user["role"] or "user"), user["generation"]
 
 
 def directory_context(settings: Settings) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
