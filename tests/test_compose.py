@@ -24,6 +24,10 @@ from tests.documents import b64, text_pdf
 from tests.test_docker import base_image, daemon  # noqa: F401 - the daemon and the base image of test_docker
 
 ROOT = Path(__file__).resolve().parent.parent
+# On a fresh machine the module's first test also makes the base image (debootstrap) and builds the images:
+# minutes, not the suite's 60 s a test. Each step has its own subprocess timeout.
+pytestmark = pytest.mark.timeout(1500)
+
 PROJECT = "wibotsuite"
 GATEWAY = "http://127.0.0.1:5678"
 PASSWORD = "compose-db-pw-2026"

@@ -28,6 +28,11 @@ IMAGE = "wibot-backend:suite"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
+# On a fresh machine the module's first test also makes the base image (debootstrap) and builds the images:
+# minutes, not the suite's 60 s a test. Each step has its own subprocess timeout.
+pytestmark = pytest.mark.timeout(1500)
+
+
 def docker(*args: str, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check, **kwargs)
 
