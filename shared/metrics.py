@@ -58,6 +58,9 @@ KNOWLEDGE_VECTOR_PATH = Gauge(
 EXTRACTIONS_REFUSED = Counter(
     "wibot_extractions_refused_total", "Attachments refused because the extraction pool was full", ["bound"]
 )
+REFUSALS_PACED = Counter(
+    "wibot_refusals_paced_total", "429s held REFUSAL_PACING_S before being sent (a user refused again and again)"
+)
 DATABASE_ERRORS = Counter("wibot_database_unavailable_total", "Requests answered 503 because the database failed")
 
 

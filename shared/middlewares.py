@@ -70,6 +70,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ApiError, DomainError) as failure:
         exc = failure if isinstance(failure, ApiError) else failure.api_error()
         log.warning("request_failed", status=exc.status, error=exc.message, code=exc.code, path=request.path)
+        user_id = request.get(RequestKeys.USER_ID)
+        if exc.status == 429 and user_id is not None and AppKeys.PACER in request.app:
+            await request.app[AppKeys.PACER].pace(user_id)
         response = envelope_response(exc.status, exc.message, exc.code)
         response.headers.update(exc.headers)
         return response

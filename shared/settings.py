@@ -83,6 +83,12 @@ class Settings(DirectorySettings, DatabaseSettings):
     # --- HTTP limits ----------------------------------------------------------------------------
     # A 10 MB file is ~13.4 MB of JSON once base64-encoded: room for the per-request file total below.
     max_body_bytes: int = Field(24 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)")
+    refusals_before_pacing: int = Field(
+        20, ge=0, description="429s one user gets at once within 10 s; beyond, each waits REFUSAL_PACING_S"
+    )
+    refusal_pacing_s: float = Field(
+        1.0, ge=0, le=30, description="How long a 429 beyond REFUSALS_BEFORE_PACING is held (0: never held)"
+    )
 
     # --- chat -----------------------------------------------------------------------------------
     chat_message_max_chars: int = Field(32_000, gt=0)

@@ -182,3 +182,30 @@ async def test_a_user_already_past_a_lowered_cap_opens_no_more(make_client, chat
     r = await chat.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id))
     assert (r.status, (await r.json())["code"]) == (409, "CONVERSATION_LIMIT")
     assert len(fake_mistral.received) == 0
+
+
+async def test_past_the_limit_a_refusal_is_neither_counted_again_nor_read(make_client, chat_settings, factory, db):
+    """A flood past the limit was a flood of UPDATEs and of bodies parsed: refused from the process's memory of the
+    full window, before the body is read."""
+    client = await make_client(chat_app(chat_settings.model_copy(update={"chat_requests_per_minute": 2})))
+
+    async def attempt():
+        user_id = await factory.user(unique("flood"))
+        statuses = []
+        for _ in range(6):
+            r = await client.post(
+                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+            )
+            statuses.append(r.status)
+        r = await client.post(
+            CHAT, data=b"{pas du JSON", headers={**bearer(user_id), "Content-Type": "application/json"}
+        )
+        hits = await db.fetchval(
+            "SELECT sum(hits) FROM rate_limit_windows WHERE user_id = $1 AND action = 'chat'", user_id
+        )
+        return statuses, r.status, (await r.json())["code"], int(r.headers["Retry-After"]), hits
+
+    statuses, status, code, retry_after, hits = await in_one_minute(db, attempt)
+    assert statuses == [200, 200, 429, 429, 429, 429]
+    assert (status, code) == (429, "RATE_LIMITED") and 1 <= retry_after <= 60
+    assert hits == 3  # the two admitted and the first refusal; the four after it never reached the database

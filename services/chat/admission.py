@@ -1,6 +1,7 @@
 """Chat step `admit_chat`, before the request's body is even read: a user may have CHAT_CONCURRENT_PER_USER chats
-in progress in a process (429 `CHAT_BUSY` beyond, at once), and a user whose quota has no room for a reply is
-refused (429 `QUOTA_EXCEEDED`) before their megabytes of JSON and files are parsed. What costs nothing to check
+in progress in a process (429 `CHAT_BUSY` beyond, at once), CHAT_REQUESTS_PER_MINUTE (429 `RATE_LIMITED`), and
+a user whose quota has no room for a reply is refused (429 `QUOTA_EXCEEDED`) before their megabytes of JSON and
+files are parsed. What costs nothing to check
 is checked before what costs."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from services.chat.errors import ChatBusy
 from services.chat.quota import MIN_COMPLETION_TOKENS, quota_exceeded
 from shared import Settings, current_month
 from shared.lanes import LaneFull, Lanes
+from shared.ratelimit import check_rate
 
 if TYPE_CHECKING:
     from services.chat.resources import Chat
@@ -34,7 +36,9 @@ async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
     """The block runs as one of the user's chats in progress, once their quota was seen to have room."""
     try:
         async with chat.chats.slot(user_id):
-            await check_quota_room(chat.pool, chat.settings, user_id)
+            settings = chat.settings
+            await check_rate(chat.pool, user_id=user_id, action="chat", per_minute=settings.chat_requests_per_minute)
+            await check_quota_room(chat.pool, settings, user_id)
             yield
     except LaneFull:
         raise ChatBusy(chat.settings.chat_concurrent_per_user) from None

@@ -1,10 +1,10 @@
 """Workflow chat_main as two steps around the model call, each a list of steps named after the n8n diagram's nodes.
 
-`prepare_turn`: validate (identifiers refused in block mode) → rate limit → load memory (ownership) → conversation
-cap → check files → reserve the budget (before anything that costs) → read attachments (identifiers refused in block
-mode) → consult the knowledge base (large attachments indexed, passages retrieved) → pseudonymise → prepare context
-→ fit the budget to the prompt. Any failure after the reservation gives it
-back (but what the attachments' embeddings already cost).
+`prepare_turn` (once admitted: services/chat/admission.py): validate (identifiers refused in block mode) → load
+memory (ownership) → conversation cap → check files → reserve the budget (before anything that costs) → read
+attachments (identifiers refused in block mode) → consult the knowledge base (large attachments indexed, passages
+retrieved) → pseudonymise → prepare context → fit the budget to the prompt. Any failure after the reservation
+gives it back (but what the attachments' embeddings already cost).
 The view then calls the model (whole, or streamed through services/chat/writer.py), inside
 `turn.budget.given_back_on_failure()`.
 `settle_turn`: save the exchange with the usage settled (not saved: charged all the same) → quota alerts →
@@ -35,7 +35,6 @@ from shared.background import Background
 from shared.contracts import ChatRequest, ChatResponse
 from shared.errors import ConversationIdTaken, TooManyConversations
 from shared.metrics import TOKENS_SPENT
-from shared.ratelimit import check_rate
 from shared.rules import at_conversation_cap
 
 
@@ -66,7 +65,6 @@ async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, receive
     mode = body.mode or "flash"
     check_message(body, settings)
     refuse_personal_data(settings, [body.message])
-    await check_rate(pool, user_id=user.user_id, action="chat", per_minute=settings.chat_requests_per_minute)
     memory = await load_memory(
         pool, conversation_id=body.conversation_id, user_id=user.user_id, window=settings.chat_memory_messages
     )
