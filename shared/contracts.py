@@ -23,6 +23,8 @@ def storable(value: str) -> str:
     before anything is charged or written, rather than fail at save time."""
     if "\x00" in value:
         raise PydanticCustomError("unstorable_text", "NUL character")
+    if value.isascii():  # base64 attachments: megabytes, checked at memory speed without an encoded copy
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

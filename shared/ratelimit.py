@@ -24,10 +24,9 @@ WITH forgotten AS (
     ON CONFLICT (user_id, action, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
     RETURNING hits, window_start
 )
-SELECT hits,
-       GREATEST(1, ceil(extract(epoch FROM window_start + INTERVAL '1 minute' - NOW() AT TIME ZONE 'UTC')))::int
-           AS retry_after_s
-FROM hit
+SELECT hits, GREATEST(1, ceil(left_s))::int AS retry_after_s, left_s
+FROM (SELECT hits, extract(epoch FROM window_start + INTERVAL '1 minute' - NOW() AT TIME ZONE 'UTC')::float8
+             AS left_s FROM hit) AS window_left
 """
 
 ACTION_LABELS = {"chat": "messages", "conversation_create": "créations de conversation", "export": "exports"}
@@ -67,5 +66,5 @@ async def check_rate(pool: Any, *, user_id: int, action: str, per_minute: int) -
         if len(full) >= MAX_REMEMBERED:
             for key in [key for key, ends in full.items() if ends <= now]:
                 del full[key]
-        full[(user_id, action)] = time.monotonic() + retry - 1  # the window's end, never later (seconds ceiled)
+        full[(user_id, action)] = now + row["left_s"]  # the window's end (NOW() is its transaction's start)
         raise RateLimited(label=label, per_minute=per_minute, retry_after_s=retry)

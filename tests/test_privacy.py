@@ -310,33 +310,36 @@ async def test_no_value_in_the_logs_only_counts(capsys):
     from services.chat.privacy import pseudonymise
     from tests.conftest import make_settings
 
-    protected = await pseudonymise(make_settings("postgresql://unused"), [], MESSAGE, [], [])
+    async def nowhere(*args):
+        raise AssertionError("a short text is pseudonymised in place")
+
+    protected = await pseudonymise(make_settings("postgresql://unused"), [], MESSAGE, [], [], offload=nowhere)
     assert protected.message.count("[") == 2
     logged = capsys.readouterr()
     assert "personal_data_pseudonymised" in logged.out + logged.err
     assert "paul.girard" not in logged.out + logged.err and "12 34" not in logged.out + logged.err
 
 
-async def test_a_large_text_is_pseudonymised_off_the_event_loop_with_the_same_placeholders(monkeypatch):
-    import threading
-
+async def test_a_large_text_is_pseudonymised_in_a_worker_process_with_the_same_placeholders(capsys):
+    """Not in a thread: the detectors hold the GIL, and the event loop would wait for them."""
     from services.chat import privacy
-    from services.chat.attachments import ReadFile
+    from services.chat.attachments import Extractor, ReadFile
     from tests.conftest import make_settings
 
-    threads = []
-    real = privacy._pseudonymise
-
-    def spy(*args):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return real(*args)
-
-    monkeypatch.setattr(privacy, "_pseudonymise", spy)
+    extractor = Extractor(workers=1, timeout_s=30)
     big = "ligne de journal sans rien\n" * 2000 + "Rappeler le 06 12 34 56 78"
     read = ReadFile(name="journal.txt", type="text/plain", size=len(big), text=big, pages=None, chars=len(big))
     settings = make_settings("postgresql://unused")
-    protected = await privacy.pseudonymise(settings, [], "Appelle le 0612345678", [read], [])
-    small = await privacy.pseudonymise(settings, [], "Appelle le 0612345678", [], [])
-    assert threads == [False, True]  # the large one in a worker thread, the small one inline
+    try:
+        protected = await privacy.pseudonymise(
+            settings, [], "Appelle le 0612345678", [read], [], offload=extractor.call
+        )
+        assert extractor.submitted == 1  # the large one went to the worker process
+        small = await privacy.pseudonymise(settings, [], "Appelle le 0612345678", [], [], offload=extractor.call)
+        assert extractor.submitted == 1  # the small one did not
+    finally:
+        extractor.close()
     assert protected.message == small.message == "Appelle le [TEL_1]"
+    assert protected.pseudonyms.masked == {"TEL": 2}  # counted and logged by this process, not the worker
+    assert "personal_data_pseudonymised" in capsys.readouterr().out
     assert protected.files[0].text.endswith("Rappeler le [TEL_1]")

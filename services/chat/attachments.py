@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ import pebble
 from services.chat.errors import ExtractionBusy, FileRefused, FilesTooLarge, TooManyFiles
 from services.chat.extraction import Extracted, FileProblem, extract, extract_unless_pdf, least_size
 from services.chat.french import thousands
+from services.chat.privacy import Offload
 from shared import Settings, get_logger
 from shared.contracts import FileAttachment
 from shared.lanes import LaneFull, Lanes
@@ -86,6 +88,8 @@ class Extractor:
         self.workers, self.timeout_s = workers, timeout_s
         self.lanes = Lanes(running_per_user=max(1, workers - 1), max_jobs=max_jobs, max_jobs_per_user=max_jobs_per_user)
         self._pool: pebble.ProcessPool | None = None
+        self._starting = threading.Lock()
+        self._closed = False
 
     @property
     def jobs(self) -> int:
@@ -109,23 +113,59 @@ class Extractor:
         async with asyncio.timeout(self.timeout_s), self.lanes.slot(owner):
             return await self._schedule(function, args, kwargs)
 
+    def offload(self, owner: int | None) -> Offload:
+        """`function(*args)` of a user's request (`owner`; None: the operators') in a worker process, within its
+        bounds: CPU-heavy Python that a thread would run holding the event loop's GIL. 429/503 EXTRACTION_BUSY
+        when the user or the process has too much in progress, or the workers are that late."""
+
+        async def run(function: Callable[..., Any], *args: Any) -> Any:
+            try:
+                return await self.call(function, *args, owner=owner)
+            except LaneFull as busy:
+                raise extraction_busy(busy) from None
+            except TimeoutError:  # never sent unprotected, never waited for without end
+                raise ExtractionBusy(per_user=False) from None
+
+        return run
+
     async def _schedule(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._pool is None:
-            # forkserver: workers never inherit the event loop's threads and sockets.
-            context: Any = multiprocessing.get_context("forkserver")
-            # Niced: the event loops of this machine's services come before any extraction when CPU is short.
-            self._pool = pebble.ProcessPool(
-                max_workers=self.workers, context=context, initializer=os.nice, initargs=(WORKER_NICENESS,)
-            )
-        future = self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
+        # pebble starts the pool, and replaces the workers it killed, inside schedule(): a fork through the
+        # forkserver that took tens of milliseconds of the event loop while abandoned files were being killed
+        # (bench/attacks.py, extraction): submitted from a thread instead.
+        submitting = asyncio.ensure_future(asyncio.to_thread(self._submit, function, args, kwargs))
+        try:
+            future = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            submitting.add_done_callback(_cancel_submitted)  # submitted after all: withdrawn or its worker killed
+            raise
         # Cancelling the awaiting task (client gone, deadline passed) cancels the job: pebble kills a worker
         # that is running it.
         return await asyncio.wrap_future(future)
 
+    def _submit(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with self._starting:
+            if self._closed:  # a submission that reached its thread as the app stopped: no pool started again
+                raise RuntimeError("extractor closed")
+            if self._pool is None:
+                # forkserver: workers never inherit the event loop's threads and sockets.
+                context: Any = multiprocessing.get_context("forkserver")
+                # Niced: the event loops of this machine's services come before any extraction when CPU is short.
+                self._pool = pebble.ProcessPool(
+                    max_workers=self.workers, context=context, initializer=os.nice, initargs=(WORKER_NICENESS,)
+                )
+            return self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
+
     def close(self) -> None:
+        with self._starting:
+            self._closed = True
         if self._pool is not None:
             self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join(timeout=5)
+
+
+def _cancel_submitted(submitting: asyncio.Future[Any]) -> None:
+    if not submitting.cancelled() and submitting.exception() is None:
+        submitting.result().cancel()
 
 
 def extraction_busy(busy: LaneFull) -> ExtractionBusy:

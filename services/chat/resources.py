@@ -37,6 +37,7 @@ class Chat:
     model: Mistral
     prompts: PromptTemplates
     chats: Lanes  # chats in progress in this process, per user (admission.py)
+    preparing: Lanes  # of them, the one being read and prepared, per user (admission.py)
     extractor: Extractor
     knowledge: KnowledgeBase
     alerts: AlertSender
@@ -77,6 +78,7 @@ def chat_resources(settings: Settings) -> Callable[[web.Application], contextlib
                 model=model,
                 prompts=load_prompts(settings),
                 chats=chat_lanes(settings),
+                preparing=Lanes(running_per_user=1),
                 extractor=extractor,
                 knowledge=knowledge,
                 alerts=alerts,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.chat import llm
-from services.chat.admission import admit_chat
+from services.chat.admission import admit_chat, prepared_in_turn
 from services.chat.knowledge.ingest import ingest
 from services.chat.resources import CHAT, Chat
 from services.chat.workflow import Turn, prepare_turn, settle_turn
@@ -19,11 +19,13 @@ from shared.db import utc_now
 @authenticated()
 async def chat(request: web.Request) -> web.StreamResponse:
     chat = request.app[CHAT]
-    async with admit_chat(chat, current_user(request).user_id):
+    user = current_user(request)
+    async with admit_chat(chat, user.user_id):
         received_at = utc_now()
-        body = await parse_body(request, ChatRequest)
-        fmt = requested_format(request, body)
-        turn = await prepare_turn(chat, current_user(request), body, received_at)
+        async with prepared_in_turn(chat, user.user_id):
+            body = await parse_body(request, ChatRequest)
+            fmt = requested_format(request, body)
+            turn = await prepare_turn(chat, user, body, received_at)
         if fmt is None:
             async with turn.budget.given_back_on_failure():
                 reply = await llm.complete(

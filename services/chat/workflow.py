@@ -82,7 +82,10 @@ async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, receive
         knowledge = await consult_knowledge(
             chat.knowledge, scope, body.message, files, budget, has_documents=memory.has_documents
         )
-        sent = await pseudonymise(settings, memory.messages, body.message, knowledge.files, knowledge.passages)
+        sent = await pseudonymise(
+            settings, memory.messages, body.message, knowledge.files, knowledge.passages,
+            offload=chat.extractor.offload(user.user_id),
+        )  # fmt: skip
         messages = prepare_context(
             system_prompt + sent.instructions, sent.memory, sent.message, sent.files, sent.passages
         )

@@ -54,7 +54,9 @@ async def consult_knowledge(
         return Consulted(files, [], tokens)  # nothing to search: no embedding call
     vector: list[float] | None = None
     try:
-        embedded = await embed(kb.client, settings, [question], purpose="question")
+        embedded = await embed(
+            kb.client, settings, [question], purpose="question", offload=kb.extractor.offload(scope.user_id)
+        )
         vector, tokens = embedded.vectors[0], tokens + embedded.tokens
     except ModelFailed as exc:
         log.warning("kb_question_not_embedded", fault=exc.fault, fallback="full_text")
@@ -145,7 +147,9 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budg
     if not chunks or not await budget.cover(estimate_prompt_tokens(chunks) + passages):
         raise NotIndexed("quota")
     try:
-        embedded = await embed(kb.client, settings, chunks, purpose="attachment")
+        embedded = await embed(
+            kb.client, settings, chunks, purpose="attachment", offload=kb.extractor.offload(scope.user_id)
+        )
     except ModelFailed as exc:  # the embedding model is away: the file is cut as before
         raise NotIndexed(f"embedding {exc.fault}") from None
     budget.embedding_tokens += embedded.tokens

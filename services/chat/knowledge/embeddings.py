@@ -11,7 +11,7 @@ from mistralai.client import Mistral
 
 from services.chat.errors import ModelFailed
 from services.chat.llm import estimate_tokens, model_failures
-from services.chat.privacy import for_embedding
+from services.chat.privacy import Offload, for_embedding
 from shared import Settings, get_logger
 from shared.metrics import EMBEDDING_TOKENS
 
@@ -28,8 +28,9 @@ class Embedded:
 PARALLEL_BATCHES = 4
 
 
-async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpose: str) -> Embedded:
-    """One vector per text, in order. A failure is a ModelFailed."""
+async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpose: str, offload: Offload) -> Embedded:
+    """One vector per text, in order. A failure is a ModelFailed. `offload` runs the identifiers' search of a
+    large batch in a worker process (services/chat/attachments.Extractor.offload)."""
     model = settings.kb_embedding_model
     started = time.perf_counter()
     size = settings.kb_embedding_batch
@@ -38,9 +39,10 @@ async def embed(client: Mistral, settings: Settings, texts: list[str], *, purpos
 
     async def one(batch: list[str]) -> tuple[list[list[float]], int]:
         async with slots:
+            inputs = await for_embedding(settings, batch, offload=offload)
             with model_failures(model, started):
                 async with asyncio.timeout(settings.mistral_timeout_s):
-                    result = await client.embeddings.create_async(model=model, inputs=for_embedding(settings, batch))
+                    result = await client.embeddings.create_async(model=model, inputs=inputs)
         data = sorted(result.data or [], key=lambda item: item.index or 0)
         got = [item.embedding for item in data if item.embedding]
         if len(got) != len(batch) or len({len(vector) for vector in got}) != 1:

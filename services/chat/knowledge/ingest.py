@@ -203,7 +203,7 @@ async def ingest_file(
     except TimeoutError:
         log.warning("kb_file_timeout", path=relative, timeout_s=settings.extraction_timeout_s)
         return f"extraction interrompue après {settings.extraction_timeout_s:g} s"
-    embedded = await embed(kb.client, settings, chunks, purpose="ingestion")
+    embedded = await embed(kb.client, settings, chunks, purpose="ingestion", offload=kb.extractor.offload(None))
     async with kb.pool.acquire() as conn, conn.transaction():
         document_id = await conn.fetchval(
             queries.UPSERT_SITE_DOCUMENT_SQL,

@@ -9,10 +9,10 @@ cloud) with each identifier replaced by its kind. Logs and metrics carry counts 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.chat.errors import PersonalDataRefused
 from services.chat.privacy.detect import KINDS, find_identifiers, replace_found
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the embedding client, which retrieval uses, calls for_embed
 
 log = get_logger("wibot.privacy")
 
-__all__ = ["Protected", "Pseudonyms", "for_embedding", "pseudonymise", "refuse_personal_data"]
+__all__ = ["Offload", "Protected", "Pseudonyms", "for_embedding", "pseudonymise", "refuse_personal_data"]
 
 MODEL_INSTRUCTIONS = """
 
@@ -61,28 +61,45 @@ class Protected:
     instructions: str  # for the system prompt, when something was replaced
 
 
-# About 180 µs per KB of tickets (bench/RESULTS.md): beyond this much text, off the event loop.
-IN_THREAD_ABOVE_CHARS = 32_000
+# About 130-180 µs per KB of tickets (bench/RESULTS.md): beyond this much text (~2 ms), in a worker process. A
+# thread was not enough: the detectors are Python holding the GIL, and a long conversation's 300,000 characters
+# re-read at each turn (40 ms) held the event loop back for every other user's request (bench/attacks.py).
+IN_WORKER_ABOVE_CHARS = 16_000
+
+Offload = Callable[..., Awaitable[Any]]  # function, *args -> its result, computed in a worker process
 
 
 async def pseudonymise(
-    settings: Settings, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
+    settings: Settings,
+    memory: list[dict[str, str]],
+    message: str,
+    files: list[ReadFile],
+    passages: list[Passage],
+    *,
+    offload: Offload,
 ) -> Protected:
     """Placeholders numbered in this order (memory first): a value keeps its number while the model sees it."""
-    size = len(message) + sum(len(m["content"]) for m in memory) + sum(len(r.text) for r in files)
-    if settings.personal_data != "off" and size > IN_THREAD_ABOVE_CHARS:
-        return await asyncio.to_thread(_pseudonymise, settings, memory, message, files, passages)
-    return _pseudonymise(settings, memory, message, files, passages)
-
-
-def _pseudonymise(
-    settings: Settings, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
-) -> Protected:
-    pseudonyms = Pseudonyms(names=settings.personal_data_names)
+    names = settings.personal_data_names
     if settings.personal_data == "off":
-        return Protected(memory, message, files, passages, pseudonyms, "")
+        return Protected(memory, message, files, passages, Pseudonyms(names=names), "")
+    size = len(message) + sum(len(m["content"]) for m in memory) + sum(len(r.text) for r in files)
+    if size > IN_WORKER_ABOVE_CHARS:
+        protected: Protected = await offload(masked, names, memory, message, files, passages)
+    else:
+        protected = masked(names, memory, message, files, passages)
+    if protected.pseudonyms.masked:  # counted here: a worker process's metrics are nobody's
+        for kind, count in protected.pseudonyms.masked.items():
+            PERSONAL_DATA_FOUND.labels(kind, "pseudonymised").inc(count)
+        log.info("personal_data_pseudonymised", **{k.lower(): n for k, n in protected.pseudonyms.masked.items()})
+    return protected
+
+
+def masked(
+    names: bool, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
+) -> Protected:
+    pseudonyms = Pseudonyms(names=names)
     mask = pseudonyms.mask
-    protected = Protected(
+    return Protected(
         memory=[item | {"content": mask(item["content"])} for item in memory],
         message=mask(message),
         files=[replace(read, name=mask(read.name), text=mask(read.text)) for read in files],
@@ -90,18 +107,20 @@ def _pseudonymise(
         pseudonyms=pseudonyms,
         instructions=MODEL_INSTRUCTIONS if pseudonyms.masked else "",
     )
-    if pseudonyms.masked:
-        for kind, count in pseudonyms.masked.items():
-            PERSONAL_DATA_FOUND.labels(kind, "pseudonymised").inc(count)
-        log.info("personal_data_pseudonymised", **{kind.lower(): n for kind, n in pseudonyms.masked.items()})
-    return protected
 
 
-def for_embedding(settings: Settings, texts: list[str]) -> list[str]:
+async def for_embedding(settings: Settings, texts: list[str], *, offload: Offload) -> list[str]:
     """Each identifier replaced by its kind (`[NIR]`): what a passage is about survives, the value does not."""
     if settings.personal_data == "off":
         return texts
-    return [_kinds_only(text, names=settings.personal_data_names) for text in texts]
+    if sum(len(text) for text in texts) > IN_WORKER_ABOVE_CHARS:
+        kinds: list[str] = await offload(kinds_only, texts, settings.personal_data_names)
+        return kinds
+    return kinds_only(texts, settings.personal_data_names)
+
+
+def kinds_only(texts: list[str], names: bool) -> list[str]:
+    return [_kinds_only(text, names=names) for text in texts]
 
 
 def _kinds_only(text: str, *, names: bool) -> str:
