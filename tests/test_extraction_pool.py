@@ -36,16 +36,16 @@ async def jobs_running(client, count: int) -> None:
 async def test_one_users_slow_files_leave_a_worker_to_the_others(make_client, chat_settings, factory):
     client = await make_client(create_app(chat_settings.model_copy(update={"extraction_workers": 2})))
     hostile, other = await factory.user("hostile"), await factory.user("other")
-    attacks = [asyncio.ensure_future(send(client, hostile, [slow(f"lent{i}.pdf")])) for i in range(2)]
+    # Two slow files in one message (a user's messages are prepared one at a time: services/chat/admission.py).
+    attack = asyncio.ensure_future(send(client, hostile, [slow(f"lent{i}.pdf") for i in range(2)]))
     await jobs_running(client, 2)
     r = await send(client, other, [SMALL_PDF])
     assert r.status == 200, await r.text()
     # Served while both of the hostile user's files are still being read (seconds each): they held one worker,
     # never both, or this file would have waited for one of them to finish.
     assert client.app[RESOURCES].extractor.jobs == 2
-    assert not any(attack.done() for attack in attacks)
-    for attack in attacks:
-        attack.cancel()  # the hostile client leaves
+    assert not attack.done()
+    attack.cancel()  # the hostile client leaves
     await until(lambda: client.app[RESOURCES].extractor.jobs == 0)  # its jobs withdrawn or their worker killed
 
 
@@ -55,9 +55,10 @@ async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
     settings = chat_settings.model_copy(update={"extraction_max_jobs_per_user": 1})
     client = await make_client(create_app(settings))
     user_id = await factory.user()
-    first = asyncio.ensure_future(send(client, user_id, [slow()]))
-    await jobs_running(client, 1)
-    r = await send(client, user_id, [SMALL_PDF])
+    # A slow file and a second one in the same message: the second is refused a worker, and the message with it,
+    # at once: the slow one's job is given up (its work would be for nothing).
+    async with asyncio.timeout(3):  # the slow file alone takes ~4 s
+        r = await send(client, user_id, [slow(), SMALL_PDF])
     assert r.status == 429, await r.text()
     assert r.headers["Retry-After"] == "5"
     assert await r.json() == {
@@ -66,7 +67,6 @@ async def test_a_user_past_their_share_of_the_pool_is_a_429_at_once(
         " d'autres.",
         "code": "EXTRACTION_BUSY",
     }
-    first.cancel()
     await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
     await assert_nothing_happened(db, fake_mistral)
     # Nothing kept from the refusal: the user's next file is read.

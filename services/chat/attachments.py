@@ -198,9 +198,19 @@ async def read_attachments(
     (services/chat/knowledge/consult.py)."""
     if not files:
         return []
-    results = await asyncio.gather(
-        *(extract_one(extractor, attachment, settings, owner) for attachment in files), return_exceptions=True
-    )
+    tasks = [asyncio.ensure_future(extract_one(extractor, attachment, settings, owner)) for attachment in files]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        refused = [task.exception() for task in done if isinstance(task.exception(), ExtractionBusy)]
+        if refused:  # a file was refused a worker: the message is refused, its other files' work is for nothing
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise refused[0]  # type: ignore[misc]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:  # the request cancelled (its client left): every file's job withdrawn or killed
+            task.cancel()
     for result in results:  # the first file's problem, in the order the user attached them
         if isinstance(result, BaseException):
             raise result
