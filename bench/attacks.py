@@ -175,16 +175,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         for command in (
             # The model's stand-in at the lowest CPU priority: a real model's work is not on this machine's cores.
-            [
-                "nice",
-                "-n",
-                os.environ.get("BENCH_MODEL_NICE", "19"),
-                sys.executable,
-                "-m",
-                "devtools.fake_mistral",
-                "--port",
-                str(fake_port),
-            ],
+            ["nice", "-n", "19", sys.executable, "-m", "devtools.fake_mistral", "--port", str(fake_port)],
             [sys.executable, "-m", "services.chat", "--port", str(chat_port)],
         )
     ]
