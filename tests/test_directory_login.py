@@ -323,3 +323,33 @@ async def test_the_scheduled_sync_runs_when_set(make_client, database_url, slapd
             await asyncio.sleep(0.05)
     trail = await db.fetchrow("SELECT action, details FROM audit_log ORDER BY audit_id DESC LIMIT 1")
     assert trail["action"] == "user_deactivated" and "directory_sync" in trail["details"]
+
+
+async def test_one_address_flooding_logins_cannot_take_the_directory_from_another(make_client, database_url, slapd, db):
+    """The directory's admission (LDAP_POOL_SIZE operations, 8 waiting each) is everyone's: one client address
+    holds at most half of it. Here one connection, so nine: a first address's nine logins at once, the directory
+    stalled, are four admitted and five 429s at once; another address's login is admitted, and answered."""
+    settings = directory_settings(database_url, slapd, ldap_pool_size=1, ldap_timeout_s=10.0)
+    client = await make_client(create_app(settings))
+    assert (await login(client, "bob", "bob-pw-2026"))[0] == 200  # the service connection opened
+
+    def from_address(address: str):
+        return client.post(LOGIN, json={"username": "bob", "password": "bob-pw-2026"}, headers={"X-Real-IP": address})
+
+    slapd.pause()
+    try:
+        flood = [asyncio.ensure_future(from_address("198.51.100.7")) for _ in range(9)]
+        async with asyncio.timeout(5):
+            while sum(request.done() for request in flood) < 5:
+                await asyncio.sleep(0.02)
+        refused = [request.result() for request in flood if request.done()]
+        assert [r.status for r in refused] == [429] * 5
+        assert {(await r.json())["code"] for r in refused} == {"RATE_LIMITED"}
+        assert refused[0].headers["Retry-After"] == "1"
+        other = asyncio.ensure_future(from_address("203.0.113.20"))
+        await asyncio.sleep(0.3)
+        assert not other.done()  # admitted (without the share: a 503 at once, the admission full)
+    finally:
+        slapd.resume()
+    answers = await asyncio.gather(other, *(request for request in flood if not request.done()))
+    assert [r.status for r in answers] == [200] * 5

@@ -53,6 +53,18 @@ class DirectoryUnavailable(DomainError):
         )
 
 
+class DirectoryBusy(DomainError):
+    """This client address already has as many directory logins in progress as its share allows."""
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429,
+            "Trop de connexions en cours depuis votre adresse. Réessayez dans quelques instants.",
+            "RATE_LIMITED",
+            headers={"Retry-After": "1"},
+        )
+
+
 class AccountConflict(DomainError):
     """A directory login whose username is a local admin's (break-glass accounts are never taken over)."""
 

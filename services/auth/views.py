@@ -46,7 +46,8 @@ async def login(request: web.Request) -> web.Response:
     body = await parse_body(request, LoginRequest)
     pool = request.app[AppKeys.DB]
     try:
-        user, generation = await check_credentials(request.app, body.username, body.password)
+        _, address = audit.request_origin(request)
+        user, generation = await check_credentials(request.app, body.username, body.password, caller=address)
     except LoginRefused as refused:  # the username as typed is never kept: it may be a password typed too soon
         target = str(refused.user_id) if refused.user_id is not None else None
         details = {"reason": refused.reason} if refused.reason else None
@@ -58,7 +59,9 @@ async def login(request: web.Request) -> web.Response:
     return json_response(LoginResponse(token=token, user=user))
 
 
-async def check_credentials(app: web.Application, username: str, password: str) -> tuple[LoginUser, int]:
+async def check_credentials(
+    app: web.Application, username: str, password: str, *, caller: str | None = None
+) -> tuple[LoginUser, int]:
     """AUTH_MODE local: WIBOT's passwords; directory/both: services/auth/directory decides, local accounts beside."""
     pool, hasher = app[AppKeys.DB], app[HASHER]
     if app[AppKeys.SETTINGS].auth_mode == "local":
@@ -74,6 +77,7 @@ async def check_credentials(app: web.Application, username: str, password: str) 
         local,
         lambda reason: LoginRefused(reason=reason),
         lambda: hasher.verify(password, None),
+        caller=caller,
     )
 
 

@@ -33,14 +33,17 @@ async def check_with_directory(
     local: LocalCheck,
     refused: Callable[[str], Exception],
     local_cost: Callable[[], Awaitable[object]],
+    *,
+    caller: str | None = None,
 ) -> SignedIn:
     """The user (and their token generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
     checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401,
-    `local_cost()` costs what a local check costs (bcrypt): every refusal takes as long, whoever the username is."""
+    `local_cost()` costs what a local check costs (bcrypt): every refusal takes as long, whoever the username is.
+    `caller`: the client's address, whose share of the directory's operations this login takes."""
     settings, directory = app[AppKeys.SETTINGS], app[DIRECTORY]
     admins_only = settings.auth_mode == "directory"
     try:
-        account = await directory.authenticate(username, password)
+        account = await directory.authenticate(username, password, caller=caller)
     except DirectoryRefused as refusal:
         if refusal.reason == "unknown":  # not the directory's: a local account, if any
             return await local(admins_only)

@@ -3,12 +3,16 @@ account, then bind as the DN found with the user's password; read their groups (
 
 At most LDAP_POOL_SIZE operations run at once per process, each on one of as many service connections kept open;
 a few callers may wait for one, the rest are refused at once (503), and every call is bounded by LDAP_TIMEOUT_S.
+One client address holds at most half of the admitted operations (429 beyond): a flood of logins from one place
+cannot fill the admission that everyone's logins share, and a site's staff behind one NAT address still have
+half of it (18 logins in progress at once by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from typing import Any, TypeVar
 import bonsai
 from bonsai.asyncio import AIOLDAPConnection
 
-from services.auth.errors import DirectoryUnavailable
+from services.auth.errors import DirectoryBusy, DirectoryUnavailable
 from shared import Settings, get_logger
 from shared.metrics import DIRECTORY_OPERATIONS
 
@@ -59,15 +63,19 @@ class Directory:
         self.settings = settings
         self._idle: list[AIOLDAPConnection] = []
         self._connections = asyncio.Semaphore(settings.ldap_pool_size)
-        self._admitted = asyncio.Semaphore(settings.ldap_pool_size * (1 + WAITING_PER_CONNECTION))
+        admitted = settings.ldap_pool_size * (1 + WAITING_PER_CONNECTION)
+        self._admitted = asyncio.Semaphore(admitted)
+        self._caller_share = max(1, admitted // 2)
+        self._per_caller: Counter[str] = Counter()  # admitted operations per client address
         self._attributes = [settings.ldap_id_attribute, settings.ldap_username_attribute,
                             settings.ldap_email_attribute, "userAccountControl", "memberOf"]  # fmt: skip
 
-    async def authenticate(self, username: str, password: str) -> DirectoryAccount:
-        """The account, its password checked; DirectoryRefused, or DirectoryUnavailable (never a hung call)."""
+    async def authenticate(self, username: str, password: str, *, caller: str | None = None) -> DirectoryAccount:
+        """The account, its password checked; DirectoryRefused, or DirectoryUnavailable (never a hung call), or
+        DirectoryBusy when the client address `caller` already has half of the operations in progress."""
         if not password:  # an empty simple bind is an unauthenticated bind that "succeeds" (RFC 4513 §5.1.2)
             raise DirectoryRefused("empty_password")
-        return await self._run("login", self._authenticate(username, password))
+        return await self._run("login", self._authenticate(username, password), caller=caller)
 
     async def lookup(self, directory_id: str) -> DirectoryAccount | None:
         """The entry of a linked account as it is now (the sync); None when it is gone."""
@@ -78,11 +86,26 @@ class Directory:
         for conn in idle:
             conn.close()
 
-    async def _run(self, operation: str, work: Awaitable[T]) -> T:
+    async def _run(self, operation: str, work: Awaitable[T], *, caller: str | None = None) -> T:
         if self._admitted.locked():
             DIRECTORY_OPERATIONS.labels(operation, "busy").inc()
             work.close()  # type: ignore[attr-defined]  # a coroutine never awaited
             raise DirectoryUnavailable
+        if caller is not None and self._per_caller[caller] >= self._caller_share:
+            DIRECTORY_OPERATIONS.labels(operation, "caller_busy").inc()
+            work.close()  # type: ignore[attr-defined]
+            raise DirectoryBusy
+        if caller is None:
+            return await self._admitted_run(operation, work)
+        self._per_caller[caller] += 1
+        try:
+            return await self._admitted_run(operation, work)
+        finally:
+            self._per_caller[caller] -= 1
+            if not self._per_caller[caller]:
+                del self._per_caller[caller]
+
+    async def _admitted_run(self, operation: str, work: Awaitable[T]) -> T:
         async with self._admitted:
             try:
                 async with asyncio.timeout(self.settings.ldap_timeout_s):
