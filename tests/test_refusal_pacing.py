@@ -24,7 +24,7 @@ def paced() -> float:
 async def test_a_user_refused_again_and_again_is_held_and_another_user_is_not(
     make_client, chat_settings, factory, fake_mistral
 ):
-    settings = chat_settings.model_copy(update={"refusals_before_pacing": 3, "refusal_pacing_s": 1.0})
+    settings = chat_settings.model_copy(update={"refusals_before_pacing": 3, "refusal_pacing_s": 3.0})
     client = await make_client(create_app(settings))
     hostile, other = await factory.user("sans-quota"), await factory.user("voisin")
     await factory.usage(hostile, used=0, quota=0)
@@ -42,7 +42,7 @@ async def test_a_user_refused_again_and_again_is_held_and_another_user_is_not(
     async with asyncio.timeout(5):
         while pacer.held < 5:
             await asyncio.sleep(0.01)
-    r = await ask(other)  # answered while the five are still held
+    r = await ask(other)  # answered while the five are still held (3 s: far longer than a chat here)
     assert r.status == 200
     assert not any(request.done() for request in held) and pacer.held == 5
     answers = await asyncio.gather(*held)
