@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(1500)
 PROJECT = "wibotsuite"
 GATEWAY = "http://127.0.0.1:5678"
 PASSWORD = "compose-db-pw-2026"
-DATABASE = f"postgresql://widip:{PASSWORD}@127.0.0.1:55432/wibot"
+DATABASE = f"postgresql://widip:{PASSWORD}@127.0.0.1:25432/wibot"
 FAKE_MISTRAL_PORT = 8097
 SERVICES = ("postgres", "auth", "chat", "chat-2", "conversations", "nginx")
 
@@ -73,7 +73,7 @@ def health(container: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # noqa: F811
-    for port in (5678, 8001, 8002, 8003, 8012, 55432, FAKE_MISTRAL_PORT):
+    for port in (5678, 8001, 8002, 8003, 8012, 25432, FAKE_MISTRAL_PORT):
         assert not port_open("127.0.0.1", port), f"port {port} is taken: stop `make run` (or what holds it)"
     env_file = tmp_path_factory.mktemp("compose") / "compose.env"
     env_file.write_text(

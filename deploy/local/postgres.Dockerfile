@@ -7,6 +7,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15 &
 COPY deploy/local/postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 # Owned by postgres in the image: a new named volume mounted there takes that ownership.
 RUN mkdir -p /var/lib/postgresql/data && chown postgres:postgres /var/lib/postgresql/data
-ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data PGPORT=55432
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data PGPORT=25432
 USER postgres
 CMD ["sh", "/usr/local/bin/postgres-entrypoint.sh"]
