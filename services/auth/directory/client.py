@@ -66,7 +66,7 @@ class Directory:
         admitted = settings.ldap_pool_size * (1 + WAITING_PER_CONNECTION)
         self._admitted = asyncio.Semaphore(admitted)
         self._caller_share = max(1, admitted // 2)
-        self._per_caller: Counter[str] = Counter()  # admitted operations per client address
+        self._per_caller: Counter[str | None] = Counter()  # admitted operations per client address
         self._attributes = [settings.ldap_id_attribute, settings.ldap_username_attribute,
                             settings.ldap_email_attribute, "userAccountControl", "memberOf"]  # fmt: skip
 
@@ -95,9 +95,7 @@ class Directory:
             DIRECTORY_OPERATIONS.labels(operation, "caller_busy").inc()
             work.close()  # type: ignore[attr-defined]
             raise DirectoryBusy
-        if caller is None:
-            return await self._admitted_run(operation, work)
-        self._per_caller[caller] += 1
+        self._per_caller[caller] += 1  # the sync's lookups (caller None) are counted, never bounded
         try:
             return await self._admitted_run(operation, work)
         finally:
