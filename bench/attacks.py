@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +83,19 @@ def _bystander_process(url: str, users: list[int], with_file: bool, ready: Any, 
     results.put((watch.statuses, watch.durations))
 
 
-def _attacker_process(url: str, label: str, target: tuple[Any, ...], seconds: float, results: Any) -> None:
+def _attacker_process(
+    url: str, label: str, target: tuple[Any, ...], seconds: float, ready: Any, go: Any, results: Any
+) -> None:
     """The attack, repeated for `seconds`, from a process at the lowest CPU priority: an attacker's client does
-    not run on the server's cores; here it only has what the server and the other users leave."""
+    not run on the server's cores; here it only has what the server and the other users leave. Its interpreter
+    starts (hundreds of milliseconds of imports) before the other users are timed, not during the attack."""
     os.nice(19)
 
     async def attack() -> list[Any]:
         async with aiohttp.ClientSession(base_url=url) as session:
             service = attacks.Service(session, SECRET)
+            ready.set()
+            await asyncio.to_thread(go.wait)
             if label == "budget":
                 return await sustained(lambda: attacks.budget_attack(service, target[0]), seconds)
             if label == "retrieval":
@@ -100,14 +105,27 @@ def _attacker_process(url: str, label: str, target: tuple[Any, ...], seconds: fl
     results.put(asyncio.run(attack()))
 
 
-async def attack_in_a_process(url: str, label: str, target: tuple[Any, ...], seconds: float) -> list[Any]:
+@contextlib.asynccontextmanager
+async def attacker_in_a_process(
+    url: str, label: str, target: tuple[Any, ...], seconds: float
+) -> AsyncIterator[Callable[[], Awaitable[list[Any]]]]:
+    """A started attacker, ready to attack: the block gets the function that starts the attack and waits for it."""
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=_attacker_process, args=(url, label, target, seconds, results))
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=_attacker_process, args=(url, label, target, seconds, ready, go, results))
     process.start()
-    outcome: list[Any] = await asyncio.to_thread(results.get)
-    await asyncio.to_thread(process.join)
-    return outcome
+    await asyncio.to_thread(ready.wait)
+
+    async def attack() -> list[Any]:
+        go.set()
+        outcome: list[Any] = await asyncio.to_thread(results.get)
+        return outcome
+
+    try:
+        yield attack
+    finally:
+        go.set()
+        await asyncio.to_thread(process.join)
 
 
 @contextlib.asynccontextmanager
@@ -196,9 +214,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         report["idle_with_file_p99_ms"] = round(idle_with_file * 1000, 2)
 
         async def measure(label: str, target: tuple[Any, ...], *, with_file: bool = False) -> None:
-            started = time.perf_counter()
-            async with bystander_in_a_process(chat_url, others, with_file=with_file) as watch:
-                outcome = await attack_in_a_process(chat_url, label, target, args.attack_seconds)
+            async with attacker_in_a_process(chat_url, label, target, args.attack_seconds) as attack:
+                started = time.perf_counter()
+                async with bystander_in_a_process(chat_url, others, with_file=with_file) as watch:
+                    outcome = await attack()
             baseline = idle_with_file if with_file else idle
             report[label] = {
                 "attack_s": round(time.perf_counter() - started, 2),

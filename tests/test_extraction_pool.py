@@ -5,9 +5,12 @@ security round 3: four deflate bombs abandoned after 1.5 s made another user's 5
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from services.chat.app import create_app
+from services.chat.attachments import WORKER_MODULES, WORKER_NICENESS, Extractor
 from services.chat.resources import CHAT as RESOURCES
+from tests import worker_probe
 from tests.documents import b64, slow_pdf, text_pdf
 from tests.test_attachments import assert_nothing_happened, send
 
@@ -117,3 +120,27 @@ async def test_a_short_text_file_is_read_at_once_while_the_pool_is_full(make_cli
     assert "Bonjour" in (await r.json())["response"]
     attack.cancel()
     await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
+
+
+async def test_a_worker_replacing_a_killed_one_is_born_niced_with_what_it_runs_loaded():
+    """Each abandoned file kills its worker and another is forked: from a forkserver at the services' priority
+    without the workers' modules, each replacement spent ~25 ms of CPU at the services' priority and ~350 ms
+    more importing, a burst per abandoned request that slowed everyone's chats (bench/attacks.py, extraction)."""
+    extractor = Extractor(workers=1, timeout_s=30)
+    try:
+        first = await extractor.call(worker_probe.birth, WORKER_MODULES)
+        held = asyncio.ensure_future(extractor.call(worker_probe.hold, 30))
+        await until(lambda: extractor.jobs == 1)
+        await asyncio.sleep(0.2)  # running in the worker, not waiting for it
+        held.cancel()  # the client left: the worker is killed
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        replacement = await extractor.call(worker_probe.birth, WORKER_MODULES)
+    finally:
+        extractor.close()
+    for worker in (first, replacement):
+        assert worker["niceness"] == worker["parent_niceness"] == WORKER_NICENESS, worker
+        assert worker["loaded"] == WORKER_MODULES, worker
+        # CPU time, not wall time: what the worker itself spent before its first job (~350 ms importing when
+        # each worker imported what it runs); load on the machine does not multiply it.
+        assert worker["cpu_ms"] < 150, worker

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -64,7 +66,9 @@ def test_the_production_server_cancels_a_handler_whose_client_left():
     assert SERVER_OPTIONS["handler_cancellation"] is True  # what the TestServer of every other test does
 
 
-async def test_an_abandoned_chat_stops_its_model_call_and_is_not_charged(chat_process, factory, db, fake_mistral):
+async def test_an_abandoned_chat_stops_its_model_call_and_is_not_charged(
+    chat_process, factory, db, fake_mistral, tmp_path
+):
     user_id = await factory.user()
     fake_mistral.hold = asyncio.Event()
     body = {"conversation_id": str(uuid.uuid4()), "message": "Une question longue à traiter"}
@@ -87,6 +91,16 @@ async def test_an_abandoned_chat_stops_its_model_call_and_is_not_charged(chat_pr
     assert fake_mistral.answered == 0
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0  # refunded
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    # Logged and counted as nginx does (499: the client closed the request), not as a failure of ours (500).
+    async with asyncio.timeout(20):
+        while not (logged := access_log(tmp_path / "chat.log", "/webhook/wibot/chat")):
+            await asyncio.sleep(0.02)
+    assert [entry["status"] for entry in logged] == [499]
+
+
+def access_log(path: Path, request_path: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return [entry for entry in lines if entry["event"] == "request" and entry["path"] == request_path]
 
 
 async def test_a_service_started_without_port_listens_on_port_from_the_environment(database_url, tmp_path):

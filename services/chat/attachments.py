@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
+import multiprocessing.forkserver
 import re
 import threading
 from collections.abc import Awaitable, Callable
@@ -20,7 +20,7 @@ from typing import Any
 import pebble
 
 from services.chat.errors import ExtractionBusy, FileRefused, FilesTooLarge, TooManyFiles
-from services.chat.extraction import Extracted, FileProblem, extract, extract_unless_pdf, least_size
+from services.chat.extraction import Extracted, FileProblem, at_least_niced, extract, extract_unless_pdf, least_size
 from services.chat.french import thousands
 from services.chat.privacy import Offload
 from shared import Settings, get_logger
@@ -71,6 +71,15 @@ class ReadFile:
 # where a worker's round trip is several, and a user's small note never waits behind someone's slow PDFs.
 INLINE_MAX_CHARS = 16_384
 WORKER_NICENESS = 10
+# What the workers run: imported once by the forkserver, not again by every worker it forks.
+WORKER_MODULES = [
+    "pebble",
+    "pypdf",
+    "services.chat.extraction",
+    "services.chat.privacy",
+    "services.chat.knowledge.chunks",
+    "services.chat.knowledge.documents",
+]
 
 
 class Extractor:
@@ -147,11 +156,13 @@ class Extractor:
             if self._closed:  # a submission that reached its thread as the app stopped: no pool started again
                 raise RuntimeError("extractor closed")
             if self._pool is None:
-                # forkserver: workers never inherit the event loop's threads and sockets.
+                start_forkserver()
+                # forkserver: workers never inherit the event loop's threads and sockets. Niced (by birth, and
+                # by their initializer should another forkserver be running): the event loops of this
+                # machine's services come before any extraction when CPU is short.
                 context: Any = multiprocessing.get_context("forkserver")
-                # Niced: the event loops of this machine's services come before any extraction when CPU is short.
                 self._pool = pebble.ProcessPool(
-                    max_workers=self.workers, context=context, initializer=os.nice, initargs=(WORKER_NICENESS,)
+                    max_workers=self.workers, context=context, initializer=at_least_niced, initargs=(WORKER_NICENESS,)
                 )
             return self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
 
@@ -161,6 +172,24 @@ class Extractor:
         if self._pool is not None:
             self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join(timeout=5)
+
+
+def start_forkserver() -> None:
+    """The process's forkserver, started (once) at WORKER_NICENESS with WORKER_MODULES imported: every worker it
+    forks, the first ones and each one replacing a worker killed with its abandoned job, is born niced and ready.
+    Forked from a forkserver at the services' priority, a worker spent its first ~25 ms of CPU there, then
+    hundreds more at its own importing what it runs: per abandoned file, a burst that slowed everyone's chats
+    (bench/attacks.py, extraction)."""
+    multiprocessing.forkserver.set_forkserver_preload(WORKER_MODULES)
+    starter = threading.Thread(target=_start_forkserver_niced, name="forkserver-start")
+    starter.start()
+    starter.join()
+
+
+def _start_forkserver_niced() -> None:
+    # On Linux a thread's niceness is its own, and what it starts inherits it: the services' threads keep theirs.
+    at_least_niced(WORKER_NICENESS)
+    multiprocessing.forkserver.ensure_running()
 
 
 def _cancel_submitted(submitting: asyncio.Future[Any]) -> None:

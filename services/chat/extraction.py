@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +52,13 @@ class Extracted:
     size: int  # decoded bytes (the characters' UTF-8 size when the content was plain text)
     text: str
     pages: int | None = None
+
+
+def at_least_niced(niceness: int) -> None:
+    """The calling thread (a worker's only one) at `niceness` or nicer: a worker born niced is not niced twice."""
+    thread = threading.get_native_id()
+    if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 def unsupported() -> FileProblem:
