@@ -63,14 +63,16 @@ class TooManyConversations(DomainError):
 
 
 class RateLimited(DomainError):
-    def __init__(self, *, label: str, per_minute: int, retry_after_s: int) -> None:
-        super().__init__(label, per_minute, retry_after_s)
-        self.label, self.per_minute, self.retry_after_s = label, per_minute, retry_after_s
+    def __init__(self, *, label: str, per_minute: int, retry_after_s: int, burst: int = 0) -> None:
+        super().__init__(label, per_minute, retry_after_s, burst)
+        self.label, self.per_minute, self.retry_after_s, self.burst = label, per_minute, retry_after_s, burst
 
     def api_error(self) -> ApiError:
+        at_once = f" ({self.burst} à la suite au plus)" if 0 < self.burst < self.per_minute else ""
         return ApiError(
             429,
-            f"Trop de {self.label} : {self.per_minute} par minute au maximum. Réessayez dans {self.retry_after_s} s.",
+            f"Trop de {self.label} : {self.per_minute} par minute au maximum{at_once}."
+            f" Réessayez dans {self.retry_after_s} s.",
             "RATE_LIMITED",
             headers={"Retry-After": str(self.retry_after_s)},
         )

@@ -61,6 +61,12 @@ EXTRACTIONS_REFUSED = Counter(
 REFUSALS_PACED = Counter(
     "wibot_refusals_paced_total", "429s held REFUSAL_PACING_S before being sent (a user refused again and again)"
 )
+RATE_LIMITED = Counter(
+    "wibot_rate_limited_total",
+    "Requests refused by a per-user rate limit, by action and where the refusal was decided (database, or this"
+    " process's memory of a refusal still running)",
+    ["action", "seen_in"],
+)
 DATABASE_ERRORS = Counter("wibot_database_unavailable_total", "Requests answered 503 because the database failed")
 
 

@@ -110,6 +110,9 @@ class Settings(DirectorySettings, DatabaseSettings):
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
     chat_requests_per_minute: int = Field(30, ge=0, description="Chat requests per user and minute (0: no limit)")
+    chat_burst: int = Field(
+        5, ge=0, description="Of them, how many at once; then one every 60/CHAT_REQUESTS_PER_MINUTE s (0: a minute's)"
+    )
     chat_concurrent_per_user: int = Field(
         4, ge=0, description="Chats of one user in progress at once, per process (429 CHAT_BUSY beyond; 0: no limit)"
     )

@@ -152,7 +152,7 @@ DELETE FROM kb_chunks; DELETE FROM kb_documents;
 DELETE FROM messages; DELETE FROM conversation_message_counts; DELETE FROM conversations;
 DELETE FROM user_token_usage; DELETE FROM revoked_tokens; DELETE FROM user_token_revocations;
 DELETE FROM quota_alerts; DELETE FROM token_reservations; DELETE FROM unsaved_charges;
-DELETE FROM rate_limit_windows; DELETE FROM users;
+DELETE FROM rate_limit_windows; DELETE FROM rate_limits; DELETE FROM users;
 SELECT setval(sequence, 1, false)
   FROM unnest(ARRAY['kb_chunks_chunk_id_seq', 'kb_documents_document_id_seq', 'messages_message_id_seq',
                     'user_token_usage_usage_id_seq']::regclass[]) AS sequence;

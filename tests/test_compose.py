@@ -79,7 +79,7 @@ def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     env_file.write_text(
         "JWT_SECRET=compose-suite-secret-0d41c2a95f7e4b3c9a8d6e1f\n"
         f"MISTRAL_API_KEY=suite\nMISTRAL_SERVER_URL=http://127.0.0.1:{FAKE_MISTRAL_PORT}\n"
-        "CHAT_REQUESTS_PER_MINUTE=1000\nKB_SYNC_EVERY_S=0\nBCRYPT_ROUNDS=4\n"
+        "CHAT_REQUESTS_PER_MINUTE=1000\nCHAT_BURST=0\nKB_SYNC_EVERY_S=0\nBCRYPT_ROUNDS=4\n"
     )
     env = {
         **os.environ,

@@ -107,6 +107,7 @@ def stack(database_url, tmp_path_factory, slapd):
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "INFO",
         "CHAT_REQUESTS_PER_MINUTE": "1000",
+        "CHAT_BURST": "0",
         # The demo corpus, ingested by the tests themselves (no sync at start to race with them).
         "KB_ROOT": str(ROOT / "devtools" / "kb_corpus"),
         "KB_SYNC_EVERY_S": "0",

@@ -101,6 +101,9 @@ INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)
 # Rows for every table a migration creates, keyed by the migration that creates it: a test below checks
 # that every table holds rows before each migration, so a new table without rows here fails it.
 ROWS_BY_MIGRATION = {
+    "0019-rate-limit-rates": """
+INSERT INTO rate_limits (user_id, action, due_at) VALUES (1, 'chat', '2025-03-20 12:00:02+00');
+""",
     "0017-audit-trail": """
 INSERT INTO audit_log (actor_id, action, target) VALUES (1, 'login', '1');
 INSERT INTO audit_anchor (audit_id, hash) VALUES (0, '\\x00');

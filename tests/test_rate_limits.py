@@ -1,17 +1,16 @@
-"""Per-user limits: counted in PostgreSQL, so two chat processes (here two apps with their own pools) and a
+"""Per-user limits: kept in PostgreSQL, so two chat processes (here two apps with their own pools) and a
 restart share them; over a limit, a 429 `RATE_LIMITED` envelope with Retry-After, distinct from QUOTA_EXCEEDED.
 
-The windows are whole minutes of the database's clock. A test whose counts must fall in one window runs its
-requests as an attempt that returns what it saw; an attempt that crossed a minute is run again with new users
-(two in a row cannot both cross one: a test is cut at 60 s), and the assertions look at the attempt that did not.
-"""
+A limit is a rate with a burst (shared/ratelimit.py): a test's requests, sent within a second or two, meet the
+burst; one more request is due only 60/limit seconds later (12 s at the smallest limit here)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
+
+from prometheus_client import REGISTRY
 
 from services.chat.app import create_app as chat_app
 from services.conversations.app import create_app as conversations_app
@@ -19,52 +18,11 @@ from tests.conftest import bearer
 
 CHAT = "/webhook/wibot/chat"
 LIST = "/webhook/wibot/conversations"
-MINUTE_SQL = "SELECT date_trunc('minute', NOW() AT TIME ZONE 'UTC')"
-
-
-async def in_one_minute(db: Any, attempt: Callable[[], Awaitable[Any]]) -> Any:
-    """What `attempt` returned the first time it started and ended in the same minute of the database's clock."""
-    for _ in range(2):
-        started = await db.fetchval(MINUTE_SQL)
-        seen = await attempt()
-        if await db.fetchval(MINUTE_SQL) == started:
-            return seen
-    raise AssertionError("two attempts in a row crossed a minute")
 
 
 def unique(name: str) -> str:
-    """A username of its own for each attempt (an attempt run again must not count the first one's hits)."""
+    """A username of its own for each test (each its own limit)."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-class FakeClock:
-    """Answers MINUTE_SQL with the minutes given, one per read (a real crossing would cost a minute of waiting)."""
-
-    def __init__(self, *minutes: str) -> None:
-        self.minutes = iter(minutes)
-
-    async def fetchval(self, sql: str) -> str:
-        assert sql == MINUTE_SQL
-        return next(self.minutes)
-
-
-async def test_an_attempt_that_crossed_a_minute_is_run_again_and_two_crossings_fail():
-    runs: list[int] = []
-
-    async def attempt() -> int:
-        runs.append(len(runs) + 1)
-        return runs[-1]
-
-    assert await in_one_minute(FakeClock("09:00", "09:00"), attempt) == 1
-    runs.clear()
-    assert await in_one_minute(FakeClock("09:00", "09:01", "09:01", "09:01"), attempt) == 2
-    runs.clear()
-    try:
-        await in_one_minute(FakeClock("09:00", "09:01", "09:01", "09:02"), attempt)
-    except AssertionError as error:
-        assert str(error) == "two attempts in a row crossed a minute" and runs == [1, 2]
-    else:
-        raise AssertionError("two crossings in a row must fail the test")
 
 
 async def test_chat_requests_per_minute_hold_across_two_chat_processes(
@@ -95,7 +53,7 @@ async def test_chat_requests_per_minute_hold_across_two_chat_processes(
         )
         return statuses, refused, model_calls, other_status, r.status
 
-    statuses, refused, model_calls, other_status, after_restart = await in_one_minute(db, attempt)
+    statuses, refused, model_calls, other_status, after_restart = await attempt()
     assert statuses == [200] * 5 + [429] * 3
     for body, retry_after in refused:
         assert body["code"] == "RATE_LIMITED" and body["success"] is False
@@ -126,7 +84,7 @@ async def test_concurrent_chats_cannot_slip_past_the_limit(make_client, chat_set
         return sorted(r.status for r in results)
 
     # The model is unreachable (503 after the limit check): only the limit decides who gets past it.
-    assert await in_one_minute(db, attempt) == [429] * 17 + [503] * 3
+    assert await attempt() == [429] * 17 + [503] * 3
 
 
 async def test_conversation_creations_per_minute(make_client, settings, factory, db):
@@ -138,7 +96,7 @@ async def test_conversation_creations_per_minute(make_client, settings, factory,
         kept = await db.fetchval("SELECT count(*) FROM conversations WHERE user_id = $1", user_id)
         return statuses, kept
 
-    assert await in_one_minute(db, attempt) == ([200, 200, 200, 429, 429], 3)
+    assert await attempt() == ([200, 200, 200, 429, 429], 3)
 
 
 async def test_a_user_cannot_keep_more_conversations_than_the_cap(
@@ -185,31 +143,59 @@ async def test_a_user_already_past_a_lowered_cap_opens_no_more(make_client, chat
 
 
 async def test_past_the_limit_a_refusal_is_neither_counted_again_nor_read(make_client, chat_settings, factory, db):
-    """A flood past the limit was a flood of UPDATEs and of bodies parsed: refused from the process's memory of the
-    full window, before the body is read."""
+    """A flood past the limit was a flood of statements and of bodies parsed: refused from the process's memory of
+    the refusal, before the body is read, until the user's next request is due."""
     client = await make_client(chat_app(chat_settings.model_copy(update={"chat_requests_per_minute": 2})))
-
-    async def attempt():
-        user_id = await factory.user(unique("flood"))
-        statuses = []
-        for _ in range(6):
-            r = await client.post(
-                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
-            )
-            statuses.append(r.status)
+    user_id = await factory.user(unique("flood"))
+    from_database, from_memory = refusals("database"), refusals("memory")
+    statuses = []
+    for _ in range(6):
         r = await client.post(
-            CHAT, data=b"{pas du JSON", headers={**bearer(user_id), "Content-Type": "application/json"}
+            CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
         )
-        hits = await db.fetchval(
-            "SELECT sum(hits) FROM rate_limit_windows WHERE user_id = $1 AND action = 'chat'", user_id
-        )
-        return statuses, r.status, (await r.json())["code"], int(r.headers["Retry-After"]), hits
-
-    # Well within a minute: the last refusals must not fall in the few milliseconds between the process's clock
-    # and the database's at the window's end (where they are counted, which is right, but not what is shown here).
-    while await db.fetchval("SELECT extract(second FROM NOW())") > 45:
-        await asyncio.sleep(0.5)
-    statuses, status, code, retry_after, hits = await in_one_minute(db, attempt)
+        statuses.append(r.status)
+    r = await client.post(CHAT, data=b"{pas du JSON", headers={**bearer(user_id), "Content-Type": "application/json"})
     assert statuses == [200, 200, 429, 429, 429, 429]
-    assert (status, code) == (429, "RATE_LIMITED") and 1 <= retry_after <= 60
-    assert hits == 3  # the two admitted and the first refusal; the four after it never reached the database
+    assert (r.status, (await r.json())["code"]) == (429, "RATE_LIMITED")
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # The first refusal was the database's; the four after it never reached it.
+    assert (refusals("database") - from_database, refusals("memory") - from_memory) == (1, 4)
+
+
+def refusals(seen_in: str) -> float:
+    return REGISTRY.get_sample_value("wibot_rate_limited_total", {"action": "chat", "seen_in": seen_in}) or 0.0
+
+
+async def test_a_burst_is_refused_and_the_rate_refills_one_request_at_a_time(make_client, chat_settings, factory, db):
+    """30 a minute, 5 at once: the sixth message of a burst is refused with the wait until the next one is due
+    (2 s), not until the end of a minute; a user cannot spend a minute's requests in one second."""
+    settings = chat_settings.model_copy(update={"chat_requests_per_minute": 30, "chat_burst": 5})
+    client = await make_client(chat_app(settings))
+    user_id = await factory.user(unique("burst"))
+
+    async def send() -> Any:
+        return await client.post(
+            CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+        )
+
+    statuses = [(await send()).status for _ in range(5)]
+    refused = await send()
+    assert statuses == [200] * 5
+    assert refused.status == 429
+    body = await refused.json()
+    assert body["error"].startswith("Trop de messages : 30 par minute au maximum (5 à la suite au plus).")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    # The user's next request is due 2 s after the burst's fifth: moved back, as if that much time had passed.
+    await db.execute(
+        "UPDATE rate_limits SET due_at = due_at - interval '2 seconds' WHERE user_id = $1 AND action = 'chat'",
+        user_id,
+    )
+    refused_memory_cleared = await make_client(chat_app(settings))  # a process that did not see the refusal
+    r = await refused_memory_cleared.post(
+        CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+    )
+    assert r.status == 200
+    r = await refused_memory_cleared.post(
+        CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+    )
+    assert r.status == 429  # one request refilled, not five

@@ -37,7 +37,10 @@ async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
     try:
         async with chat.chats.slot(user_id):
             settings = chat.settings
-            await check_rate(chat.pool, user_id=user_id, action="chat", per_minute=settings.chat_requests_per_minute)
+            await check_rate(
+                chat.pool, user_id=user_id, action="chat",
+                per_minute=settings.chat_requests_per_minute, burst=settings.chat_burst,
+            )  # fmt: skip
             await check_quota_room(chat.pool, settings, user_id)
             yield
     except LaneFull:
