@@ -16,9 +16,10 @@ from typing import Any
 from shared.errors import RateLimited
 from shared.metrics import RATE_LIMITED
 
-# Admit this request if the user's next one was due no later than `tolerance_s` from now, and move that moment one
-# interval on; refused, how long until it will be (the row as it was: a concurrent request may have moved it, the
-# wait said is then a little short, never a wrong admission).
+# Admit this request if the user's next one was due no later than $4 s from now (the burst's tolerance), and move
+# that moment one interval ($3 s) on; refused, how long until it will be, from the row as this statement's snapshot
+# saw it (a concurrent request may have moved it or, for a user's first requests, made it: the wait said is then
+# short or unknown, never a wrong admission).
 HIT_SQL = """
 WITH previous AS (
     SELECT due_at FROM rate_limits WHERE user_id = $1 AND action = $2
@@ -71,7 +72,7 @@ async def check_rate(pool: Any, *, user_id: int, action: str, per_minute: int, b
     interval_s = 60 / per_minute
     row = await pool.fetchrow(HIT_SQL, user_id, action, interval_s, (burst - 1) * interval_s)
     if not row["admitted"]:
-        wait_s = max(0.0, row["wait_s"])
+        wait_s = max(0.0, row["wait_s"] if row["wait_s"] is not None else interval_s)
         if len(refused) >= MAX_REMEMBERED:
             for key in [key for key, ends in refused.items() if ends <= now]:
                 del refused[key]

@@ -10,10 +10,13 @@ import asyncio
 import uuid
 from typing import Any
 
+import asyncpg
 from prometheus_client import REGISTRY
 
 from services.chat.app import create_app as chat_app
 from services.conversations.app import create_app as conversations_app
+from shared.errors import RateLimited
+from shared.ratelimit import check_rate
 from tests.conftest import bearer
 
 CHAT = "/webhook/wibot/chat"
@@ -199,3 +202,24 @@ async def test_a_burst_is_refused_and_the_rate_refills_one_request_at_a_time(mak
         CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
     )
     assert r.status == 429  # one request refilled, not five
+
+
+async def test_a_users_first_requests_at_once_get_exactly_their_burst(database_url, factory):
+    """Ten requests at once, the user's first (no row yet: all but one meet the insert of another): a burst of 1
+    admits one, refuses nine with a wait, none fails."""
+    user_id = await factory.user(unique("first"))
+    pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
+
+    async def hit() -> str:
+        try:
+            await check_rate(pool, user_id=user_id, action="chat", per_minute=60, burst=1)
+        except RateLimited as refused:
+            assert refused.retry_after_s >= 1
+            return "refused"
+        return "admitted"
+
+    try:
+        outcomes = await asyncio.gather(*(hit() for _ in range(10)))
+    finally:
+        await pool.close()
+    assert sorted(outcomes) == ["admitted"] + ["refused"] * 9
