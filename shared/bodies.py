@@ -16,7 +16,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or a 400/413 envelope. Size is bounded by client_max_size."""
-    raw = await read_body(request)
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
     if not raw:
         raise ApiError(400, "Corps de requête manquant : un objet JSON est attendu")
     try:
@@ -26,21 +26,6 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "Corps de requête invalide : un objet JSON est attendu")
     return data
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The body as it arrives, joined once; 413 past client_max_size. aiohttp's own read() grows a bytearray
-    chunk by chunk, then copies it whole: for a chat's megabytes of attachments, copies and fresh pages that held
-    the event loop for every request in flight (bench/attacks.py, extraction)."""
-    limit = request.client_max_size
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _read_strictly_refused(raw: bytes) -> Any:
