@@ -31,6 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+async def add_user(db: asyncpg.Connection, name: str, *, quota: int | None = None) -> int:
+    user_id: int = await db.fetchval(
+        "INSERT INTO users (username, password_hash, role) VALUES ($1, 'x', 'user') RETURNING user_id", name
+    )
+    if quota is not None:
+        await db.execute(
+            "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
+            " VALUES ($1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 0, $2)",
+            user_id,
+            quota,
+        )
+    return user_id
+
+
 def cpu_ms(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
@@ -58,32 +72,37 @@ async def main_async(args: argparse.Namespace) -> dict[str, float | int]:
     try:
         await asyncio.to_thread(wait_for_port, port, 60)
         db = await asyncpg.connect(url)
-        user_id = await db.fetchval(
-            "INSERT INTO users (username, password_hash, role) VALUES ('corps', 'x', 'user') RETURNING user_id"
-        )
+        reader = await add_user(db, "corps")
+        refused = await add_user(db, "sans-quota", quota=0)
         await db.close()
-        token = issue_token(user_id=user_id, username="corps", role="user", secret=SECRET, ttl_seconds=3600)
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         files = [{"name": "lent.exe", "content": b64(slow_pdf())}]
         body = orjson.dumps({"conversation_id": str(uuid.uuid4()), "message": "Lis", "files": files})
         chat_url = f"http://127.0.0.1:{port}/webhook/wibot/chat"
         async with aiohttp.ClientSession() as session:
 
-            async def send() -> int:
-                async with session.post(chat_url, data=body, headers=headers) as response:
-                    await response.read()
-                    return response.status
+            async def cpu_per_request(user_id: int, expected: int) -> float:
+                token = issue_token(user_id=user_id, username="corps", role="user", secret=SECRET, ttl_seconds=3600)
+                headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
-            statuses = [await send() for _ in range(3)]  # warmed: connection, first allocations
-            before = cpu_ms(service.pid)
-            statuses = [await send() for _ in range(args.requests)]
-            spent = cpu_ms(service.pid) - before
-        assert set(statuses) == {415}, statuses
-        return {
-            "body_bytes": len(body),
-            "requests": args.requests,
-            "chat_cpu_ms_per_request": round(spent / args.requests, 2),
-        }
+                async def send() -> int:
+                    async with session.post(chat_url, data=body, headers=headers) as response:
+                        await response.read()
+                        return response.status
+
+                statuses = [await send() for _ in range(3)]  # warmed: connection, first allocations
+                before = cpu_ms(service.pid)
+                statuses = [await send() for _ in range(args.requests)]
+                spent = cpu_ms(service.pid) - before
+                assert set(statuses) == {expected}, statuses
+                per_request: float = round(spent / args.requests, 2)
+                return per_request
+
+            return {
+                "body_bytes": len(body),
+                "requests": args.requests,
+                "chat_cpu_ms_per_request": await cpu_per_request(reader, 415),
+                "chat_cpu_ms_per_refused_request": await cpu_per_request(refused, 429),
+            }
     finally:
         service.terminate()
         await asyncio.wait_for(service.wait(), 20)
@@ -97,7 +116,10 @@ def main() -> None:
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"chat CPU per {report['body_bytes']:,}-byte body: {report['chat_cpu_ms_per_request']} ms")
+    print(
+        f"chat CPU per {report['body_bytes']:,}-byte body: {report['chat_cpu_ms_per_request']} ms read and refused"
+        f" at the file check, {report['chat_cpu_ms_per_refused_request']} ms refused before it is read"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from typing import Any, TypeVar
 
 import orjson
@@ -13,10 +15,20 @@ from shared.errors import ApiError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# linux/tcp_states.h: the peer's FIN has arrived (its side of the connection is closed), ours is still open.
+TCP_CLOSE_WAIT = 8
+
+
+class ClientLeft(asyncio.CancelledError):
+    """The client closed the connection before its body was parsed: ended as aiohttp ends a handler whose client
+    left (logged and counted 499), a moment before aiohttp itself would have seen it."""
+
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or a 400/413 envelope. Size is bounded by client_max_size."""
     raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    if client_has_left(request):
+        raise ClientLeft
     if not raw:
         raise ApiError(400, "Corps de requête manquant : un objet JSON est attendu")
     try:
@@ -26,6 +38,26 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "Corps de requête invalide : un objet JSON est attendu")
     return data
+
+
+def client_has_left(request: web.Request) -> bool:
+    """Whether the client closed its side of the connection. aiohttp sees a client's FIN only once it has read
+    the bytes before it: a client that sent megabytes and left (an upload cancelled while it waited its turn, a
+    gateway's timeout) had its body parsed, checked and sent to an extraction worker for nobody, then the worker
+    killed (bench/attacks.py, extraction). The kernel knows at once (TCP_INFO's state, one system call); where it
+    cannot tell (not TCP, not Linux), the body is parsed as before. A client that half-closes and still waits for
+    its answer is treated as gone: aiohttp treats it so too once it reads the FIN."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        state: int = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return False
+    return state == TCP_CLOSE_WAIT
 
 
 def _read_strictly_refused(raw: bytes) -> Any:

@@ -4,12 +4,15 @@ per process, and a user without quota is refused before their files are parsed."
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import uuid
 
 from services.chat.app import create_app
 from services.chat.resources import CHAT as RESOURCES
 from tests.conftest import bearer
 from tests.documents import b64
+from tests.test_extraction_pool import until
 
 CHAT = "/webhook/wibot/chat"
 
@@ -72,3 +75,54 @@ async def test_a_new_user_is_admitted_on_the_default_or_their_standing_quota_wit
     r = await client.post(CHAT, data=b"{not json", headers={**bearer(granted), "Content-Type": "application/json"})
     assert r.status == 400  # admitted on their standing quota: the body is then read, and refused
     assert await db.fetchval("SELECT count(*) FROM user_token_usage") == 0  # admission only reads
+
+
+# linux/tcp_states.h
+TCP_FIN_WAIT2 = 5
+
+
+def tcp_state(writer: asyncio.StreamWriter) -> int:
+    return writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def request_head(user_id: int, length: int) -> bytes:
+    headers = {**bearer(user_id), "Content-Type": "application/json", "Content-Length": str(length)}
+    return (
+        b"POST "
+        + CHAT.encode()
+        + b" HTTP/1.1\r\nHost: wibot\r\n"
+        + b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items())
+        + b"\r\n"
+    )
+
+
+async def test_a_body_whose_client_left_while_it_waited_its_turn_is_not_parsed(
+    make_client, chat_settings, factory, fake_mistral
+):
+    """A user's bodies are read one at a time; a client that sent megabytes and left meanwhile (an upload
+    cancelled, a gateway's timeout) is seen by aiohttp only once it has read past the body, and the body was
+    parsed, checked and sent to a worker for nobody (bench/attacks.py, extraction)."""
+    client = await make_client(create_app(chat_settings))
+    chat = client.app[RESOURCES]
+    user_id = await factory.user("parti")
+    # The user's first chat holds their turn: its body arrives slowly.
+    first = json.dumps(body("Bonjour")).encode()
+    reader1, writer1 = await asyncio.open_connection(client.host, client.port)
+    writer1.write(request_head(user_id, len(first)) + first[:10])
+    await until(lambda: chat.preparing.jobs == 1)
+    # The second is sent whole, more than aiohttp buffers before it stops reading, then its client leaves. Not
+    # JSON: parsed, it would be answered 400.
+    second = b"x" * 1_500_000
+    reader2, writer2 = await asyncio.open_connection(client.host, client.port)
+    writer2.write(request_head(user_id, len(second)) + second)
+    await writer2.drain()
+    writer2.write_eof()
+    await until(lambda: chat.preparing.jobs == 2 and tcp_state(writer2) == TCP_FIN_WAIT2)  # our FIN has arrived
+    writer1.write(first[10:])
+    assert await reader1.readline() == b"HTTP/1.1 200 OK\r\n"
+    # The second's turn came after the first's: its body read, its client found gone, nothing answered.
+    assert await asyncio.wait_for(reader2.read(), 20) == b""
+    await until(lambda: chat.preparing.jobs == 0)
+    assert len(fake_mistral.received) == 1
+    for writer in (writer1, writer2):
+        writer.close()
