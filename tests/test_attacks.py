@@ -1,7 +1,9 @@
 """`make security`, round 3 (issue #31): each attack runs against a chat service while another user chats.
 Counted and held by the suite (README, "Security and faults"): the attacks' requests and their 5xx, what a
 user without quota managed to spend (tokens, embeddings, chunks), the other user's chats and their 5xx. How
-much the other user is slowed is a timing, measured by bench/attacks.py (ratios in one run), not here."""
+much the other user is slowed is a timing: bench/attacks.py measures it with each party in a process of its own
+(here the attacker, the service and the other user share one event loop), and `make security` runs it after
+the suites, against its 2x target."""
 
 from __future__ import annotations
 
@@ -37,16 +39,7 @@ async def spent_by(db, user_id: int) -> int:
     )
 
 
-async def idle_p99(service: attacks.Service, user_id: int, *, with_file: bool = False) -> float:
-    await attacks.bystander_chats(service, user_id, attacks.Watch(), count=2, with_file=with_file)  # warm
-    watch = attacks.Watch()
-    await attacks.bystander_chats(service, user_id, watch, count=10, with_file=with_file)
-    return watch.p99()
-
-
-def count(statuses: list[int], watch: attacks.Watch, idle: float) -> None:
-    # Printed by make security, not held: a timing on a shared machine (bench/attacks.py measures it properly).
-    FIGURES["bystander_p99_vs_idle_pct"] = max(FIGURES["bystander_p99_vs_idle_pct"], round(100 * watch.p99() / idle))
+def count(statuses: list[int], watch: attacks.Watch) -> None:
     FIGURES["attack_requests"] += len(statuses)
     FIGURES["attack_5xx"] += sum(status >= 500 for status in statuses)
     FIGURES["bystander_chats"] += len(watch.statuses)
@@ -60,10 +53,9 @@ async def test_a_user_without_quota_spends_nothing_while_another_chats(
     client = service.client
     hostile, other = await factory.user("sans-quota"), await bystander_user(factory)
     await factory.usage(hostile, used=0, quota=0)
-    idle = await idle_p99(service, other)
     async with attacks.bystander(service, other) as watch:
         statuses = await attacks.budget_attack(service, hostile)
-    count(statuses, watch, idle)
+    count(statuses, watch)
     FIGURES["no_quota_attempts"] += len(statuses)
     FIGURES["no_quota_spent"] += await spent_by(db, hostile)
     assert statuses == [429] * len(statuses)
@@ -79,10 +71,9 @@ async def test_long_questions_in_a_crowded_conversation_leave_the_others_served(
     service = await attacked(make_client, chat_settings)
     hostile, other = await factory.user("bavard"), await bystander_user(factory)
     conversation = await attacks.crowded_conversation(db, hostile)
-    idle = await idle_p99(service, other)
     async with attacks.bystander(service, other) as watch:
         statuses = await attacks.retrieval_attack(service, hostile, conversation)
-    count(statuses, watch, idle)
+    count(statuses, watch)
     assert set(statuses) <= {200, 429}, statuses  # answered, or refused once the quota is spent: never a 5xx
     assert 200 in statuses
     assert set(watch.statuses) == {200}
@@ -97,14 +88,13 @@ async def test_abandoned_slow_files_stop_and_leave_the_others_served(
     service = await attacked(make_client, chat_settings)
     client = service.client
     hostile, other = await factory.user("lent"), await bystander_user(factory)
-    idle = await idle_p99(service, other, with_file=True)
     async with attacks.bystander(service, other, with_file=True) as watch:
         sent = await attacks.extraction_attack(service, hostile)
         # The abandoned files' jobs are withdrawn or their workers killed: the pool holds none of them.
         async with asyncio.timeout(20):
             while client.app[RESOURCES].extractor.jobs > 0:
                 await asyncio.sleep(0.02)
-    count([], watch, idle)
+    count([], watch)
     FIGURES["attack_requests"] += sent
     assert set(watch.statuses) == {200}
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.attacks import missed_targets
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -180,3 +182,20 @@ async def test_attacks_bench_runs_and_reports(tmp_path, database_url):
         assert report[attack]["other_chats"] >= 5 and report[attack]["other_5xx"] == 0, report[attack]
     assert report["budget"]["attack_statuses"] == [429] and report["budget"]["tokens_spent_without_quota"] == 0
     assert "x idle" in result.stdout
+
+
+def test_the_attacks_bench_says_which_target_an_attack_missed():
+    """`make security` ends with `python -m bench.attacks --target 2`: exit 1 and say why when a target is missed."""
+    held = {"other_p99_vs_idle": 1.9, "other_5xx": 0}
+    report = {
+        "budget": {**held, "tokens_spent_without_quota": 0},
+        "retrieval": held,
+        "extraction": {**held, "other_p99_vs_idle": 2.4, "other_5xx": 1},
+    }
+    assert missed_targets(report, ["budget", "retrieval"], 2.0) == []
+    assert missed_targets(report, ["budget", "retrieval", "extraction"], 2.0) == [
+        "extraction: other users' p99 2.4x idle (target 2x)",
+        "extraction: 1 of the other users' chats answered 5xx",
+    ]
+    report["budget"]["tokens_spent_without_quota"] = 7
+    assert missed_targets(report, ["budget"], 2.0) == ["budget: 7 tokens spent by a user without quota"]
