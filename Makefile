@@ -70,7 +70,8 @@ soak: install
 bench-passthrough: install
 	$(PY) -m bench.passthrough
 
-# Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz).
+# Security, fault and fuzz suites; prints the figures (tokens tried/accepted, cross-user, faults, fuzz), then the
+# attack bench against its target (other users' p99 <= 2x idle during each attack; exit 1 when missed).
 security: install
 	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
 		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py tests/test_attacks.py \

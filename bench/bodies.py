@@ -22,6 +22,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.attacks import add_user
 from bench.run import SECRET, drop_database, recreate_database
 from devtools.stack import free_ports, wait_for_port
 from shared import apply_migrations, issue_token
@@ -29,20 +30,6 @@ from tests.documents import b64, slow_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-async def add_user(db: asyncpg.Connection, name: str, *, quota: int | None = None) -> int:
-    user_id: int = await db.fetchval(
-        "INSERT INTO users (username, password_hash, role) VALUES ($1, 'x', 'user') RETURNING user_id", name
-    )
-    if quota is not None:
-        await db.execute(
-            "INSERT INTO user_token_usage (user_id, month, used_tokens, quota_tokens)"
-            " VALUES ($1, DATE_TRUNC('month', NOW() AT TIME ZONE 'UTC')::date, 0, $2)",
-            user_id,
-            quota,
-        )
-    return user_id
 
 
 def cpu_ms(pid: int) -> float:
