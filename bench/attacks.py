@@ -88,8 +88,14 @@ def _bystander_process(
             gc.collect()
             gc.disable()
             ready.set()
+
+            def more() -> bool:  # `count` chats, or until the attack ends (at least 5)
+                if count:
+                    return len(watch.statuses) < count
+                return not stop.is_set() or len(watch.statuses) < 5
+
             n = 0
-            while len(watch.statuses) < count if count else not stop.is_set() or len(watch.statuses) < 5:
+            while more():
                 await attacks.bystander_chats(service, users[n % len(users)], watch, count=1, with_file=with_file)
                 n += 1
             return watch

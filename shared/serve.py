@@ -75,9 +75,10 @@ def serve(
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=service)
     loop = new_event_loop(settings)
     event_loop = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio": what runs, not what was asked
+    reused = reuse_freed_memory()
     log.info(
         "service_starting", service=service, host=args.host, port=args.port, event_loop=event_loop,
-        freed_memory_reused=reuse_freed_memory(),
+        freed_memory_reused=reused,
     )  # fmt: skip
     try:
         web.run_app(

@@ -33,30 +33,25 @@ async def test_chat_requests_per_minute_hold_across_two_chat_processes(
 ):
     settings = chat_settings.model_copy(update={"chat_requests_per_minute": 5})
     first, second = await make_client(chat_app(settings)), await make_client(chat_app(settings))
-
-    async def attempt():
-        user_id, other = await factory.user(unique("busy")), await factory.user(unique("calm"))
-        calls_before = len(fake_mistral.received)
-        statuses, refused = [], []
-        for i in range(8):
-            client = (first, second)[i % 2]
-            r = await client.post(
-                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
-            )
-            statuses.append(r.status)
-            if r.status == 429:
-                refused.append((await r.json(), int(r.headers["Retry-After"])))
-        model_calls = len(fake_mistral.received) - calls_before
-        # Another user is not affected; a "restarted" process (a new app) still counts this minute's hits.
-        r = await first.post(CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(other))
-        other_status = r.status
-        restarted = await make_client(chat_app(settings))
-        r = await restarted.post(
+    user_id, other = await factory.user(unique("busy")), await factory.user(unique("calm"))
+    statuses, refused = [], []
+    for i in range(8):
+        client = (first, second)[i % 2]
+        r = await client.post(
             CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
         )
-        return statuses, refused, model_calls, other_status, r.status
-
-    statuses, refused, model_calls, other_status, after_restart = await attempt()
+        statuses.append(r.status)
+        if r.status == 429:
+            refused.append((await r.json(), int(r.headers["Retry-After"])))
+    model_calls = len(fake_mistral.received)
+    # Another user is not affected; a "restarted" process (a new app) still sees this user's limit.
+    other_chat = await first.post(
+        CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(other)
+    )
+    restarted = await make_client(chat_app(settings))
+    after_restart = await restarted.post(
+        CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
+    )
     assert statuses == [200] * 5 + [429] * 3
     for body, retry_after in refused:
         assert body["code"] == "RATE_LIMITED" and body["success"] is False
@@ -64,42 +59,34 @@ async def test_chat_requests_per_minute_hold_across_two_chat_processes(
         assert 1 <= retry_after <= 60
     assert model_calls == 5  # the refused ones cost no model call
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
-    assert other_status == 200
-    assert after_restart == 429
+    assert other_chat.status == 200
+    assert after_restart.status == 429
 
 
-async def test_concurrent_chats_cannot_slip_past_the_limit(make_client, chat_settings, factory, db):
+async def test_concurrent_chats_cannot_slip_past_the_limit(make_client, chat_settings, factory):
     settings = chat_settings.model_copy(
         update={"chat_requests_per_minute": 3, "mistral_server_url": "http://127.0.0.1:9"}
     )
     clients = [await make_client(chat_app(settings)) for _ in range(2)]
-
-    async def attempt():
-        user_id = await factory.user(unique("limited"))
-        results = await asyncio.gather(
-            *(
-                clients[i % 2].post(
-                    CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
-                )
-                for i in range(20)
+    user_id = await factory.user(unique("limited"))
+    results = await asyncio.gather(
+        *(
+            clients[i % 2].post(
+                CHAT, json={"conversation_id": str(uuid.uuid4()), "message": "x"}, headers=bearer(user_id)
             )
+            for i in range(20)
         )
-        return sorted(r.status for r in results)
-
+    )
     # The model is unreachable (503 after the limit check): only the limit decides who gets past it.
-    assert await attempt() == [429] * 17 + [503] * 3
+    assert sorted(r.status for r in results) == [429] * 17 + [503] * 3
 
 
 async def test_conversation_creations_per_minute(make_client, settings, factory, db):
     client = await make_client(conversations_app(settings.model_copy(update={"conversation_creations_per_minute": 3})))
-
-    async def attempt():
-        user_id = await factory.user(unique("limited"))
-        statuses = [(await client.post(LIST, json={}, headers=bearer(user_id))).status for _ in range(5)]
-        kept = await db.fetchval("SELECT count(*) FROM conversations WHERE user_id = $1", user_id)
-        return statuses, kept
-
-    assert await attempt() == ([200, 200, 200, 429, 429], 3)
+    user_id = await factory.user(unique("limited"))
+    statuses = [(await client.post(LIST, json={}, headers=bearer(user_id))).status for _ in range(5)]
+    kept = await db.fetchval("SELECT count(*) FROM conversations WHERE user_id = $1", user_id)
+    assert (statuses, kept) == ([200, 200, 200, 429, 429], 3)
 
 
 async def test_a_user_cannot_keep_more_conversations_than_the_cap(
