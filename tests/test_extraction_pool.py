@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from services.chat.app import create_app
 from services.chat.attachments import WORKER_MODULES, WORKER_NICENESS, Extractor
@@ -91,20 +92,26 @@ async def test_a_full_pool_is_a_503_with_retry_after_for_everyone_else(make_clie
 
 
 async def test_a_jobs_deadline_counts_from_its_submission(make_client, chat_settings, factory):
-    """One worker, busy with a slow file: a file waiting behind it is given up at its deadline, counted from when
-    it was sent, not granted a full timeout of its own once a worker frees up (its client would have waited the
-    sum of every job ahead of it)."""
+    """One worker, busy with a slow file: a slow file waiting behind it is given up at its deadline, counted from
+    when it was sent, not granted a full timeout of its own once the worker frees up (its client would have waited
+    the sum of every job ahead of it). Slow, not small: a replacement worker, forked from the preloaded
+    forkserver in milliseconds, could read a small file within the few milliseconds of deadline it has left."""
     settings = chat_settings.model_copy(update={"extraction_workers": 1, "extraction_timeout_s": 1.5})
     client = await make_client(create_app(settings))
     first, second = await factory.user("first"), await factory.user("second")
     attack = asyncio.ensure_future(send(client, first, [slow()]))
     await jobs_running(client, 1)
-    r = await send(client, second, [SMALL_PDF])
+    sent = time.perf_counter()
+    r = await send(client, second, [slow("suivant.pdf")])
+    answered_after_s = time.perf_counter() - sent
     assert await r.json() == {
         "success": False,
-        "error": "Fichier illisible : note.pdf (extraction interrompue après 1.5 s).",
+        "error": "Fichier illisible : suivant.pdf (extraction interrompue après 1.5 s).",
         "code": "FILE_UNREADABLE",
     }
+    # ~1.5 s after it was sent, most of it waiting for the worker; a deadline counted from the job's start on the
+    # freed worker would have answered after ~3 s.
+    assert answered_after_s < 2.5, answered_after_s
     assert (await attack).status == 422
     assert client.app[RESOURCES].extractor.jobs == 0
 
