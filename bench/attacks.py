@@ -4,10 +4,10 @@ production runs it (`python -m services.chat`, production's settings: CHAT_REQUE
 5), the fake model in a process of its own answering at once, on a fresh database. The attacker runs in a process
 of its own at the idle priority (its client is not on the server's cores), the other users in another (1,000 of
 them in turn, each at a person's pace, together without pause), timed only while the attack lasts, with that
-client's garbage collector off. Ratios to the idle p99 that the same client measured in the same run; written to
-bench/attacks.json.
+client's garbage collector off. Ratios to the idle p99 that the same client measured right before each attack, for
+as long as the attack lasts; written to bench/attacks.json.
 
-    python -m bench.attacks [--attacks budget retrieval extraction] [--attack-seconds 5] [--idle-chats 500]
+    python -m bench.attacks [--attacks budget retrieval extraction] [--attack-seconds 15]
                             [--vector-path pgvector|in_process] [--requests-per-minute 30] [--burst 5] [--chunks 4000]
                             [--target 2]
 
@@ -70,12 +70,10 @@ async def add_user(db: asyncpg.Connection, name: str, *, quota: int | None = Non
     return user_id
 
 
-def _bystander_process(
-    url: str, users: list[int], with_file: bool, count: int, ready: Any, stop: Any, results: Any
-) -> None:
+def _bystander_process(url: str, users: list[int], with_file: bool, ready: Any, stop: Any, results: Any) -> None:
     """The other users' chats, in a process of its own: neither the attacker's requests nor this harness's GIL
-    delay them on the client's side; only the server can. `count` chats (the idle figure), or as many as fit
-    while the attack lasts. Its garbage collector is off while it times: a full collection of this client's heap
+    delay them on the client's side; only the server can. As many chats as fit until it is stopped (at least
+    5). Its garbage collector is off while it times: a full collection of this client's heap
     paused it 40-80 ms, a dozen times in an attack's seconds, and those pauses were the p99 measured, not the
     server's (the idle figure, timed with the collector on as well, hid them less often)."""
 
@@ -89,9 +87,7 @@ def _bystander_process(
             gc.disable()
             ready.set()
 
-            def more() -> bool:  # `count` chats, or until the attack ends (at least 5)
-                if count:
-                    return len(watch.statuses) < count
+            def more() -> bool:  # until stopped, at least 5
                 return not stop.is_set() or len(watch.statuses) < 5
 
             n = 0
@@ -153,13 +149,11 @@ async def attacker_in_a_process(
 
 
 @contextlib.asynccontextmanager
-async def bystander_in_a_process(
-    url: str, users: list[int], *, with_file: bool, count: int = 0
-) -> AsyncIterator[attacks.Watch]:
-    """The other users chatting (`count` chats, or until the block ends); the block gets their figures after."""
+async def bystander_in_a_process(url: str, users: list[int], *, with_file: bool) -> AsyncIterator[attacks.Watch]:
+    """The other users chatting until the block ends; the block gets their figures after."""
     context = multiprocessing.get_context("spawn")
     ready, stop, results = context.Event(), context.Event(), context.Queue()
-    args = (url, users, with_file, count, ready, stop, results)
+    args = (url, users, with_file, ready, stop, results)
     process = context.Process(target=_bystander_process, args=args)
     process.start()
     await asyncio.to_thread(ready.wait)
@@ -172,10 +166,10 @@ async def bystander_in_a_process(
         await asyncio.to_thread(process.join)
 
 
-async def idle_p99(url: str, users: list[int], count: int, *, with_file: bool) -> float:
-    """The other users' p99 with no attack, timed by the same client process as during the attacks."""
-    async with bystander_in_a_process(url, users, with_file=with_file, count=count) as watch:
-        pass
+async def idle_p99(url: str, users: list[int], seconds: float, *, with_file: bool) -> float:
+    """The other users' p99 with no attack, for as long as an attack lasts, timed by the same client process."""
+    async with bystander_in_a_process(url, users, with_file=with_file) as watch:
+        await asyncio.sleep(seconds)
     return watch.p99()
 
 
@@ -243,18 +237,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # Warmed first: the first PDF starts the extraction workers (a small text file is read without them), the
         # first chat the model client. A site's workers have long been started when an attack comes.
         await warm_extraction(chat_url, others[0])
-        await idle_p99(chat_url, others, 5, with_file=True)
-        idle = await idle_p99(chat_url, others, args.idle_chats, with_file=False)
-        idle_with_file = await idle_p99(chat_url, others, args.idle_chats, with_file=True)
-        report["idle_p99_ms"] = round(idle * 1000, 2)
-        report["idle_with_file_p99_ms"] = round(idle_with_file * 1000, 2)
+        await idle_p99(chat_url, others, 1, with_file=True)
 
         async def measure(label: str, target: tuple[Any, ...], *, with_file: bool = False) -> None:
+            # The idle figure right before each attack, over as long: the machine's own noise (other tenants, its
+            # memory monitor) drifts between minutes, and a p99 of a few hundred chats moved 30 % between runs.
+            baseline = await idle_p99(chat_url, others, args.attack_seconds, with_file=with_file)
             async with attacker_in_a_process(chat_url, label, target, args.attack_seconds) as attack:
                 started = time.perf_counter()
                 async with bystander_in_a_process(chat_url, others, with_file=with_file) as watch:
                     outcome = await attack()
-            baseline = idle_with_file if with_file else idle
             report[label] = {
                 "attack_s": round(time.perf_counter() - started, 2),
                 "attack_requests": len(outcome),
@@ -263,6 +255,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "other_5xx": sum(status >= 500 for status in watch.statuses),
                 "other_p50_ms": round(sorted(watch.durations)[len(watch.durations) // 2] * 1000, 2),
                 "other_p99_ms": round(watch.p99() * 1000, 2),
+                "idle_p99_ms": round(baseline * 1000, 2),
                 "other_p99_vs_idle": round(watch.p99() / baseline, 2),
             }
 
@@ -296,8 +289,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__.splitlines()[0])
-    parser.add_argument("--idle-chats", type=int, default=500, help="the other users' chats timed at rest")
-    parser.add_argument("--attack-seconds", type=float, default=5.0, help="each attack, repeated for this long")
+    parser.add_argument(
+        "--attack-seconds", type=float, default=15.0,
+        help="each attack, repeated for this long, and the idle figure timed as long right before it",
+    )  # fmt: skip
     parser.add_argument(
         "--requests-per-minute", type=int, default=30, help="CHAT_REQUESTS_PER_MINUTE (production's 30; 0: off)"
     )
@@ -318,11 +313,11 @@ def main() -> None:
     configure_logging(level="WARNING", fmt="console", service="bench")
     report = asyncio.run(main_async(args))
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"idle p99: {report['idle_p99_ms']} ms ({report['idle_with_file_p99_ms']} ms with a file)")
     for label in args.attacks:
         figures = report[label]
         print(
-            f"{label:<11} other user's p99 {figures['other_p99_ms']:>8} ms = {figures['other_p99_vs_idle']}x idle,"
+            f"{label:<11} other user's p99 {figures['other_p99_ms']:>8} ms = {figures['other_p99_vs_idle']}x idle"
+            f" ({figures['idle_p99_ms']} ms just before),"
             f" {figures['other_chats']} chats, {figures['other_5xx']} 5xx; attack {figures['attack_s']} s,"
             f" statuses {figures['attack_statuses']}"
         )

@@ -172,7 +172,7 @@ async def test_the_benchmark_pools_shrink_to_the_room_the_server_has(database_ur
 async def test_attacks_bench_runs_and_reports(tmp_path, database_url):
     env = {**os.environ, "BENCH_SERVER_URL": database_url.rsplit("/", 1)[0] + "/postgres"}
     out = tmp_path / "attacks.json"
-    command = [sys.executable, "-m", "bench.attacks", "--idle-chats", "5", "--out", str(out)]
+    command = [sys.executable, "-m", "bench.attacks", "--attack-seconds", "1", "--out", str(out)]
     result = await asyncio.to_thread(
         subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110
     )
