@@ -1,13 +1,15 @@
 """Admission to a resource every user of a process shares (the extraction workers, the database's retrieval
 statements): a bounded number of jobs admitted, in all and per user, refused at once beyond (never a queue
 without end), and one user's jobs running on a share of the resource only, so that another user's job never
-waits behind all of theirs."""
+waits behind all of theirs. `TimeBudget`: how long, over time, one user's jobs may keep it busy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 
@@ -70,3 +72,48 @@ class Lanes:
             raise LaneFull(per_user=True)
         lane.jobs += 1
         return lane
+
+
+class OutOfTime(Exception):
+    """The user's jobs have kept the resource busy as long as their budget allows for now."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+# Users whose balance is below full, kept at most: past it, those back to full are forgotten (they owe nothing).
+TRACKED_USERS = 1024
+
+
+class TimeBudget:
+    """Each user's jobs may keep the resource busy `seconds_per_minute` on average, a minute's worth at most at
+    once. Checked before a job is admitted (refused while the balance is not positive) and charged once the job
+    ends, however it ends: a job's time is only known afterwards, so one job may overdraw, and the next waits for
+    the balance to come back. 0: no budget."""
+
+    def __init__(self, seconds_per_minute: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = seconds_per_minute
+        self.rate = seconds_per_minute / 60
+        self._clock = clock
+        self._balances: dict[int, tuple[float, float]] = {}  # owner -> (balance, when it was that)
+
+    def check(self, owner: int) -> None:
+        """OutOfTime while `owner`'s balance is not positive, with the seconds until it is."""
+        if not self.capacity:
+            return
+        balance = self._balance(owner)
+        if balance <= 0:
+            raise OutOfTime(max(1, math.ceil(-balance / self.rate)))
+
+    def charge(self, owner: int, seconds: float) -> None:
+        if not self.capacity:
+            return
+        self._balances[owner] = (self._balance(owner) - seconds, self._clock())
+        if len(self._balances) > TRACKED_USERS:
+            for full in [user for user in self._balances if self._balance(user) >= self.capacity]:
+                del self._balances[full]
+
+    def _balance(self, owner: int) -> float:
+        balance, at = self._balances.get(owner, (self.capacity, 0.0))
+        return min(self.capacity, balance + (self._clock() - at) * self.rate)

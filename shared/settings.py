@@ -107,6 +107,11 @@ class Settings(DirectorySettings, DatabaseSettings):
     extraction_max_jobs_per_user: int = Field(
         10, ge=0, description="Of them, one user's (429 EXTRACTION_BUSY beyond: a message's files fit; 0: no bound)"
     )
+    extraction_seconds_per_user_per_minute: float = Field(
+        30.0, ge=0,
+        description="How long one user's files may keep the extraction workers busy, on average, a minute's worth"
+        " at once (429 EXTRACTION_BUSY with Retry-After beyond; 0: no bound)",
+    )  # fmt: skip
     chat_memory_messages: int = Field(10, ge=0, description="History window sent to the model")
     default_quota_tokens: int = Field(50_000, ge=0)
     chat_requests_per_minute: int = Field(30, ge=0, description="Chat requests per user and minute (0: no limit)")

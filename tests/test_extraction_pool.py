@@ -151,3 +151,33 @@ async def test_a_worker_replacing_a_killed_one_is_born_niced_with_what_it_runs_l
         # CPU time, not wall time: what the worker itself spent before its first job (~350 ms importing when
         # each worker imported what it runs); load on the machine does not multiply it.
         assert worker["cpu_ms"] < 150, worker
+
+
+async def test_a_user_whose_files_kept_the_workers_busy_waits_before_the_next(make_client, chat_settings, factory, db):
+    """#31: over time too, one user's files cannot hold a worker for good. A file that runs to its deadline is
+    refused, and so charged no token: without a time budget, a user sending such files one after another kept a
+    worker busy for nothing. Its time is spent from the user's EXTRACTION_SECONDS_PER_USER_PER_MINUTE, and their
+    next file is refused before any worker is asked, with the wait until their time is back."""
+    settings = chat_settings.model_copy(
+        update={"extraction_timeout_s": 1.0, "extraction_seconds_per_user_per_minute": 0.5}
+    )
+    client = await make_client(create_app(settings))
+    extractor = client.app[RESOURCES].extractor
+    hostile, other = await factory.user("hostile"), await factory.user("other")
+    r = await send(client, hostile, [slow()])
+    assert r.status == 422, await r.text()  # ran to its deadline: a second of a worker, half a second of budget
+    submitted = extractor.submitted
+    r = await send(client, hostile, [SMALL_PDF])
+    assert r.status == 429, await r.text()
+    retry_after = int(r.headers["Retry-After"])
+    assert 50 <= retry_after <= 61  # ~0.5 s overdrawn, given back at 0.5 s a minute
+    assert await r.json() == {
+        "success": False,
+        "error": "Vos fichiers ont demandé beaucoup de temps d'analyse ces dernières minutes : réessayez dans"
+        f" {retry_after} s.",
+        "code": "EXTRACTION_BUSY",
+    }
+    assert extractor.submitted == submitted  # refused before a job was queued
+    assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0
+    r = await send(client, other, [SMALL_PDF])  # another user's time is their own
+    assert r.status == 200, await r.text()

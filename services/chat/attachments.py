@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -19,13 +20,13 @@ from typing import Any
 
 import pebble
 
-from services.chat.errors import ExtractionBusy, FileRefused, FilesTooLarge, TooManyFiles
+from services.chat.errors import ExtractionBusy, ExtractionTimeSpent, FileRefused, FilesTooLarge, TooManyFiles
 from services.chat.extraction import Extracted, FileProblem, at_least_niced, extract, extract_unless_pdf, least_size
 from services.chat.french import thousands
 from services.chat.privacy import Offload
 from shared import Settings, get_logger
 from shared.contracts import FileAttachment
-from shared.lanes import LaneFull, Lanes
+from shared.lanes import LaneFull, Lanes, OutOfTime, TimeBudget
 from shared.metrics import EXTRACTIONS_REFUSED
 
 log = get_logger("wibot.attachments")
@@ -90,12 +91,23 @@ class Extractor:
     nobody can see the end of; a user's jobs run on `workers - 1` workers at most, so that one user's slow files
     always leave a worker to the others. A job's deadline counts from its submission (time spent waiting
     included), and cancelling the awaiting task (the client left) withdraws a waiting job or kills the worker
-    running it.
+    running it. Over time, a user's jobs may keep the workers busy `seconds_per_user_per_minute` (TimeBudget):
+    without it, one user sending files that each run to the deadline held a worker for good, at no cost to them
+    (an extraction that fails is not charged in tokens).
     """
 
-    def __init__(self, *, workers: int, timeout_s: float, max_jobs: int = 0, max_jobs_per_user: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        timeout_s: float,
+        max_jobs: int = 0,
+        max_jobs_per_user: int = 0,
+        seconds_per_user_per_minute: float = 0,
+    ) -> None:
         self.workers, self.timeout_s = workers, timeout_s
         self.lanes = Lanes(running_per_user=max(1, workers - 1), max_jobs=max_jobs, max_jobs_per_user=max_jobs_per_user)
+        self.time_budget = TimeBudget(seconds_per_user_per_minute)
         self._pool: pebble.ProcessPool | None = None
         self._starting = threading.Lock()
         self._closed = False
@@ -118,9 +130,18 @@ class Extractor:
 
     async def call(self, function: Callable[..., Any], *args: Any, owner: int | None = None, **kwargs: Any) -> Any:
         """`function(*args, **kwargs)` in a worker process; TimeoutError past the timeout from now. `owner` is the
-        user whose request needs it (None: the operators' ingestion, which no user limit applies to)."""
+        user whose request needs it (None: the operators' ingestion, which no user limit applies to). OutOfTime,
+        before anything is queued, when the user's time budget is spent; a job is charged from its turn to run
+        (its user's share and the process's allowing) to its end, killed or not."""
+        if owner is not None:
+            self.time_budget.check(owner)
         async with asyncio.timeout(self.timeout_s), self.lanes.slot(owner):
-            return await self._schedule(function, args, kwargs)
+            started = time.monotonic()
+            try:
+                return await self._schedule(function, args, kwargs)
+            finally:
+                if owner is not None:
+                    self.time_budget.charge(owner, time.monotonic() - started)
 
     def offload(self, owner: int | None) -> Offload:
         """`function(*args)` of a user's request (`owner`; None: the operators') in a worker process, within its
@@ -130,7 +151,7 @@ class Extractor:
         async def run(function: Callable[..., Any], *args: Any) -> Any:
             try:
                 return await self.call(function, *args, owner=owner)
-            except LaneFull as busy:
+            except (LaneFull, OutOfTime) as busy:
                 raise extraction_busy(busy) from None
             except TimeoutError:  # never sent unprotected, never waited for without end
                 raise ExtractionBusy(per_user=False) from None
@@ -197,7 +218,10 @@ def _cancel_submitted(submitting: asyncio.Future[Any]) -> None:
         submitting.result().cancel()
 
 
-def extraction_busy(busy: LaneFull) -> ExtractionBusy:
+def extraction_busy(busy: LaneFull | OutOfTime) -> ExtractionBusy:
+    if isinstance(busy, OutOfTime):
+        EXTRACTIONS_REFUSED.labels("user_time").inc()
+        return ExtractionTimeSpent(busy.retry_after_s)
     EXTRACTIONS_REFUSED.labels("user" if busy.per_user else "process").inc()
     return ExtractionBusy(per_user=busy.per_user)
 
@@ -254,7 +278,7 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
         result = await extractor.run(
             attachment.content, max_bytes=settings.chat_file_max_bytes, max_pages=settings.pdf_max_pages, owner=owner
         )
-    except LaneFull as busy:
+    except (LaneFull, OutOfTime) as busy:
         raise extraction_busy(busy) from None
     except FileProblem as problem:
         raise file_refused(attachment.name, problem, settings) from None

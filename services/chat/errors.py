@@ -143,6 +143,24 @@ class ExtractionBusy(DomainError):
         )
 
 
+class ExtractionTimeSpent(ExtractionBusy):
+    """The user's files have kept the extraction workers busy as long as EXTRACTION_SECONDS_PER_USER_PER_MINUTE
+    allows for now."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(per_user=True)
+        self.retry_after_s = retry_after_s
+
+    def api_error(self) -> ApiError:
+        return ApiError(
+            429,
+            "Vos fichiers ont demandé beaucoup de temps d'analyse ces dernières minutes : réessayez dans"
+            f" {self.retry_after_s} s.",
+            "EXTRACTION_BUSY",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )
+
+
 class ConversationFull(OverLimit):
     """The conversation holds KB_CONVERSATION_MAX_CHUNKS indexed passages already."""
 

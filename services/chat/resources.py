@@ -64,6 +64,7 @@ def chat_resources(settings: Settings) -> Callable[[web.Application], contextlib
                 timeout_s=settings.extraction_timeout_s,
                 max_jobs=settings.extraction_max_jobs,
                 max_jobs_per_user=settings.extraction_max_jobs_per_user,
+                seconds_per_user_per_minute=settings.extraction_seconds_per_user_per_minute,
             )
             stack.push_async_callback(asyncio.to_thread, extractor.close)
             knowledge = KnowledgeBase(settings, pool, model, extractor)
