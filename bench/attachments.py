@@ -1,6 +1,8 @@
 """Attachments benchmark: `python -m bench.attachments` (part of `make bench`).
 
-1. Extraction throughput: MB/s of pypdf on a ~10 MB text PDF, in this process (one core).
+1. Extraction throughput: MB/s of pypdf on a ~10 MB text PDF, in this process (one core); and pypdf's CPU with
+   the extraction workers' garbage collector threshold against Python's default, on that PDF and on a
+   drawing-heavy page.
 2. Chat latency through nginx with the instant fake model: p50 of a chat with a 1 MB PDF attached (sent as the
    newer frontend sends it, base64) against the same chat without a file, measured in one run.
 3. Peak RSS of the chat service (and of its helper processes: forkserver, extraction workers) while 8 such chats
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -25,9 +28,9 @@ import aiohttp
 import asyncpg
 
 from bench.run import SECRET, peak_rss_mb, pool_max_with_room, recreate_database, start_stack, stop_stack
-from services.chat.extraction import pdf_text
+from services.chat.extraction import WORKER_GC_YOUNG, pdf_text
 from shared import apply_migrations, issue_token
-from tests.documents import b64, text_pdf
+from tests.documents import b64, slow_pdf, text_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = "Procédure réseau : vérifier le lien, redémarrer le routeur, tester la résolution DNS et noter le ticket."
@@ -52,6 +55,28 @@ def extraction_throughput(size_mb: float) -> dict[str, float]:
         "mb_per_s": round(len(data) / 1e6 / seconds, 2),
         "chars": len(text),
     }
+
+
+def collector_cost(size_mb: float) -> dict[str, dict[str, float]]:
+    """pypdf's CPU with Python's default garbage collector thresholds and with the extraction workers'
+    (WORKER_GC_YOUNG), on a text PDF and on one page of 100,000 drawing operations, in this process."""
+    default = gc.get_threshold()
+    report = {}
+    for label, data in (("text_pdf", pdf_of(size_mb)), ("drawing_heavy_page", slow_pdf(100_000))):
+        seconds = {}
+        for name, young in (("default", default[0]), ("workers", WORKER_GC_YOUNG)):
+            gc.set_threshold(young, *default[1:])
+            started = time.process_time()
+            pdf_text(data, max_pages=1_000_000)
+            seconds[name] = time.process_time() - started
+            gc.set_threshold(*default)
+            gc.collect()
+        report[label] = {
+            "default_s": round(seconds["default"], 2),
+            "workers_s": round(seconds["workers"], 2),
+            "workers_vs_default": round(seconds["workers"] / seconds["default"], 2),
+        }
+    return report
 
 
 async def chat_latencies(base: str, token: str, files: list[dict[str, str]] | None, count: int) -> list[float]:
@@ -93,6 +118,8 @@ def descendants(pid: int) -> list[int]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"extraction": extraction_throughput(args.pdf_mb)}
     print(f"extraction: {report['extraction']}", flush=True)
+    report["garbage_collector"] = collector_cost(args.pdf_mb)
+    print(f"garbage collector: {report['garbage_collector']}", flush=True)
 
     server = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     url = await recreate_database(server, "wibot_bench_files")

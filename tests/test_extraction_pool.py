@@ -10,6 +10,7 @@ import time
 
 from services.chat.app import create_app
 from services.chat.attachments import WORKER_MODULES, WORKER_NICENESS, Extractor
+from services.chat.extraction import WORKER_GC_YOUNG
 from services.chat.resources import CHAT as RESOURCES
 from tests import worker_probe
 from tests.documents import b64, slow_pdf, text_pdf
@@ -148,6 +149,7 @@ async def test_a_worker_replacing_a_killed_one_is_born_niced_with_what_it_runs_l
     for worker in (first, replacement):
         assert worker["niceness"] == worker["parent_niceness"] == WORKER_NICENESS, worker
         assert worker["loaded"] == WORKER_MODULES, worker
+        assert worker["gc_young"] == WORKER_GC_YOUNG, worker  # sized for pypdf (services/chat/extraction.py)
         # CPU time, not wall time: what the worker itself spent before its first job (~350 ms importing when
         # each worker imported what it runs); load on the machine does not multiply it.
         assert worker["cpu_ms"] < 150, worker

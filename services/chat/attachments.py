@@ -21,7 +21,15 @@ from typing import Any
 import pebble
 
 from services.chat.errors import ExtractionBusy, ExtractionTimeSpent, FileRefused, FilesTooLarge, TooManyFiles
-from services.chat.extraction import Extracted, FileProblem, at_least_niced, extract, extract_unless_pdf, least_size
+from services.chat.extraction import (
+    Extracted,
+    FileProblem,
+    at_least_niced,
+    extract,
+    extract_unless_pdf,
+    least_size,
+    prepare_worker,
+)
 from services.chat.french import thousands
 from services.chat.privacy import Offload
 from shared import Settings, get_logger
@@ -183,7 +191,7 @@ class Extractor:
                 # machine's services come before any extraction when CPU is short.
                 context: Any = multiprocessing.get_context("forkserver")
                 self._pool = pebble.ProcessPool(
-                    max_workers=self.workers, context=context, initializer=at_least_niced, initargs=(WORKER_NICENESS,)
+                    max_workers=self.workers, context=context, initializer=prepare_worker, initargs=(WORKER_NICENESS,)
                 )
             return self._pool.schedule(function, args=args, kwargs=kwargs, timeout=self.timeout_s)
 
