@@ -184,3 +184,5 @@ async def test_a_user_whose_files_kept_the_workers_busy_waits_before_the_next(ma
     assert await db.fetchval("SELECT coalesce(sum(used_tokens), 0) FROM user_token_usage") == 0
     r = await send(client, other, [SMALL_PDF])  # another user's time is their own
     assert r.status == 200, await r.text()
+    r = await send(client, hostile, [SMALL_TXT])  # a short text needs no worker: read as before
+    assert r.status == 200, await r.text()

@@ -133,16 +133,17 @@ class Extractor:
             inline = extract_unless_pdf(content, max_bytes=max_bytes)
             if inline is not None:
                 return inline
+        if owner is not None:  # before anything is queued: a user whose time is spent costs a dictionary lookup
+            self.time_budget.check(owner)
         result: Extracted = await self.call(extract, content, max_bytes=max_bytes, max_pages=max_pages, owner=owner)
         return result
 
     async def call(self, function: Callable[..., Any], *args: Any, owner: int | None = None, **kwargs: Any) -> Any:
         """`function(*args, **kwargs)` in a worker process; TimeoutError past the timeout from now. `owner` is the
-        user whose request needs it (None: the operators' ingestion, which no user limit applies to). OutOfTime,
-        before anything is queued, when the user's time budget is spent; a job is charged from its turn to run
-        (its user's share and the process's allowing) to its end, killed or not."""
-        if owner is not None:
-            self.time_budget.check(owner)
+        user whose request needs it (None: the operators' ingestion, which no user limit applies to). The job is
+        charged to its user's time budget from its turn to run (its user's share and the process's allowing) to its
+        end, killed or not; only a file's extraction (`run`) is refused for a spent budget: the other jobs are the
+        steps of a message whose file was already admitted, or its pseudonymisation, which every message needs."""
         async with asyncio.timeout(self.timeout_s), self.lanes.slot(owner):
             started = time.monotonic()
             try:
@@ -159,7 +160,7 @@ class Extractor:
         async def run(function: Callable[..., Any], *args: Any) -> Any:
             try:
                 return await self.call(function, *args, owner=owner)
-            except (LaneFull, OutOfTime) as busy:
+            except LaneFull as busy:
                 raise extraction_busy(busy) from None
             except TimeoutError:  # never sent unprotected, never waited for without end
                 raise ExtractionBusy(per_user=False) from None

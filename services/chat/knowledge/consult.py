@@ -25,7 +25,7 @@ from services.chat.knowledge.retrieval import Passage, Scope, retrieve
 from services.chat.knowledge.store import write_chunks
 from services.chat.quota import Budget, estimate_prompt_tokens, tokens_for_chars
 from shared import get_logger
-from shared.lanes import LaneFull, OutOfTime
+from shared.lanes import LaneFull
 from shared.metrics import KNOWLEDGE_RETRIEVALS
 
 log = get_logger("wibot.knowledge")
@@ -138,7 +138,7 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budg
         chunks: list[str] = await kb.extractor.call(
             split, read.text, chars=settings.kb_chunk_chars, overlap=settings.kb_chunk_overlap, owner=scope.user_id
         )  # off the event loop: a 10 MB text is a few hundred milliseconds of cutting
-    except (LaneFull, OutOfTime, TimeoutError) as exc:
+    except (LaneFull, TimeoutError) as exc:
         raise NotIndexed(type(exc).__name__) from None
     whole = len(chunks)
     chunks = chunks[: min(settings.kb_attachment_max_chunks, room)]
