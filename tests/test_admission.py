@@ -12,7 +12,7 @@ from services.chat.app import create_app
 from services.chat.resources import CHAT as RESOURCES
 from tests.conftest import bearer
 from tests.documents import b64
-from tests.test_extraction_pool import until
+from tests.polling import until
 
 CHAT = "/webhook/wibot/chat"
 

@@ -14,6 +14,7 @@ from services.chat.extraction import WORKER_GC_YOUNG
 from services.chat.resources import CHAT as RESOURCES
 from tests import worker_probe
 from tests.documents import b64, slow_pdf, text_pdf
+from tests.polling import until
 from tests.test_attachments import assert_nothing_happened, send
 
 # Seconds of parsing on this machine (about 4 s), far longer than a small text file's milliseconds, for a few
@@ -26,12 +27,6 @@ SMALL_TXT = {"name": "note.txt", "content": b64(b"Bonjour")}
 
 def slow(name: str = "lent.pdf") -> dict[str, str]:
     return {"name": name, "content": SLOW_PDF}
-
-
-async def until(condition, within_s: float = 20.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def jobs_running(client, count: int) -> None:

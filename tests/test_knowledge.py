@@ -36,6 +36,7 @@ from services.conversations.app import create_app as create_conversations_app
 from shared import AppKeys
 from tests.conftest import TEST_SECRET, bearer, on_vector_path
 from tests.documents import PNG, b64, text_pdf
+from tests.polling import until
 
 CHAT = "/webhook/wibot/chat"
 INGEST = "/webhook/wibot/rag/ingest"
@@ -93,13 +94,6 @@ async def ask(client, user_id: int, message: str, *, conversation_id: uuid.UUID 
 
 def system_prompt(fake_mistral) -> str:
     return fake_mistral.received[-1]["messages"][0]["content"]
-
-
-async def wait_until(predicate, *, within_s: float = 10.0) -> None:
-    """Polls a condition that an event (a NOTIFY, a reconnect) makes true; fails after `within_s`."""
-    async with asyncio.timeout(within_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def kb_cli(settings, *args: str) -> tuple[int, str, str]:
@@ -305,7 +299,7 @@ async def test_incremental_runs_skip_update_and_remove(client, admin_id, user_id
 
     site_chunks = await db.fetchval("SELECT count(*) FROM kb_chunks")
     kb = client.server.app[RESOURCES].knowledge
-    await wait_until(lambda: kb.index.size == site_chunks)
+    await until(lambda: kb.index.size == site_chunks)
     assert (await ask(client, user_id, "Quel VPN WireGuard utiliser ?"))[0] == 200
     assert "WireGuard remplace FortiClient" in system_prompt(fake_mistral)
 
@@ -453,7 +447,7 @@ async def test_the_cli_ingests_with_a_progress_bar_and_reports(kb_settings, clie
 
     site_chunks = await db.fetchval("SELECT count(*) FROM kb_chunks")
     kb = client.server.app[RESOURCES].knowledge  # ingested by another process: this one heard of it
-    await wait_until(lambda: kb.index.size == site_chunks)
+    await until(lambda: kb.index.size == site_chunks)
     assert (await ask(client, user_id, "Combien de points de restauration Veeam garde-t-on ?"))[0] == 200
     assert "Source : sauvegarde-veeam.md" in system_prompt(fake_mistral)
 
@@ -492,7 +486,7 @@ async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_conn
     assert other.ready and other.size == 0
     assert (await ingest(client, admin_id, path="procedures"))[0] == 200
     count = await db.fetchval("SELECT count(*) FROM kb_chunks")
-    await wait_until(lambda: other.size == count)
+    await until(lambda: other.size == count)
 
     # Cut every index listener of this test database; a change made while they are away is not notified to
     # them: only the full reload after reconnecting can bring it.
@@ -500,11 +494,11 @@ async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_conn
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name = 'wibot-chat-kb'"
     )
-    await wait_until(lambda: not other.ready)
+    await until(lambda: not other.ready)
     await db.execute("DELETE FROM kb_documents WHERE source = 'vpn-forticlient.md'")
     remaining = await db.fetchval("SELECT count(*) FROM kb_chunks")
     assert remaining < count
-    await wait_until(lambda: other.ready and other.size == remaining)
+    await until(lambda: other.ready and other.size == remaining)
 
     # Chunks written apart from their document's row (by hand, a restore, a script) are heard of too.
     document_id = await db.fetchval("SELECT min(document_id) FROM kb_documents")
@@ -513,10 +507,10 @@ async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_conn
         document_id,
         fake_embedding("ajout manuel"),
     )
-    await wait_until(lambda: other.size == remaining + 1)
+    await until(lambda: other.size == remaining + 1)
 
     await db.execute("TRUNCATE kb_documents CASCADE")  # no row trigger fires: the statement trigger says `*`
-    await wait_until(lambda: other.size == 0)
+    await until(lambda: other.size == 0)
 
 
 async def test_while_the_index_is_away_full_text_still_answers(client, admin_id, user_id, db, fake_mistral):

@@ -24,7 +24,8 @@ from services.chat.knowledge.retrieval import (
 )
 from services.chat.resources import CHAT as RESOURCES
 from tests.conftest import on_vector_path
-from tests.test_knowledge import ask, wait_until
+from tests.polling import until
+from tests.test_knowledge import ask
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ async def test_a_slow_retrieval_is_dropped_and_the_chat_answered_without_passage
     user_id = await factory.user()
     await add_document(db, chunks=5, content="Procédure onduleur : basculer sur batterie")
     # The site's index learns of the document through its notification: until then the message may not search.
-    await wait_until(lambda: client.app[RESOURCES].knowledge.index.size == 5)
+    await until(lambda: client.app[RESOURCES].knowledge.index.size == 5)
     blocker = await db.fetchval("SELECT pg_backend_pid()")
     async with db.transaction():  # the retrieval's reads wait behind this lock, as behind a slow plan
         await db.execute("LOCK TABLE kb_chunks IN ACCESS EXCLUSIVE MODE")
