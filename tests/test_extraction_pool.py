@@ -125,6 +125,40 @@ async def test_a_short_text_file_is_read_at_once_while_the_pool_is_full(make_cli
     await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
 
 
+async def test_a_file_whose_client_left_is_charged_until_its_deadline(make_client, chat_settings, factory):
+    """#31: a user sending slow files and leaving half a second later, again and again, was charged half a second
+    each while a worker read their files a quarter of the time. A file whose client left is charged as if it had
+    run to its deadline (its time was unknown when its worker was stopped); a file the service gave up itself,
+    because another file of the message was refused a worker, is charged only the time it ran."""
+    settings = chat_settings.model_copy(
+        update={
+            "extraction_timeout_s": 5.0,
+            "extraction_seconds_per_user_per_minute": 1.0,
+            "extraction_max_jobs_per_user": 1,
+        }
+    )
+    client = await make_client(create_app(settings))
+    extractor = client.app[RESOURCES].extractor
+    leaving, refused = await factory.user("leaving"), await factory.user("refused")
+    attack = asyncio.ensure_future(send(client, leaving, [slow()]))
+    await jobs_running(client, 1)
+    await asyncio.sleep(0.3)  # its worker reading it (seconds of work)
+    attack.cancel()  # the client leaves
+    await until(lambda: extractor.jobs == 0)
+    r = await send(client, leaving, [SMALL_PDF])
+    assert r.status == 429, await r.text()  # charged ~0.3 s, its balance (1 s) would still be positive
+    assert (await r.json())["code"] == "EXTRACTION_BUSY"
+    # 5 s charged against 1 s a minute: ~4 s overdrawn, back at 1 s a minute
+    assert 225 <= int(r.headers["Retry-After"]) <= 240, r.headers["Retry-After"]
+
+    async with asyncio.timeout(3):  # the slow file alone takes ~4 s
+        r = await send(client, refused, [slow(), SMALL_PDF])
+    assert r.status == 429, await r.text()  # the second file refused a worker: the slow one given up
+    await until(lambda: extractor.jobs == 0)
+    r = await send(client, refused, [SMALL_PDF])
+    assert r.status == 200, await r.text()  # charged the milliseconds it ran, not its deadline
+
+
 async def test_a_worker_replacing_a_killed_one_is_born_niced_with_what_it_runs_loaded():
     """Each abandoned file kills its worker and another is forked: from a forkserver at the services' priority
     without the workers' modules, each replacement spent ~25 ms of CPU at the services' priority and ~350 ms
