@@ -153,16 +153,15 @@ class Extractor:
         deadline = loop.time() + self.timeout_s
         async with asyncio.timeout_at(deadline), self.lanes.slot(owner):
             started = loop.time()
-            charged_until: float | None = None  # now
+            client_left = False
             try:
                 return await self._schedule(function, args, kwargs)
             except asyncio.CancelledError as cancelled:
-                if CLIENT_LEFT in cancelled.args:
-                    charged_until = deadline
+                client_left = CLIENT_LEFT in cancelled.args
                 raise
             finally:
                 if owner is not None:
-                    self.time_budget.charge(owner, (charged_until or loop.time()) - started)
+                    self.time_budget.charge(owner, (deadline if client_left else loop.time()) - started)
 
     def offload(self, owner: int | None) -> Offload:
         """`function(*args)` of a user's request (`owner`; None: the operators') in a worker process, within its
