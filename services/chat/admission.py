@@ -1,7 +1,8 @@
 """Chat step `admit_chat`, before the request's body is even read: a user may have CHAT_CONCURRENT_PER_USER chats
 in progress in a process (429 `CHAT_BUSY` beyond, at once), CHAT_REQUESTS_PER_MINUTE (429 `RATE_LIMITED`), and
-a user whose quota has no room for a reply is refused (429 `QUOTA_EXCEEDED`) before their megabytes of JSON and
-files are parsed. What costs nothing to check
+a user whose quota has no room for a reply is refused (429 `QUOTA_EXCEEDED`), and so is a body too heavy for files
+read without a worker from a user whose extraction time is spent (429 `EXTRACTION_BUSY`), before their megabytes
+of JSON and files are parsed. What costs nothing to check
 is checked before what costs."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.chat import queries
+from services.chat.attachments import check_extraction_time
 from services.chat.errors import ChatBusy
 from services.chat.quota import MIN_COMPLETION_TOKENS, quota_exceeded
 from shared import Settings, current_month
@@ -32,8 +34,9 @@ def chat_lanes(settings: Settings) -> Lanes:
 
 
 @contextlib.asynccontextmanager
-async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
-    """The block runs as one of the user's chats in progress, once their quota was seen to have room."""
+async def admit_chat(chat: Chat, user_id: int, *, body_bytes: int | None) -> AsyncIterator[None]:
+    """The block runs as one of the user's chats in progress, once their quota was seen to have room (and their
+    extraction time, for a body of `body_bytes` too heavy to hold only files read without a worker)."""
     try:
         async with chat.chats.slot(user_id):
             settings = chat.settings
@@ -41,6 +44,7 @@ async def admit_chat(chat: Chat, user_id: int) -> AsyncIterator[None]:
                 chat.pool, user_id=user_id, action="chat",
                 per_minute=settings.chat_requests_per_minute, burst=settings.chat_burst,
             )  # fmt: skip
+            check_extraction_time(chat.extractor, settings, user_id, body_bytes)
             await check_quota_room(chat.pool, settings, user_id)
             yield
     except LaneFull:

@@ -246,6 +246,29 @@ def extraction_busy(busy: LaneFull | OutOfTime) -> ExtractionBusy:
     return ExtractionBusy(per_user=busy.per_user)
 
 
+# Room in a chat's body for what is not the message or a file's content: names, keys, the conversation's id.
+BODY_FRAME_BYTES = 65_536
+
+
+def worker_free_body_max(settings: Settings) -> int:
+    """The most a chat's body may weigh when none of its files needs a worker: the message and every file short
+    enough to be read inline, at six bytes a character (JSON's `\\u00e9`), and their frame."""
+    characters = settings.chat_message_max_chars + settings.chat_files_max_count * INLINE_MAX_CHARS
+    return characters * 6 + BODY_FRAME_BYTES
+
+
+def check_extraction_time(extractor: Extractor, settings: Settings, owner: int, body_bytes: int | None) -> None:
+    """Before a body is read: one too heavy for files read without a worker, from a user whose extraction time is
+    spent, is refused now (429 EXTRACTION_BUSY) instead of after its megabytes were parsed for a file refused anyway.
+    A body of unknown length (chunked) is read, and its files checked one by one as before."""
+    if body_bytes is None or body_bytes <= worker_free_body_max(settings):
+        return
+    try:
+        extractor.time_budget.check(owner)
+    except OutOfTime as spent:
+        raise extraction_busy(spent) from None
+
+
 def file_refused(name: str, problem: FileProblem, settings: Settings) -> FileRefused:
     return FileRefused(name, problem.fault, reason=problem.reason, limit_bytes=settings.chat_file_max_bytes)
 

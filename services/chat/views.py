@@ -20,7 +20,7 @@ from shared.db import utc_now
 async def chat(request: web.Request) -> web.StreamResponse:
     chat = request.app[CHAT]
     user = current_user(request)
-    async with admit_chat(chat, user.user_id):
+    async with admit_chat(chat, user.user_id, body_bytes=request.content_length):
         received_at = utc_now()
         async with prepared_in_turn(chat, user.user_id):
             body = await parse_body(request, ChatRequest)
