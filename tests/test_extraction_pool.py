@@ -187,7 +187,8 @@ async def test_a_heavy_body_of_a_user_whose_time_is_spent_is_refused_before_it_i
     finally:
         writer.close()
     heaviest = b"x" * worker_free_body_max(settings)  # not JSON: read, then refused for that
-    r = await client.post(CHAT, data=io.BytesIO(heaviest), headers={**bearer(user_id), "Content-Type": "application/json"})
+    headers = {**bearer(user_id), "Content-Type": "application/json"}
+    r = await client.post(CHAT, data=io.BytesIO(heaviest), headers=headers)
     assert r.status == 400, await r.text()
 
 
