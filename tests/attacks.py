@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import orjson
 
 from devtools.fake_mistral import fake_embedding
 from shared import issue_token
+from shared.middlewares import CLIENT_CLOSED_REQUEST
 from tests.documents import b64, slow_pdf, text_pdf
 
 CHAT = "/webhook/wibot/chat"
@@ -58,7 +60,9 @@ class Service:
         )
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         # orjson: the attacker's megabytes of JSON cost this client little time (bench/attacks.py times others).
-        async with self.client.post(CHAT, data=orjson.dumps(body), headers=headers) as r:
+        # A file object: aiohttp refuses to send more than 1 MiB of bytes at once (a ResourceWarning, which the
+        # suite raises: the slow PDFs were never sent before this).
+        async with self.client.post(CHAT, data=io.BytesIO(orjson.dumps(body)), headers=headers) as r:
             await r.read()
             status: int = r.status
             return status
@@ -134,12 +138,16 @@ async def retrieval_attack(service: Service, user_id: int, conversation: uuid.UU
     return list(await asyncio.gather(*asks))
 
 
-async def extraction_attack(service: Service, user_id: int, *, requests: int = 4, abandon_after_s: float = 0.5) -> int:
-    """F3: slow PDFs sent and abandoned (the client leaves before the answer). Returns how many were sent."""
+async def extraction_attack(
+    service: Service, user_id: int, *, requests: int = 4, abandon_after_s: float = 0.5
+) -> list[int]:
+    """F3: slow PDFs sent and abandoned (the client leaves before the answer). The statuses of those answered
+    before it left, 499 (nginx's "client closed request") for the others."""
     files = [{"name": "lent.pdf", "content": b64(slow_pdf())}]
     sent = [asyncio.ensure_future(service.chat(user_id, "Lis", files=files)) for _ in range(requests)]
     await asyncio.sleep(abandon_after_s)
+    answered = [request.done() for request in sent]
     for request in sent:
         request.cancel()
     await asyncio.gather(*sent, return_exceptions=True)
-    return len(sent)
+    return [request.result() if done else CLIENT_CLOSED_REQUEST for request, done in zip(sent, answered, strict=True)]
