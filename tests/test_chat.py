@@ -327,6 +327,17 @@ def test_the_sdk_patches_are_pinned_to_the_version_they_were_checked_against():
     assert queryparams.get_type_hints(ChatCompletionRequest) == typing.get_type_hints(ChatCompletionRequest)
 
 
+def test_the_sdk_never_renders_a_prompt_for_its_debug_log():
+    import httpx2
+    from mistralai.client import basesdk
+
+    from services.chat import sdk_models
+
+    assert sdk_models.install() is True
+    request = httpx2.Request("POST", "http://model/v1/chat/completions", content=b'{"messages": "' + b"x" * 400_000)
+    assert basesdk.get_body_content(request) == "<body not logged>"  # the SDK's: 400,000 characters, escaped
+
+
 def test_sdk_model_classes_are_built_once():
     from mistralai.client.utils import serializers
 

@@ -7,10 +7,14 @@ mistralai 3.x (Speakeasy-generated) does, on every call, work that depends only 
 - it calls `typing.get_type_hints` on the request's class to read its query, path and form parameters
   (`utils/queryparams.py`, `url.py`, `forms.py`): 18 % of a call's time in cProfile;
 - its packages `utils`, `models` and `errors` resolve their names lazily (PEP 562 `__getattr__`) and do so again
-  on every access: 33 `importlib.import_module` calls per chat call (10 % of what remained, 2026-12-04).
-All depend only on their arguments (a name, a type, a config; a class), so they are memoised (a lazy name is
-kept in its module once resolved, as a plain import would have). Anything
-unexpected (an unhashable type) falls back to the SDK's own function.
+  on every access: 33 `importlib.import_module` calls per chat call (10 % of what remained, 2026-12-04);
+- it renders the whole request body as text (`str(req.content)`, `basesdk.get_body_content`) for a debug line
+  that its default logger, the only one we give it, drops: 0.9 ms of the event loop for a prompt of 340 KB (a
+  long conversation), of 2.2 ms that the SDK spends on such a call (`python -m bench.sdk_overhead
+  --memory-chars 340000`). It now renders a placeholder, and no debug logger could print a prompt.
+The first three depend only on their arguments (a name, a type, a config; a class), so they are memoised (a lazy
+name is kept in its module once resolved, as a plain import would have). Anything unexpected (an unhashable type)
+falls back to the SDK's own function.
 
 These replace functions inside the SDK: they are applied only to the version they were checked against
 (CHECKED_VERSION, also the exact pin in pyproject.toml; tests/test_chat.py fails when they differ). Upgrading the
@@ -25,6 +29,7 @@ import types
 import typing
 from typing import Any
 
+import httpx2
 from pydantic import ConfigDict
 
 CHECKED_VERSION = "3.7.0"
@@ -59,11 +64,16 @@ def install() -> bool:
 
     create_model._wibot_cached = True  # type: ignore[attr-defined]
     serializers.create_model = create_model  # type: ignore[attr-defined,assignment]
-    from mistralai.client import errors, models, utils
+    from mistralai.client import basesdk, errors, models, utils
 
     for package in (utils, models, errors):
         _remember_lazy_names(package)
+    basesdk.get_body_content = body_not_rendered  # type: ignore[attr-defined]
     return True
+
+
+def body_not_rendered(req: httpx2.Request) -> str:
+    return "<body not logged>"
 
 
 def _remember_lazy_names(package: types.ModuleType) -> None:
