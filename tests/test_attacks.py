@@ -7,13 +7,12 @@ the suites, against its 2x target."""
 
 from __future__ import annotations
 
-import asyncio
-
 from services.chat.app import create_app
 from services.chat.resources import CHAT as RESOURCES
 from tests import attacks
 from tests.conftest import TEST_SECRET
 from tests.figures import FIGURES
+from tests.polling import until
 
 # The other user chats for as long as an attack lasts: a monthly quota of their own must not end their chats.
 BYSTANDER_QUOTA = 100_000_000
@@ -91,9 +90,7 @@ async def test_abandoned_slow_files_stop_and_leave_the_others_served(
     async with attacks.bystander(service, other, with_file=True) as watch:
         statuses = await attacks.extraction_attack(service, hostile)
         # The abandoned files' jobs are withdrawn or their workers killed: the pool holds none of them.
-        async with asyncio.timeout(20):
-            while client.app[RESOURCES].extractor.jobs > 0:
-                await asyncio.sleep(0.02)
+        await until(lambda: client.app[RESOURCES].extractor.jobs == 0)
     count(statuses, watch)
     assert set(statuses) <= {429, 499} and 499 in statuses, statuses  # left, or refused at once: never read
     assert (
