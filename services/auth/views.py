@@ -62,10 +62,21 @@ async def login(request: web.Request) -> web.Response:
 async def check_credentials(
     app: web.Application, username: str, password: str, *, caller: str | None = None
 ) -> tuple[LoginUser, int]:
-    """AUTH_MODE local: WIBOT's passwords; directory/both: services/auth/directory decides, local accounts beside."""
+    """AUTH_MODE local: WIBOT's passwords; directory/both: local accounts first, apart from the directory (a local
+    admin — the break-glass account — never waits behind it, nor is locked out by a directory entry of its name),
+    then services/auth/directory decides."""
     pool, hasher = app[AppKeys.DB], app[HASHER]
-    if app[AppKeys.SETTINGS].auth_mode == "local":
+    mode = app[AppKeys.SETTINGS].auth_mode
+    if mode == "local":
         return await verify_credentials(pool, hasher, username, password)
+    admins_only = mode == "directory"
+    local_refusal: LoginRefused | None = None
+    try:
+        return await verify_credentials(pool, hasher, username, password, admins_only=admins_only, known_only=True)
+    except NoLocalPassword:
+        pass
+    except LoginRefused as refused:  # a wrong local password: the directory may still know this name
+        local_refusal = refused
 
     async def local(admins_only: bool) -> tuple[LoginUser, int]:
         return await verify_credentials(pool, hasher, username, password, admins_only=admins_only)
@@ -74,19 +85,32 @@ async def check_credentials(
         app,
         username,
         password,
-        local,
-        lambda reason: LoginRefused(reason=reason),
+        local if local_refusal is None else None,
+        lambda reason: local_refusal or LoginRefused(reason=reason),
         lambda: hasher.verify(password, None),
         caller=caller,
     )
 
 
+class NoLocalPassword(Exception):
+    """No local account with a password WIBOT keeps goes by this name (`known_only`): nothing was checked."""
+
+
 async def verify_credentials(
-    pool: asyncpg.Pool, hasher: PasswordHasher, username: str, password: str, *, admins_only: bool = False
+    pool: asyncpg.Pool,
+    hasher: PasswordHasher,
+    username: str,
+    password: str,
+    *,
+    admins_only: bool = False,
+    known_only: bool = False,
 ) -> tuple[LoginUser, int]:
     """The local user and their token generation; one 401 whatever was wrong: unknown user, inactive user, wrong
-    password, password over 72 bytes, a directory account (no local password), not an admin (`admins_only`)."""
+    password, password over 72 bytes, a directory account (no local password), not an admin (`admins_only`).
+    `known_only`: NoLocalPassword, at no cost, instead of the 401 when no such local account exists."""
     if not fits_bcrypt(password):  # refused before the lookup: its timing must not depend on the user
+        if known_only:
+            raise NoLocalPassword
         raise LoginRefused
     # Spelt as new usernames are stored (NFKC: "rt_ﬁ" is "rt_fi"), found whatever its case.
     row = await pool.fetchrow(queries.LOGIN_USER_SQL, username, unicodedata.normalize("NFKC", username))
@@ -97,6 +121,8 @@ async def verify_credentials(
         # An n8n install's plain text: never compared as such; costs what a wrong password costs.
         log.warning("legacy_password_login", user_id=row["user_id"], hint=f"run {MIGRATE_COMMAND}")
         stored = None
+    if known_only and stored is None:
+        raise NoLocalPassword
     if not await hasher.verify(password, stored):
         raise LoginRefused(row["user_id"] if row is not None else None)
     assert row is not None

@@ -1,8 +1,11 @@
 """Directory login (#29): AUTH_MODE local | directory | both, behind the same POST /webhook/auth/login.
 
-`directory`: only the directory's accounts (a local admin still logs in while it is down: break-glass).
-`both`: the directory first; a username it does not know is then checked against the local accounts; while it
-is down, local accounts still log in and a directory user gets a 503, never a 401 saying their password is wrong.
+`directory`: only the directory's accounts, and local admins (break-glass).
+`both`: the directory's accounts and the local ones.
+In both modes the local accounts are checked first, apart from the directory (views.check_credentials): a local
+admin logs in while the directory is down, hung or flooded, and an entry of its name in the directory never locks
+it out. When the local password does not match, the directory decides; while it is down, a directory user gets a
+503, never a 401 saying their password is wrong.
 client.py speaks LDAP (search, bind, groups); accounts.py keeps the local account of each directory user.
 """
 
@@ -30,29 +33,34 @@ async def check_with_directory(
     app: web.Application,
     username: str,
     password: str,
-    local: LocalCheck,
+    local: LocalCheck | None,
     refused: Callable[[str], Exception],
     local_cost: Callable[[], Awaitable[object]],
     *,
     caller: str | None = None,
 ) -> SignedIn:
     """The user (and their token generation) the credentials are for, by AUTH_MODE; `local(admins_only)`
-    checks the local accounts (in `directory` mode, local admins only: break-glass), `refused(reason)` is the 401,
-    `local_cost()` costs what a local check costs (bcrypt): every refusal takes as long, whoever the username is.
+    checks the local accounts (in `directory` mode, local admins only: break-glass), None when a local password
+    was already checked and refused; `refused(reason)` is the 401, `local_cost()` costs what a local check costs
+    (bcrypt): every refusal takes as long, whoever the username is.
     `caller`: the client's address, whose share of the directory's operations this login takes."""
     settings, directory = app[AppKeys.SETTINGS], app[DIRECTORY]
     admins_only = settings.auth_mode == "directory"
     try:
         account = await directory.authenticate(username, password, caller=caller)
     except DirectoryRefused as refusal:
+        if local is None:  # the local password was checked (and refused): that cost is paid
+            raise refused(refusal.reason) from None
         if refusal.reason == "unknown":  # not the directory's: a local account, if any
             return await local(admins_only)
-        # The directory knows the name: its answer stands (no local password is tried), in the time a name it
-        # does not know takes (measured: bench/RESULTS.md "Directory login").
+        # The directory knows the name: its answer stands, in the time a name it does not know takes
+        # (measured: bench/RESULTS.md "Directory login").
         await local_cost()
         raise refused(refusal.reason) from None
     except DirectoryUnavailable:
-        try:  # local accounts still log in while the directory is down
+        if local is None:  # a wrong local password, and the directory cannot say whether it knows the name
+            raise
+        try:  # an account the local check did not know (an n8n password not yet migrated, say)
             return await local(admins_only)
         except Exception:
             raise DirectoryUnavailable from None

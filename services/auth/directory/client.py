@@ -11,6 +11,7 @@ half of it (18 logins in progress at once by default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
@@ -84,7 +85,7 @@ class Directory:
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
-            conn.close()
+            _release(conn)
 
     async def _run(self, operation: str, work: Awaitable[T], *, caller: str | None = None) -> T:
         if self._admitted.locked():
@@ -197,10 +198,10 @@ class Directory:
         client = self._client()
         client.set_credentials("SIMPLE", user=dn, password=password)
         try:
-            conn = await client.connect(is_async=True, timeout=self.settings.ldap_connect_timeout_s)
+            conn = await _connect(client, self.settings.ldap_connect_timeout_s)
         except bonsai.AuthenticationError:
             return False
-        conn.close()
+        _release(conn)
         return True
 
     @asynccontextmanager
@@ -210,8 +211,8 @@ class Directory:
             conn = self._idle.pop() if self._idle else await self._open_service()
             try:
                 yield conn
-            except BaseException:
-                conn.close()
+            except BaseException:  # a timeout's cancellation included: the search may still be in flight
+                _release(conn)
                 raise
             self._idle.append(conn)
 
@@ -221,7 +222,7 @@ class Directory:
             password = settings.ldap_bind_password.get_secret_value() if settings.ldap_bind_password else ""
             client.set_credentials("SIMPLE", user=settings.ldap_bind_dn, password=password)
         try:
-            conn: AIOLDAPConnection = await client.connect(is_async=True, timeout=settings.ldap_connect_timeout_s)
+            conn = await _connect(client, settings.ldap_connect_timeout_s)
         except bonsai.AuthenticationError:
             log.error("directory_service_bind_failed")
             raise OSError("the directory refused the service account") from None
@@ -238,6 +239,47 @@ class Directory:
         if settings.ldap_id_attribute.casefold() == "objectguid":
             client.set_raw_attributes([settings.ldap_id_attribute])
         return client
+
+
+async def _connect(client: bonsai.LDAPClient, connect_timeout_s: float) -> AIOLDAPConnection:
+    """An open connection; one that did not open (refused, timed out, cancelled) is released, never left behind."""
+    conn: AIOLDAPConnection = client.connect(is_async=True, timeout=connect_timeout_s)  # opens; awaited below
+    # While libldap is set up (a thread of bonsai's), fileno() is a socket pair's descriptor, which is also the id of
+    # the pending open (bonsai's ldapconnection_open); afterwards it is the socket to the directory. A pending open
+    # holds its connection (connection -> pending operations -> the open -> the connection: a cycle the garbage
+    # collector does not see), so an open that timed out or was cancelled while binding would keep its socket
+    # open for the life of the process, unless abandoned. Abandoning before libldap is set up dereferences no
+    # handle at all (a segfault): then there is no socket yet either.
+    opening = conn.fileno()
+    try:
+        await conn
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(bonsai.LDAPError):
+            if conn.fileno() != opening:
+                conn.abandon(opening)
+        _release(conn)
+        raise
+    except BaseException:  # the open finished, with an error: nothing is pending
+        _release(conn)
+        raise
+    return conn
+
+
+def _release(conn: AIOLDAPConnection) -> None:
+    """Closes a connection after taking its socket off the event loop.
+
+    bonsai's AIOLDAPConnection stops watching its socket when an operation fails, but not when the operation is
+    cancelled (CancelledError is not an Exception; asyncio.timeout cancels): the loop still watched a socket that
+    closing it then freed. Under uvloop, libuv aborts the whole process (SIGABRT) when that descriptor number is
+    polled again or reused by the next connection; asyncio's selector happens to survive it. So every connection
+    an operation touched is taken off the loop first, whatever ended the operation."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(bonsai.LDAPError):  # never opened, or already closed: nothing is watched
+        descriptor = conn.fileno()
+        loop.remove_reader(descriptor)
+        loop.remove_writer(descriptor)
+    with contextlib.suppress(bonsai.LDAPError):
+        conn.close()
 
 
 async def _search(
