@@ -30,6 +30,29 @@ CLIENT_CLOSED_REQUEST = 499
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 DB_UNAVAILABLE_MESSAGE = "Service temporairement indisponible. Réessayez dans quelques instants."
+DB_UNAVAILABLE_RETRY_AFTER_S = 5  # a restart or a failover of PostgreSQL: seconds, not minutes
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(
+        503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE", headers={"Retry-After": str(DB_UNAVAILABLE_RETRY_AFTER_S)}
+    )
+
+
+def client_failure(exc: BaseException, *, path: str) -> ApiError:
+    """What a client is told of a failure, logged once here: the one mapping of the error middleware and of a
+    stream's last event (services/chat/writer.py), whose status line is already sent."""
+    if isinstance(exc, ApiError | DomainError):
+        failure = exc if isinstance(exc, ApiError) else exc.api_error()
+        log.warning("request_failed", status=failure.status, error=failure.message, code=failure.code, path=path)
+        return failure
+    if isinstance(exc, DB_UNAVAILABLE_ERRORS):
+        DATABASE_ERRORS.inc()
+        log.error("request_failed", status=503, error="database unavailable", exc=repr(exc), path=path)
+        return database_unavailable()
+    log.error("request_failed", status=500, exc_info=exc, path=path)
+    return ApiError(500, SERVER_ERROR_MESSAGE)
+
 
 # aiohttp raises these itself (router, body size); the client must still get our envelope, in French.
 _HTTP_MESSAGES = {
@@ -74,15 +97,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure becomes `{"success": false, "error", "code"?}`, logged once."""
     try:
         return await handler(request)
-    except (ApiError, DomainError) as failure:
-        exc = failure if isinstance(failure, ApiError) else failure.api_error()
-        log.warning("request_failed", status=exc.status, error=exc.message, code=exc.code, path=request.path)
-        user_id = request.get(RequestKeys.USER_ID)
-        if exc.status == 429 and user_id is not None and AppKeys.PACER in request.app:
-            await request.app[AppKeys.PACER].pace(user_id)
-        response = envelope_response(exc.status, exc.message, exc.code)
-        response.headers.update(exc.headers)
-        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -92,10 +106,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except DB_UNAVAILABLE_ERRORS as exc:
-        DATABASE_ERRORS.inc()
-        log.error("request_failed", status=503, error="database unavailable", exc=repr(exc), path=request.path)
-        return envelope_response(503, DB_UNAVAILABLE_MESSAGE, "DB_UNAVAILABLE")
-    except Exception:
-        log.exception("request_failed", status=500, path=request.path)
-        return envelope_response(500, SERVER_ERROR_MESSAGE)
+    except Exception as exc:
+        failure = client_failure(exc, path=request.path)
+        user_id = request.get(RequestKeys.USER_ID)
+        if failure.status == 429 and user_id is not None and AppKeys.PACER in request.app:
+            await request.app[AppKeys.PACER].pace(user_id)
+        response = envelope_response(failure.status, failure.message, failure.code)
+        response.headers.update(failure.headers)
+        return response

@@ -67,6 +67,11 @@ def estimate_tokens(characters: int) -> int:
     return math.ceil(characters / 4)
 
 
+def prompt_estimate(messages: list[dict[str, str]]) -> int:
+    """What a prompt is charged when the server's count of it is not known: the spec's estimate."""
+    return estimate_tokens(sum(len(m["content"]) for m in messages))
+
+
 def _reply_text(content: Any) -> str | None:
     if isinstance(content, str):
         return content

@@ -169,13 +169,32 @@ class Budget:
         try:
             yield
         except BaseException:
-            if self.embedding_tokens:
-                await charge_unsaved(
-                    self.pool, self.background, self.reservation, tokens=self.embedding_tokens, reason="no_answer"
-                )
-            else:
-                await refund(self.pool, self.background, self.reservation)
+            await self._give_back()
             raise
+
+    @contextlib.asynccontextmanager
+    async def spent_from_the_call(self, prompt_tokens: int) -> AsyncIterator[None]:
+        """The block calls the model with a prompt of `prompt_tokens` (estimated). If the call fails, the
+        reservation is given back as before it; if the client leaves once it started (the handler is cancelled),
+        the prompt is charged: the model has read it, whether or not its reply reaches anyone. The one rule of
+        both ways to answer: a stream whose client leaves mid-reply is settled with the text produced so far."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            tokens = self.embedding_tokens + prompt_tokens
+            await charge_unsaved(self.pool, self.background, self.reservation, tokens=tokens, reason="client_left")
+            raise
+        except BaseException:
+            await self._give_back()
+            raise
+
+    async def _give_back(self) -> None:
+        if self.embedding_tokens:
+            await charge_unsaved(
+                self.pool, self.background, self.reservation, tokens=self.embedding_tokens, reason="no_answer"
+            )
+        else:
+            await refund(self.pool, self.background, self.reservation)
 
 
 async def refund(pool: asyncpg.Pool, background: Background, reservation: Reservation) -> None:

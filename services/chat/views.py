@@ -27,12 +27,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             fmt = requested_format(request, body)
             turn = await prepare_turn(chat, user, body, received_at)
         if fmt is None:
-            async with turn.budget.given_back_on_failure():
+            async with turn.budget.spent_from_the_call(turn.prompt_tokens):
                 reply = await llm.complete(
                     chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
                 )
             return json_response(await settle_turn(chat, turn, turn.restored(reply)))
-        async with turn.budget.given_back_on_failure():  # before the first text: the usual status and envelope
+        async with turn.budget.spent_from_the_call(turn.prompt_tokens):  # before the first text: the usual envelope
             stream = await llm.open_stream(
                 chat.model, chat.settings, model=turn.model, messages=turn.messages, max_tokens=turn.max_tokens
             )

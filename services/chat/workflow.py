@@ -6,7 +6,8 @@ attachments (identifiers refused in block mode) → consult the knowledge base (
 retrieved) → pseudonymise → prepare context → fit the budget to the prompt. Any failure after the reservation
 gives it back (but what the attachments' embeddings already cost).
 The view then calls the model (whole, or streamed through services/chat/writer.py), inside
-`turn.budget.given_back_on_failure()`.
+`turn.budget.spent_from_the_call(turn.prompt_tokens)`: a failed call gives the reservation back, a client that
+leaves once the prompt is sent pays for the prompt.
 `settle_turn`: save the exchange with the usage settled (not saved: charged all the same) → quota alerts →
 the response. Shielded: a client that leaves meanwhile cannot cut it in half.
 No database connection is held while the model works.
@@ -25,7 +26,7 @@ from services.chat.attachments import ReadFile, check_files, read_attachments
 from services.chat.errors import MessageEmpty, MessageTooLong
 from services.chat.knowledge.consult import Consulted, consult_knowledge
 from services.chat.knowledge.retrieval import Scope
-from services.chat.llm import ModelReply
+from services.chat.llm import ModelReply, prompt_estimate
 from services.chat.privacy import Pseudonyms, pseudonymise, refuse_personal_data
 from services.chat.prompt import prepare_context
 from services.chat.quota import Budget, Reservation, Usage
@@ -58,6 +59,11 @@ class Turn:
     @property
     def max_tokens(self) -> int:
         return self.budget.reservation.max_completion_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt as charged when the model's own count never arrives (its client left)."""
+        return prompt_estimate(self.messages)
 
 
 async def prepare_turn(chat: Chat, user: CurrentUser, body: ChatRequest, received_at: datetime) -> Turn:

@@ -27,11 +27,10 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from shared import SERVER_ERROR_MESSAGE, ApiError, RequestKeys, get_logger
+from shared import RequestKeys
 from shared.contracts import ChatRequest, ChatResponse
-from shared.errors import DomainError, error_envelope
-
-log = get_logger("wibot.chat.stream")
+from shared.errors import error_envelope
+from shared.middlewares import client_failure
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -138,12 +137,7 @@ class ReplyWriter:
 
     async def fail(self, exc: Exception) -> web.StreamResponse:
         """A failure after the first byte: the envelope as the last event (the status is already sent)."""
-        if isinstance(exc, ApiError | DomainError):
-            failure = exc if isinstance(exc, ApiError) else exc.api_error()
-            log.warning("chat_stream_failed", status=failure.status, error=failure.message, code=failure.code)
-        else:
-            log.error("chat_stream_failed", exc_info=exc)
-            failure = ApiError(500, SERVER_ERROR_MESSAGE)
+        failure = client_failure(exc, path=self.request.path)
         if self.response is None:
             return web.Response()
         envelope = error_envelope(failure.message, failure.code)
