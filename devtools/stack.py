@@ -2,7 +2,8 @@
 
     python -m devtools.stack prepare   database (local server, or a private cluster under ./.data), schema,
                                        demo user, rendered nginx config and Procfile under ./.run
-    python -m devtools.stack run       prepare, then honcho runs every process; one Ctrl-C stops them all
+    python -m devtools.stack run       prepare, then devtools.supervisor runs every process (restarting one that
+                                       exits); one Ctrl-C stops them all
 
 Ports and the gateway are configured from the environment (and .env): see .env.example.
 """
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from dotenv import dotenv_values
+
+from shared.make_run import RECORD, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 # STACK_RUN_DIR lets the routed tests run their own stack beside a developer's `make run`.
@@ -503,17 +506,20 @@ def main(argv: list[str]) -> int:
         return 0
     topology = Topology.from_env(env)
     print(f"WIBOT on http://127.0.0.1:{topology.gateway_port}/webhook/... (Ctrl-C stops everything)")
-    # honcho applies its env file last: write one where the process environment wins over .env (as it does
-    # for pydantic-settings) and our overrides (database, fake Mistral) win over both.
-    stack_env = RUN_DIR / "stack.env"
-    dotenv = load_dotenv(ROOT / ".env")
-    merged = {**dotenv, **{k: v for k, v in os.environ.items() if k in dotenv}, **extra}
-    write_private(stack_env, "".join(f"{k}={v}\n" for k, v in merged.items()))
-    honcho = [sys.executable, "-m", "honcho", "-f", str(procfile_path), "-d", str(ROOT), "-e", str(stack_env), "start"]
-    # Says where everything is once it all answers (it outlives this process's exec into honcho).
-    subprocess.Popen([sys.executable, "-m", "devtools.stack", "announce"], env={**env, **extra}, cwd=ROOT)
-    # exec: honcho takes this process's place, so SIGTERM or Ctrl-C reaches it and it stops every process.
-    os.execve(sys.executable, honcho, {**env, **extra, "PYTHONUNBUFFERED": "1"})
+    # One reading of .env: python-dotenv's (load_dotenv), as the services make it; the process environment wins over
+    # it (as for pydantic-settings) and our overrides (database, fake Mistral) over both. The values go to every
+    # process in its environment, never through a file another parser would read again.
+    environment = {**env, **extra, "PYTHONUNBUFFERED": "1"}
+    # The operators' CLIs find this stack's database and model server there (shared/make_run.py), for as long as
+    # this process (the supervisor, after the exec) runs.
+    write_record(RUN_DIR / RECORD, pid=os.getpid(), environment=environment)
+    # Says where everything is once it all answers (it outlives this process's exec into the supervisor).
+    subprocess.Popen([sys.executable, "-m", "devtools.stack", "announce"], env=environment, cwd=ROOT)
+    # exec: the supervisor takes this process's place, so SIGTERM or Ctrl-C reaches it and it stops every process.
+    os.chdir(ROOT)
+    sys.stdout.flush()  # what was printed above is in a buffer the exec would drop (stdout not a terminal)
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "devtools.supervisor", str(procfile_path)], environment)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -117,42 +113,3 @@ def current_month(now: datetime | None = None) -> date:
     """First day of the current UTC month (the `month` key of user_token_usage)."""
     now = now or datetime.now(UTC)
     return date(now.year, now.month, 1)
-
-
-PRIVATE_CLUSTER_PORT = 5433  # devtools/stack.py: make run's own PostgreSQL when none answers
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_of_make_run(settings: Settings) -> Settings:
-    """For the operators' CLIs: the configured database; when no server answers there but make run's private
-    cluster does, that one."""
-    target = urlsplit(settings.dsn)
-    if port_answers(target.hostname or "127.0.0.1", target.port or 5432):
-        return settings
-    if (PROJECT_ROOT / ".data" / "pg").is_dir() and port_answers("127.0.0.1", PRIVATE_CLUSTER_PORT):
-        private = f"postgresql://postgres@127.0.0.1:{PRIVATE_CLUSTER_PORT}/{target.path.lstrip('/') or 'wibot'}"
-        return settings.model_copy(update={"database_url": private})
-    return settings
-
-
-DEFAULT_MODEL_SERVER = "https://api.mistral.ai"
-FAKE_MODEL_PORT = 8099  # devtools/stack.py: make run's fake model server when no MISTRAL_API_KEY is set
-
-
-def model_of_make_run(settings: Settings) -> Settings:
-    """For the operators' CLIs: with no MISTRAL_API_KEY and no MISTRAL_SERVER_URL of their own, the model `make run`'s
-    services use, its fake server (FAKE_MISTRAL_PORT), when it answers; the configured one otherwise."""
-    has_key = settings.mistral_api_key is not None and settings.mistral_api_key.get_secret_value().strip() != ""
-    if has_key or settings.mistral_server_url != DEFAULT_MODEL_SERVER:
-        return settings
-    port = int(os.environ.get("FAKE_MISTRAL_PORT") or FAKE_MODEL_PORT)
-    if port_answers("127.0.0.1", port):
-        return settings.model_copy(update={"mistral_server_url": f"http://127.0.0.1:{port}"})
-    return settings
-
-
-def port_answers(host: str, port: int) -> bool:
-    """Something accepts connections there (within a second)."""
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0

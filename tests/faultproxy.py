@@ -9,6 +9,8 @@ switches while the services keep their connections through it: the faults a netw
   message or a request cut mid-way; connections already open are reset at their next bytes.
 - `slow`: every chunk, either way, waits `delay_s` before it is forwarded.
 - `cut_after`: responses are cut (RST) once this many bytes went back to the client (mid-stream), then `pass`.
+- `serve`: new connections are answered by `handler(reader, writer)` instead of the dependency: what a server
+  says when it refuses (PostgreSQL's "too many clients", written as the server writes it).
 
 It runs its own event loop in a thread, so that a test on any loop (or none) drives it, and so that it keeps
 answering while a test blocks.
@@ -21,12 +23,13 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal
 
 from devtools.stack import free_ports
 
-Mode = Literal["pass", "hang", "refuse", "reset", "slow"]
+Mode = Literal["pass", "hang", "refuse", "reset", "slow", "serve"]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 CHUNK = 65536
 
 
@@ -37,6 +40,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.delay_s = 0.0
         self.cut_after: int | None = None
+        self.handler: Handler | None = None
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -57,9 +61,9 @@ class FaultProxy:
         self._thread.join(timeout=10)
         self._loop.close()
 
-    def set(self, mode: Mode, *, delay_s: float = 0.0) -> None:
+    def set(self, mode: Mode, *, delay_s: float = 0.0, handler: Handler | None = None) -> None:
         """Switch the fault; `refuse` closes the port, any other mode opens it again."""
-        self.mode, self.delay_s = mode, delay_s
+        self.mode, self.delay_s, self.handler = mode, delay_s, handler
         if mode == "refuse":
             self._call(self._close(reset_open=True))
         elif self._server is None:
@@ -110,6 +114,9 @@ class FaultProxy:
             if self.mode == "hang":
                 while await reader.read(CHUNK):
                     pass
+                return
+            if self.mode == "serve" and self.handler is not None:
+                await self.handler(reader, writer)
                 return
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
             self._writers.add(upstream_writer)

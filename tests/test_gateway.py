@@ -1,4 +1,4 @@
-"""Routed tests: the real stack as `make run` starts it (devtools.stack → honcho → services + nginx + fake
+"""Routed tests: the real stack as `make run` starts it (devtools.stack → devtools.supervisor → services + nginx + fake
 Mistral), on free ports, against the test database. Needs Debian's nginx (installed by .ci/run).
 
 Two chat processes run behind nginx here, so every routed test also exercises the scale-out topology.
@@ -59,7 +59,7 @@ class Stack:
     conversations_port: int
 
     async def wait_for(self, extract: Any, done: Any, within_s: float = 10.0) -> Any:
-        """Log lines travel through honcho: poll until `done(extract(lines))` or the timeout."""
+        """Log lines travel through the supervisor: poll until `done(extract(lines))` or the timeout."""
         deadline = time.monotonic() + within_s
         while True:
             found = extract(self.log_lines())
@@ -140,8 +140,8 @@ def stack(database_url, tmp_path_factory, slapd):
     try:
         for port in (gateway, auth, chat1, chat2, conversations, fake, safeguard):
             wait_for_port(port)
-        # The environment handed to every process holds JWT_SECRET: its owner only may read it.
-        assert (run_dir / "stack.env").stat().st_mode & 0o777 == 0o600
+        # The environment handed to every process holds JWT_SECRET: it goes in their environment, in no file.
+        assert not (run_dir / "stack.env").exists()
         yield Stack(f"http://127.0.0.1:{gateway}", log, [chat1, chat2], auth, conversations)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does

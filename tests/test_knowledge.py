@@ -16,7 +16,9 @@ import json
 import os
 import pty
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import termios
 import uuid
@@ -34,9 +36,12 @@ from services.chat.knowledge.index import VectorIndex
 from services.chat.resources import CHAT as RESOURCES
 from services.conversations.app import create_app as create_conversations_app
 from shared import AppKeys
+from shared.make_run import RECORD, write_record
 from tests.conftest import TEST_SECRET, bearer, on_vector_path
 from tests.documents import PNG, b64, text_pdf
 from tests.polling import until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CHAT = "/webhook/wibot/chat"
 INGEST = "/webhook/wibot/rag/ingest"
@@ -452,28 +457,40 @@ async def test_the_cli_ingests_with_a_progress_bar_and_reports(kb_settings, clie
     assert "Source : sauvegarde-veeam.md" in system_prompt(fake_mistral)
 
 
-async def test_the_cli_beside_make_run_finds_its_model_server_without_a_key(kb_settings, db, fake_mistral):
-    """#33: `kb ingest` right after `make run` (no MISTRAL_API_KEY: the stack answers from its fake model server)
-    uses that server, as the services do, instead of failing after its retries against api.mistral.ai."""
-    from urllib.parse import urlsplit
+async def test_the_cli_beside_make_run_finds_its_database_model_and_folder_while_it_runs(
+    kb_settings, db, fake_mistral, tmp_path
+):
+    """#33, #44: `kb ingest` beside `make run` uses what make run's services use — its database (the private
+    cluster, on a machine whose PostgreSQL lacks pgvector), its fake model server, its demo folder — from the record
+    make run leaves for as long as its supervisor runs; a record whose supervisor is gone is never used."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("")
+    supervisor = subprocess.Popen([sys.executable, "-m", "devtools.supervisor", str(procfile)], cwd=ROOT)
+    stack_env = {"DATABASE_URL": kb_settings.database_url, "MISTRAL_SERVER_URL": fake_mistral.url,
+                 "KB_ROOT": str(kb_settings.kb_root)}  # fmt: skip
+    write_record(tmp_path / RECORD, pid=supervisor.pid, environment=stack_env)
+    own = ("MISTRAL_", "DATABASE_URL", "POSTGRES_", "KB_")  # a newcomer's shell sets none of them
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(own)}, "JWT_SECRET": TEST_SECRET,
+           "STACK_RUN_DIR": str(tmp_path)}  # fmt: skip
 
-    env = {
-        **os.environ,
-        "DATABASE_URL": kb_settings.database_url,
-        "JWT_SECRET": TEST_SECRET,
-        "KB_ROOT": str(kb_settings.kb_root),
-        "MISTRAL_API_KEY": "",
-        "MISTRAL_SERVER_URL": "https://api.mistral.ai",  # the default: what a .env without a key leaves
-        "FAKE_MISTRAL_PORT": str(urlsplit(fake_mistral.url).port),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.chat", "kb", "ingest", "procedures", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    assert "5 fichiers : 5 ajoutés" in out.decode()
-    assert len(fake_mistral.embedded) > 0 and await db.fetchval("SELECT count(*) FROM kb_chunks") > 0
+    async def ingest() -> tuple[int | None, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.chat", "kb", "ingest", "procedures", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        return proc.returncode, out.decode(), err.decode()
+
+    try:
+        code, out, err = await ingest()
+        assert code == 0, err[-2000:]
+        assert "5 fichiers : 5 ajoutés" in out
+        assert len(fake_mistral.embedded) > 0 and await db.fetchval("SELECT count(*) FROM kb_chunks") > 0
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=20)
+    code, _, err = await ingest()  # make run stopped: the record is stale, the CLI's own settings count
+    assert code != 0 and "5432" in err, err[-2000:]
 
 
 # --- the in-process index -----------------------------------------------------------------------------

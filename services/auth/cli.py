@@ -24,7 +24,7 @@ from services.auth.legacy import migrate_passwords
 from services.auth.passwords import BCRYPT_MAX_BYTES, PasswordHasher
 from services.auth.usernames import RULES, printable
 from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, create_pool, current_month, load_settings_or_exit
-from shared.db import database_of_make_run
+from shared.make_run import of_make_run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PASSWORD_RULES = (
@@ -246,7 +246,7 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[str]]] = {
 
 
 async def run(args: argparse.Namespace) -> str:
-    settings = database_of_make_run(load_settings_or_exit())
+    settings = of_make_run(load_settings_or_exit())
     pool = await create_pool(settings, application_name="wibot-users-cli")
     try:
         return await COMMANDS[args.command](Context(args, pool, settings, current_month()))

@@ -192,6 +192,9 @@ BAD_REPLY_MESSAGE = "Le service IA a renvoyé une réponse inexploitable. Réess
 ModelFault = Literal["busy", "unreachable", "failed", "bad_reply", "timeout"]
 
 
+MODEL_RETRY_AFTER_S = 10
+
+
 class ModelFailed(DomainError):
     """The model server did not answer usefully: `busy` (its 429/503), `unreachable`, `failed` (another error),
     `bad_reply` (an answer we cannot use), `timeout`."""
@@ -201,11 +204,13 @@ class ModelFailed(DomainError):
         self.fault = fault
 
     def api_error(self) -> ApiError:
+        retry = {"Retry-After": str(MODEL_RETRY_AFTER_S)}  # a client (n8n's retry, a script) waits, then asks again
         if self.fault == "timeout":
-            return ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT")
+            return ApiError(504, TIMEOUT_MESSAGE, "LLM_TIMEOUT", headers=retry)
         if self.fault in ("busy", "unreachable"):
-            return ApiError(503, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE")
-        return ApiError(502, BAD_REPLY_MESSAGE if self.fault == "bad_reply" else UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE")
+            return ApiError(503, UNAVAILABLE_MESSAGE, "LLM_UNAVAILABLE", headers=retry)
+        message = BAD_REPLY_MESSAGE if self.fault == "bad_reply" else UNAVAILABLE_MESSAGE
+        return ApiError(502, message, "LLM_UNAVAILABLE", headers=retry)
 
 
 class KnowledgeNotConfigured(DomainError):

@@ -19,7 +19,8 @@ import orjson
 from services.conversations import data
 from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, configure_logging, create_pool, load_settings_or_exit
 from shared.contracts import format_utc
-from shared.db import database_of_make_run, utc_now
+from shared.db import utc_now
+from shared.make_run import of_make_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +102,7 @@ COMMANDS = {"purge": purge, "export": export, "audit": read_trail, "verify": ver
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = database_of_make_run(load_settings_or_exit())
+    settings = of_make_run(load_settings_or_exit())
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="data-cli", stream=sys.stderr)
     try:
         return asyncio.run(run(args, settings))

@@ -18,7 +18,7 @@ class SafeguardDown(DomainError):
     """A decision or a detail could not be had from the server (never reported as done)."""
 
     def api_error(self) -> ApiError:
-        return ApiError(503, UNAVAILABLE_MESSAGE, "SAFEGUARD_UNAVAILABLE")
+        return ApiError(503, UNAVAILABLE_MESSAGE, "SAFEGUARD_UNAVAILABLE", headers={"Retry-After": "10"})
 
 
 class RequestNotFound(DomainError):

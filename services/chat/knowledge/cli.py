@@ -24,8 +24,8 @@ from services.chat.knowledge.base import KnowledgeBase
 from services.chat.knowledge.ingest import IngestStats, ingest
 from services.chat.llm import build_client
 from shared import DB_UNAVAILABLE_ERRORS, Settings, audit, create_pool, load_settings_or_exit
-from shared.db import database_of_make_run, model_of_make_run
 from shared.errors import DomainError
+from shared.make_run import of_make_run
 
 
 class ProgressBar:
@@ -132,7 +132,7 @@ def report(stats: IngestStats) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = model_of_make_run(database_of_make_run(load_settings_or_exit()))
+    settings = of_make_run(load_settings_or_exit())
     try:
         if args.command == "status":
             print(asyncio.run(run_status(settings)))
