@@ -42,6 +42,10 @@ DIRECTORY_OPERATIONS = Counter(
     "Directory (LDAP/AD) operations by outcome: ok, unknown, ambiguous, wrong_password, disabled, unavailable, busy",
     ["operation", "outcome"],
 )
+DIRECTORY_LAST_ADMIN_KEPT = Counter(
+    "wibot_directory_last_admin_kept_total",
+    "Directory logins or syncs that would have left no active admin: the last one kept the role",
+)
 PASSWORD_CHECKS = Counter("wibot_password_checks_total", "bcrypt password checks (logins, and their look-alikes)")
 EMBEDDING_TOKENS = Counter("wibot_embedding_tokens_total", "Tokens spent on embeddings (knowledge base)", ["purpose"])
 KNOWLEDGE_RETRIEVALS = Counter(

@@ -5,6 +5,7 @@ directory down or slow, break-glass local admins, and the refusals, each with th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from services.auth.directory.client import DirectoryRefused
 from services.auth.errors import DirectoryAccount
 from services.auth.passwords import PasswordHasher
 from shared import AppKeys
-from shared.metrics import PASSWORD_CHECKS
+from shared.metrics import DIRECTORY_LAST_ADMIN_KEPT, PASSWORD_CHECKS
 from tests import directory as ldap
 from tests.conftest import TEST_SECRET, make_settings, sessions_caught_up
 
@@ -159,7 +160,8 @@ async def test_a_rename_in_the_directory_keeps_the_account_and_its_conversations
     assert (await login(client, username, password))[0] == 401
 
 
-async def test_leaving_the_admin_group_takes_the_role_away_at_the_next_request(client, db, slapd):
+async def test_leaving_the_admin_group_takes_the_role_away_at_the_next_request(client, db, slapd, factory):
+    await factory.user("secours", "secours-pw-2026", role="admin")  # another admin stays
     username, password = person(slapd, ldap.ADMINS)
     token = (await login(client, username, password))[1]["token"]
     headers = {"Authorization": f"Bearer {token}"}
@@ -171,6 +173,52 @@ async def test_leaving_the_admin_group_takes_the_role_away_at_the_next_request(c
     assert (await client.get("/webhook/wibot/admin/users", headers=headers)).status == 403  # the same token
     status, body = await login(client, username, password)  # and at every login
     assert (status, body["user"]["role"]) == (200, "user")
+
+
+@pytest.mark.parametrize("removal", ["left_the_group", "deleted", "disabled"])
+@pytest.mark.parametrize("by", ["sync", "login"])
+async def test_the_directory_never_removes_the_last_active_admin(client, db, slapd, factory, removal, by, capsys):
+    """#44: a directory that no longer lists anyone as admin (a renamed group, an entry gone) leaves the last
+    active admin their role and account, loudly; with another active admin, the removal happens."""
+    username, password = person(slapd, ldap.ADMINS)
+    assert (await login(client, username, password))[1]["user"]["role"] == "admin"
+    kept_before = DIRECTORY_LAST_ADMIN_KEPT._value.get()
+    if removal == "left_the_group":
+        slapd.remove_from_group(ldap.ADMINS, slapd.dn_of(username))
+    elif removal == "deleted":
+        slapd.delete(username)
+    else:
+        slapd.set_account_control(username, 514)
+    if by == "sync" or removal != "left_the_group":  # a deleted or disabled entry cannot log in: the sync decides
+        await sync_accounts(client.app[AppKeys.DB], client.app[DIRECTORY])
+    else:
+        assert (await login(client, username, password))[1]["user"]["role"] == "admin"
+    row = await db.fetchrow("SELECT role, is_active FROM users WHERE directory_id IS NOT NULL")
+    assert (row["role"], row["is_active"]) == ("admin", True)
+    assert DIRECTORY_LAST_ADMIN_KEPT._value.get() == kept_before + 1
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "directory_last_admin_kept" in line]
+    assert logged and logged[0]["level"] == "error"
+    # Another admin appears: the directory's word applies again.
+    await factory.user("secours", "secours-pw-2026", role="admin")
+    await sync_accounts(client.app[AppKeys.DB], client.app[DIRECTORY])
+    row = await db.fetchrow("SELECT role, is_active FROM users WHERE directory_id IS NOT NULL")
+    assert (row["role"] == "admin" and row["is_active"]) is False
+
+
+async def test_linking_a_local_account_to_its_directory_entry_ends_its_earlier_sessions(client, db, slapd, factory):
+    username, password = person(slapd)
+    await factory.user(username, "old-local-pw-2026")
+    status, body = await login(client, username, "old-local-pw-2026")  # a session opened with the local password
+    assert status == 200
+    local_token = {"Authorization": f"Bearer {body['token']}"}
+    assert (await client.get("/webhook/auth/me", headers=local_token)).status == 200
+    status, body = await login(client, username, password)  # the directory's: the account is linked
+    assert status == 200
+    await sessions_caught_up(client, db)
+    assert (await client.get("/webhook/auth/me", headers=local_token)).status == 401
+    directory_token = {"Authorization": f"Bearer {body['token']}"}
+    assert (await client.get("/webhook/auth/me", headers=directory_token)).status == 200
+    assert (await login(client, username, "old-local-pw-2026"))[0] == 401  # the local password is gone
 
 
 async def test_the_sync_deactivates_accounts_gone_or_disabled_and_their_tokens_stop(client, db, slapd):

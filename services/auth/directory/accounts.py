@@ -5,7 +5,11 @@ Linked by the entry's stable id, never by name: a rename in the directory keeps 
 account of the same name (staff who had WIBOT passwords before the directory) is linked at the first directory
 login and keeps its history, but never a local admin's (break-glass accounts stay local: that login is a 409).
 Role and level changes reach every process through the session copy's notifications: the next request of a user
-removed from the admin group is a user's request.
+removed from the admin group is a user's request — except the last active admin's: a directory that no longer
+lists anyone in its admin group (a renamed group, a wrong LDAP_ADMIN_GROUPS, an entry gone) never leaves WIBOT
+without an administrator; that admin keeps the role, and it is logged as an error and counted
+(wibot_directory_last_admin_kept_total). Linking a local account to a directory entry ends the sessions opened
+with its local password.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import asyncpg
 
 from services.auth.directory.client import Directory, DirectoryAccount, normalise_dn
 from services.auth.errors import AccountConflict
+from services.auth.queries import LOCK_ACTIVE_ADMINS_SQL, REVOKE_ALL_TOKENS_SQL
 from shared import Settings, audit, get_logger
+from shared.metrics import DIRECTORY_LAST_ADMIN_KEPT
 
 log = get_logger("wibot.directory")
 
@@ -31,6 +37,7 @@ UPDATE users SET username = $2, email = COALESCE($3, email), role = $4, accredit
 WHERE directory_id = $1
 RETURNING user_id, username, role, is_active
 """
+LINKED_ROLE_SQL = "SELECT user_id, role, is_active FROM users WHERE directory_id = $1"
 LINK_LOCAL_SQL = """
 UPDATE users SET directory_id = $1, password_hash = $6, email = COALESCE($3, email), role = $4,
                  accreditation_level = $5
@@ -66,14 +73,19 @@ async def sign_in(pool: asyncpg.Pool, settings: Settings, account: DirectoryAcco
     """The local user of this directory account (user_id, username, role, is_active, generation), created or
     brought up to date; AccountConflict when its name is a local admin's or another account's."""
     role, level = role_and_level(settings, account.groups)
-    values = (account.directory_id, account.username[:100], account.email, role, level, NO_LOCAL_PASSWORD)
     for _ in range(2):  # first logins at once: the one that loses the race finds the account the other created
         try:
             async with pool.acquire() as conn, conn.transaction():
+                linked = await conn.fetchrow(LINKED_ROLE_SQL, account.directory_id)
+                if linked is not None:
+                    role, _ = await keep_an_admin(conn, linked, role=role, active=True)
+                values = (account.directory_id, account.username[:100], account.email, role, level, NO_LOCAL_PASSWORD)
                 user = await conn.fetchrow(UPDATE_LINKED_SQL, *values[:5])
                 created = user is None
                 if user is None:
                     user = await conn.fetchrow(LINK_LOCAL_SQL, *values)
+                    if user is not None:  # its local password is gone: so are the sessions it opened
+                        await conn.execute(REVOKE_ALL_TOKENS_SQL, user["user_id"])
                 if user is None:
                     user = await conn.fetchrow(CREATE_SQL, *values)
                 if user is None:  # the name is a local admin's, or another directory account's
@@ -86,6 +98,22 @@ async def sign_in(pool: asyncpg.Pool, settings: Settings, account: DirectoryAcco
         signed_in: dict[str, Any] = dict(user) | {"generation": generation}
         return signed_in
     raise AccountConflict
+
+
+async def keep_an_admin(conn: asyncpg.Connection, user: asyncpg.Record, *, role: str, active: bool) -> tuple[str, bool]:
+    """The role and activity the directory gives `user`, unless they would leave no active admin: then the admin
+    keeps both (inside the caller's transaction: the active admins are locked, so two at once cannot both go)."""
+    if not (user["role"] == "admin" and user["is_active"]) or (role == "admin" and active):
+        return role, active
+    admins = [row["user_id"] for row in await conn.fetch(LOCK_ACTIVE_ADMINS_SQL)]
+    if admins != [user["user_id"]]:
+        return role, active
+    DIRECTORY_LAST_ADMIN_KEPT.inc()
+    log.error(
+        "directory_last_admin_kept", user_id=user["user_id"], directory_role=role, directory_active=active,
+        hint="the directory lists no other active admin: check LDAP_ADMIN_GROUPS and the admin group's members",
+    )  # fmt: skip
+    return "admin", True
 
 
 async def sync_accounts(pool: asyncpg.Pool, directory: Directory) -> dict[str, int]:
@@ -111,13 +139,15 @@ async def sync_accounts(pool: asyncpg.Pool, directory: Directory) -> dict[str, i
                     unchanged = (role, level) == (row["role"], row["accreditation_level"])
                     if unchanged and (keep or not row["is_active"]):
                         continue
-                    await conn.execute(SYNC_UPDATE_SQL, row["user_id"], role, level, keep)
+                    async with conn.transaction():
+                        role, keep = await keep_an_admin(conn, row, role=role, active=keep)
+                        await conn.execute(SYNC_UPDATE_SQL, row["user_id"], role, level, keep)
                     if row["is_active"] and not keep:
                         counts["deactivated"] += 1
                         details = {"via": "directory_sync", "reason": "gone" if account is None else "disabled"}
                         await audit.record(conn, audit.USER_DEACTIVATED, actor_id=None, target=str(row["user_id"]),
                                            details=details)  # fmt: skip
-                    else:
+                    elif (role, level) != (row["role"], row["accreditation_level"]):
                         counts["changed"] += 1
                         await audit.record(conn, audit.USER_CHANGED, actor_id=None, target=str(row["user_id"]),
                                            details={"via": "directory_sync", "role": role, "level": level})  # fmt: skip
