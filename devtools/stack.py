@@ -95,6 +95,12 @@ def load_dotenv(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None} if path.exists() else {}
 
 
+def stack_environment(root: Path) -> dict[str, str]:
+    """What every process of the stack is given: .env as the services read it, the process environment winning
+    over it (as for pydantic-settings)."""
+    return {**load_dotenv(root / ".env"), **os.environ}
+
+
 def write_private(path: Path, text: str) -> None:
     """Files holding secrets (the JWT key) are readable by their owner only (0600), from their first byte."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -499,7 +505,7 @@ def main(argv: list[str]) -> int:
         print(announce(Topology.from_env(dict(os.environ))), flush=True)
         return 0
     ensure_dotenv()
-    env = {**load_dotenv(ROOT / ".env"), **os.environ}
+    env = stack_environment(ROOT)
     procfile_path, extra = prepare(env)
     if command == "prepare":
         print(f"Ready: {procfile_path}")

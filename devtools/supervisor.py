@@ -40,7 +40,6 @@ class Program:
     command: list[str]
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    backoff_s: float = FIRST_BACKOFF_S
     started_at: float = 0.0
     output: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -55,9 +54,12 @@ def read_procfile(path: Path) -> list[Program]:
 
 
 class Supervisor:
-    def __init__(self, programs: list[Program], *, out: object = sys.stdout) -> None:
+    def __init__(
+        self, programs: list[Program], *, out: object = sys.stdout, first_backoff_s: float = FIRST_BACKOFF_S
+    ) -> None:
         self.programs = programs
         self.out = out
+        self.first_backoff_s = first_backoff_s
         self.width = max(len(p.name) for p in programs) if programs else 0
         self.stopping = asyncio.Event()
 
@@ -76,7 +78,11 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stopping.set)
         watchers = [asyncio.ensure_future(self.keep_running(program)) for program in self.programs]
-        await self.stopping.wait()
+        try:
+            await self.stopping.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
         self.event("stack_stopping", "info")
         for watcher in watchers:
             watcher.cancel()
@@ -85,6 +91,7 @@ class Supervisor:
         return 0
 
     async def keep_running(self, program: Program) -> None:
+        backoff_s = self.first_backoff_s
         while not self.stopping.is_set():
             await self.start(program)
             assert program.process is not None
@@ -95,14 +102,14 @@ class Supervisor:
                 return
             ran_s = time.monotonic() - program.started_at
             if ran_s >= STABLE_AFTER_S:
-                program.backoff_s = FIRST_BACKOFF_S
+                backoff_s = self.first_backoff_s
             program.restarts += 1
             self.event(
                 "service_restarting", "error", program=program.name, exit_code=code, ran_s=round(ran_s, 1),
-                restarts=program.restarts, backoff_s=program.backoff_s,
+                restarts=program.restarts, backoff_s=backoff_s,
             )  # fmt: skip
-            await asyncio.sleep(program.backoff_s)
-            program.backoff_s = min(program.backoff_s * 2, MAX_BACKOFF_S)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
 
     async def start(self, program: Program) -> None:
         program.process = await asyncio.create_subprocess_exec(
