@@ -320,6 +320,16 @@ def _whole_suite(session: Any) -> bool:
     return ran_all and not selected_paths and not option.keyword and not option.markexpr
 
 
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """A test of a dependency's fault runs on pytest's loop and on uvloop, the loop the services run in production
+    (shared/serve.py): a hung directory aborted the process under uvloop only (#44). The others, on asyncio."""
+    if item.get_closest_marker("production_loop") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     """The README's security figures hold: when the whole suite passed, a figure that dropped fails it."""
     forced = os.environ.get("WIBOT_CHECK_FIGURES") == "1"  # tests/test_figures.py proves the wiring with it

@@ -8,6 +8,8 @@ from devtools.stack import free_ports
 from services.chat.app import create_app
 from tests.conftest import bearer
 
+pytestmark = pytest.mark.production_loop  # each test runs on asyncio and on uvloop (conftest)
+
 CHAT = "/webhook/wibot/chat"
 CID = "550e8400-e29b-41d4-a716-446655440000"
 UNAVAILABLE = "Le service IA est momentanément indisponible. Réessayez dans quelques instants."
@@ -50,8 +52,8 @@ async def test_model_failure_answers_an_envelope_and_writes_nothing(
     limits = {"mistral_timeout_s": timeout_s, "mistral_retry_max_elapsed_s": 0.3, "mistral_retry_initial_ms": 20}
     client = await make_client(create_app(chat_settings.model_copy(update=limits)))
     user_id = await factory.user()
-    for name, value in knobs.items():
-        setattr(fake_mistral, name, value)
+    for name, value in knobs.items():  # a copy: the fake pops its failures, and the parameters serve both loops
+        setattr(fake_mistral, name, list(value) if isinstance(value, list) else value)
     r = await client.post(CHAT, json={"conversation_id": CID, "message": "Bonjour"}, headers=bearer(user_id))
     assert r.status == status, await r.text()
     assert await r.json() == {"success": False, "error": message, "code": code}

@@ -24,6 +24,8 @@ from tests.conftest import bearer, make_settings
 from tests.figures import FIGURES
 from tests.test_faults import books_balance, mixed_request
 
+pytestmark = pytest.mark.production_loop  # each test runs on asyncio and on uvloop (conftest)
+
 
 def as_postgres(command: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; CI runs as root.

@@ -240,6 +240,7 @@ async def test_the_sync_deactivates_accounts_gone_or_disabled_and_their_tokens_s
     assert (await login(client, disabled, disabled_pw))[0] == 401
 
 
+@pytest.mark.production_loop
 async def test_the_directory_down_or_slow_is_a_503_in_time_and_local_admins_still_log_in(client, db, slapd, factory):
     await factory.user("secours", "secours-pw-2026", role="admin")  # the break-glass account
     await login(client, "bob", "bob-pw-2026")  # a known directory user
@@ -260,6 +261,7 @@ async def test_the_directory_down_or_slow_is_a_503_in_time_and_local_admins_stil
     assert (await login(client, "bob", "bob-pw-2026"))[0] == 200
 
 
+@pytest.mark.production_loop
 async def test_a_directory_that_refuses_connections_is_a_503(make_client, database_url, slapd, db):
     settings = directory_settings(database_url, slapd, ldap_url="ldap://127.0.0.1:9")
     client = await make_client(create_app(settings))

@@ -17,6 +17,8 @@ from services.conversations.app import create_app as conversations_app
 from tests.conftest import bearer
 from tests.figures import FIGURES
 
+pytestmark = pytest.mark.production_loop  # each test runs on asyncio and on uvloop (conftest)
+
 CHAT = "/webhook/wibot/chat"
 
 

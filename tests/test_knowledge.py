@@ -496,6 +496,7 @@ async def test_the_cli_beside_make_run_finds_its_database_model_and_folder_while
 # --- the in-process index -----------------------------------------------------------------------------
 
 
+@pytest.mark.production_loop
 async def test_every_process_hears_of_a_change_and_reloads_after_losing_its_connection(
     make_client, kb_settings, client, admin_id, db
 ):
@@ -637,6 +638,7 @@ async def test_with_retrieval_off_a_large_attachment_is_cut_not_indexed(
     assert await db.fetchval("SELECT count(*) FROM kb_documents") == 0 and len(fake_mistral.embedded) == 0
 
 
+@pytest.mark.production_loop
 async def test_when_indexing_fails_the_attachment_is_cut_as_before(make_client, kb_settings, user_id, db, fake_mistral):
     client = await make_client(create_app(kb_settings.model_copy(update={"chat_files_max_chars": 1_500})))
     fake_mistral.embedding_failures = [500] * 50

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from shared.listen import Follower, follow
 
@@ -49,6 +50,7 @@ async def test_changes_arrive_in_commit_order_and_echoes_pass_by(database_url, d
         await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.production_loop
 async def test_a_follower_whose_echo_does_not_come_back_is_lost_then_reloads(database_url, monkeypatch):
     """The connection stays open but the heartbeat's echo never arrives (here: sent where nobody listens, as
     notifications vanish behind a pooler in transaction mode): after HEARTBEAT_TIMEOUT_S the copy is lost."""

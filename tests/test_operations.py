@@ -116,6 +116,7 @@ async def test_quota_alerts_once_per_threshold_and_month(
     assert [entry["threshold"] for entry in logged] == [80, 90, 100]
 
 
+@pytest.mark.production_loop
 async def test_a_dead_alert_webhook_never_fails_the_chat(make_client, chat_settings, factory, fake_mistral):
     from tests.test_chat_failures import closed_port
 

@@ -118,6 +118,7 @@ async def test_refusals_before_the_first_byte_keep_their_status_and_envelope(cli
 
 
 @pytest.mark.parametrize("accept", [SSE, NDJSON])
+@pytest.mark.production_loop
 async def test_a_model_that_fails_before_its_first_chunk_is_the_usual_503(client, user_id, db, fake_mistral, accept):
     fake_mistral.failures = [503] * 200  # beyond the retries
     r = await client.post(CHAT, json=chat(), headers={**bearer(user_id), **accept})
@@ -127,6 +128,7 @@ async def test_a_model_that_fails_before_its_first_chunk_is_the_usual_503(client
     assert await db.fetchval("SELECT COALESCE(sum(used_tokens), 0) FROM user_token_usage") == 0
 
 
+@pytest.mark.production_loop
 async def test_a_model_failure_mid_stream_ends_with_an_error_event_saves_nothing_and_refunds(
     client, user_id, db, fake_mistral
 ):
@@ -143,6 +145,7 @@ async def test_a_model_failure_mid_stream_ends_with_an_error_event_saves_nothing
     assert await db.fetchval("SELECT count(*) FROM token_reservations") == 0
 
 
+@pytest.mark.production_loop
 async def test_a_model_failure_mid_stream_in_ndjson_is_an_error_line(client, user_id, fake_mistral):
     fake_mistral.reply = LONG_REPLY
     fake_mistral.fail_after_chunks = 2
@@ -174,6 +177,7 @@ async def test_heartbeats_while_the_model_is_quiet(make_client, database_url, fa
     assert events[-1][0] == "done"
 
 
+@pytest.mark.production_loop
 async def test_a_client_that_leaves_mid_stream_is_charged_for_what_was_produced(
     make_client, chat_settings, user_id, db, fake_mistral
 ):
@@ -217,6 +221,7 @@ async def _until(condition) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.production_loop
 async def test_failures_before_the_first_chunk_are_retried_like_the_json_call(client, user_id, db, fake_mistral):
     fake_mistral.failures = [503, 429]
     r = await client.post(CHAT, json=chat(), headers={**bearer(user_id), **SSE})
