@@ -186,3 +186,32 @@ async def test_a_logout_on_one_replica_is_refused_on_the_other(stack):
                         if r.status == 401:
                             break
                     await asyncio.sleep(0.1)
+
+
+async def test_one_chat_replica_killed_the_gateway_keeps_serving_chats_and_docker_brings_it_back(stack):
+    """#44: a replica that crashes (its process killed, as the OOM killer does): nginx sends the chats to the other
+    replica, and the restart policy (unless-stopped) starts it again. A chat sent on a connection nginx kept alive
+    to the dead replica is answered 502 in the envelope, not replayed (a chat is not idempotent)."""
+    container = f"{PROJECT}_chat-2_1"
+
+    def inspect(field: str) -> str:
+        command = ["docker", "inspect", "--format", "{{" + field + "}}", container]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    os.kill(int(await asyncio.to_thread(inspect, ".State.Pid")), 9)
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        headers = await login(http, "chef", "chef-pw-2026")
+        for _ in range(12):  # within the user's quota (the fake model's replies cost ~500 tokens each)
+            body = {"conversation_id": str(uuid.uuid4()), "message": "Toujours là ?"}
+            async with http.post(f"{GATEWAY}/webhook/wibot/chat", json=body, headers=headers) as r:
+                statuses.append(r.status)
+                if r.status != 200:
+                    assert (await r.json())["success"] is False
+    lost = statuses.index(200) if 200 in statuses else len(statuses)
+    assert lost <= 2 and statuses[lost:] == [200] * (len(statuses) - lost), statuses
+    deadline = time.monotonic() + 120
+    while await asyncio.to_thread(health, container) != "healthy":  # restarted by Docker, then healthy again
+        assert time.monotonic() < deadline, health(container)
+        await asyncio.sleep(1)
+    assert int(await asyncio.to_thread(inspect, ".RestartCount")) >= 1
