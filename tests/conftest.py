@@ -331,7 +331,15 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    """The README's security figures hold: when the whole suite passed, a figure that dropped fails it."""
+    """The README's security figures hold: when the whole suite passed, a figure that dropped fails it. With
+    WIBOT_FAULT_FIGURES set, what the fault suites measured is written there (tests/fault_figures.py)."""
+    from tests.fault_figures import FIGURES as FAULT_FIGURES
+
+    if (path := os.environ.get("WIBOT_FAULT_FIGURES")) and FAULT_FIGURES:
+        import json
+
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(FAULT_FIGURES, out, indent=2)
     forced = os.environ.get("WIBOT_CHECK_FIGURES") == "1"  # tests/test_figures.py proves the wiring with it
     if exitstatus != 0 or not (forced or _whole_suite(session)):
         return

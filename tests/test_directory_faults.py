@@ -28,6 +28,7 @@ import pytest
 
 from devtools.stack import free_ports, wait_for_port
 from tests import directory as ldap
+from tests import fault_figures
 from tests.faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,7 @@ async def test_a_directory_fault_never_takes_the_auth_process_down_nor_local_acc
     await factory.user("agent", "agent-pw-2026")  # a local user
     async with aiohttp.ClientSession() as http:
         assert (await login(http, auth.url, "bob", "bob-pw-2026"))[0] == 200  # a service connection is pooled
+        idle = [await login(http, auth.url, "agent", "agent-pw-2026") for _ in range(10)]
         with directory_fault(proxy, slapd, fault):
             # An office behind one NAT address retrying: 20 directory logins wait on the sick directory...
             waiting = [asyncio.ensure_future(login(http, auth.url, "bob", "bob-pw-2026")) for _ in range(20)]
@@ -122,7 +124,8 @@ async def test_a_directory_fault_never_takes_the_auth_process_down_nor_local_acc
                 # ...and the local accounts log in meanwhile, from the same address, without queueing behind them.
                 status, body, _, _ = await login(http, auth.url, "secours", "secours-pw-2026")
                 assert (status, body.get("user", {}).get("role")) == (200, "admin"), body
-                assert (await login(http, auth.url, "agent", "agent-pw-2026"))[0] == 200
+                during = [await login(http, auth.url, "agent", "agent-pw-2026") for _ in range(10)]
+                assert [status for status, *_ in during] == [200] * 10
                 results = await asyncio.gather(*waiting)
             finally:
                 for task in waiting:
@@ -133,6 +136,10 @@ async def test_a_directory_fault_never_takes_the_auth_process_down_nor_local_acc
                 assert retry_after and elapsed <= LDAP_TIMEOUT_S + 1, (elapsed, body)
             assert any(status == 503 for status, *_ in results)
             assert auth.proc.poll() is None
+            fault_figures.record(
+                f"directory_{fault}", idle=[(s, t) for s, _, t, _ in idle], others=[(s, t) for s, _, t, _ in during],
+                affected=[(s, t) for s, _, t, _ in results],
+            )  # fmt: skip
             async with http.get(auth.url + "/readyz") as ready:
                 assert ready.status == 200  # the directory is not the service's readiness
         await asyncio.sleep(0.3)  # the timed-out connections' closing reaches the kernel

@@ -7,8 +7,8 @@ For every fault the suite asserts: no service process exits; the requests of oth
 failed dependency keep answering 200; the affected ones get a clear envelope with Retry-After (or 200 when the
 fault missed them); once the dependency is back, chats work again; and nothing is lost or charged twice (every
 conversation holds whole exchanges, usage equals what the messages and unsaved charges hold, every answer the
-model gave is charged once). Each test also measures the other users' p99 during the fault against idle; with
-WIBOT_FAULT_FIGURES=path the figures are written there (bench/faults.json holds a run's).
+model gave is charged once). Each test also measures the other users' p99 during the fault against idle
+(tests/fault_figures.py).
 
 The directory's faults are in tests/test_directory_faults.py (the auth process alone, on slapd).
 """
@@ -38,6 +38,7 @@ from aiohttp import web
 
 from devtools import fake_mistral, fake_safeguard
 from devtools.stack import free_ports, wait_for_port, with_database
+from tests import fault_figures
 from tests.conftest import TEST_SECRET, bearer
 from tests.faultproxy import FaultProxy
 from tests.test_faults import books_balance
@@ -51,7 +52,6 @@ DB_COMMAND_TIMEOUT_S = 2
 MODEL_TIMEOUT_S = 3
 SAFEGUARD_TIMEOUT_S = 1
 FAULT_WINDOW_S = 3.0
-FIGURES: dict[str, dict[str, Any]] = {}
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -153,8 +153,6 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             each.stop()
         mistral_app.stop()
         safeguard_app.stop()
-        if figures_path := os.environ.get("WIBOT_FAULT_FIGURES"):
-            Path(figures_path).write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 @pytest.fixture
@@ -184,11 +182,6 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
 
 def ask(user_id: int, message: str = "Où en est le ticket ?", **extra: Any) -> dict[str, Any]:
     return {"json": {"conversation_id": str(uuid.uuid4()), "message": message, **extra}, "headers": bearer(user_id)}
-
-
-def p99(seconds: list[float]) -> float:
-    ordered = sorted(seconds)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 async def during(window_s: float, request: Callable[[], Awaitable[Answer]]) -> list[Answer]:
@@ -301,34 +294,37 @@ async def test_a_database_fault_is_a_503_with_retry_after_and_the_books_still_ba
     listing = lambda user: call(http, "GET", stack.url + LIST, headers=bearer(user))  # noqa: E731
     idle = await during(1.0, lambda: listing(users[0]))
     answered_before = stack.mistral.answered
-    if fault == "db_restart":  # every connection killed, and nothing listening for a second
-        stack.db.set("refuse")
-        await asyncio.sleep(1.0)
-        stack.db.set("pass")
-    elif fault == "db_hung_connections":  # pooled connections stop answering; new ones hang at start-up
-        stack.db.set("hang")
-    else:
-        stack.db.reset_all()  # the pools reconnect... into a server that is full
-        stack.db.set("serve", handler=too_many_clients)
+    work = [
+        asyncio.ensure_future(during(FAULT_WINDOW_S, lambda user=user: listing(user))) for user in users[:2]
+    ] + [
+        asyncio.ensure_future(
+            during(FAULT_WINDOW_S, lambda user=user: call(http, "POST", stack.url + CHAT, **ask(user)))
+        )
+        for user in users[2:]
+    ]  # fmt: skip
+    await asyncio.sleep(0.3)  # requests are flowing when the fault strikes
     try:
-        work = [
-            asyncio.ensure_future(during(FAULT_WINDOW_S, lambda user=user: listing(user))) for user in users[:2]
-        ] + [
-            asyncio.ensure_future(
-                during(FAULT_WINDOW_S, lambda user=user: call(http, "POST", stack.url + CHAT, **ask(user)))
-            )
-            for user in users[2:]
-        ]  # fmt: skip
-        results = await asyncio.gather(*work)
+        if fault == "db_restart":  # every connection killed, nothing listening for a second, then back
+            stack.db.set("refuse")
+            await asyncio.sleep(1.0)
+            stack.db.set("pass")
+        elif fault == "db_hung_connections":  # pooled connections stop answering; new ones hang at start-up
+            stack.db.set("hang")
+        else:
+            stack.db.reset_all()  # the pools reconnect... into a server that is full
+            stack.db.set("serve", handler=too_many_clients)
+        await asyncio.sleep(FAULT_WINDOW_S - 1.3)
         health = [await call(http, "GET", f"http://127.0.0.1:{port}/healthz") for port in stack.ports["chat"]]
     finally:
         stack.db.set("pass")
+    results = await asyncio.gather(*work)
     answers = [answer for each in results for answer in each]
     for answer in answers:
         if answer.status != 200:
             assert (answer.status, answer.body.get("code")) == (503, "DB_UNAVAILABLE"), answer.body
             assert answer.retry_after, answer
     assert [h.status for h in health] == [200] * len(health)  # alive: the orchestrator does not kill them
+    assert any(answer.status == 503 for answer in answers), "the fault reached no request"
     assert_processes_alive(stack, before)
     await eventually_ok(lambda: call(http, "POST", stack.url + CHAT, **ask(users[0])))
     await wait_for_settled(db)
@@ -407,10 +403,7 @@ async def eventually_ok(request: Callable[[], Awaitable[Answer]], within_s: floa
 
 
 def record(fault: str, idle: list[Answer], others: list[Answer], affected: list[Answer]) -> None:
-    FIGURES[fault] = {
-        "idle_p99_ms": round(p99([a.seconds for a in idle]) * 1000, 1),
-        "others_p99_ms": round(p99([a.seconds for a in others]) * 1000, 1) if others else None,
-        "others_statuses": sorted({a.status for a in others}),
-        "affected_statuses": sorted({a.status for a in affected}),
-        "affected_p99_ms": round(p99([a.seconds for a in affected]) * 1000, 1) if affected else None,
-    }
+    def timed(answers: list[Answer]) -> list[tuple[int, float]]:
+        return [(answer.status, answer.seconds) for answer in answers]
+
+    fault_figures.record(fault, idle=timed(idle), others=timed(others), affected=timed(affected))
