@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: prerequisites install migrate schema openapi run test lint fmt bench bench-passthrough soak security fuzz mutation clean
+.PHONY: prerequisites install migrate schema openapi run test lint fmt bench bench-passthrough soak security faults fuzz mutation clean
 
 # nginx lives in /usr/sbin on Debian, which is not on every user's PATH.
 export PATH := $(PATH):/usr/sbin:/sbin
@@ -76,7 +76,7 @@ security: install
 	$(PY) -m pytest -q tests/test_security.py tests/test_bad_input.py tests/test_faults.py tests/test_db_restart.py \
 		tests/test_chat_failures.py tests/test_fuzz.py tests/test_rate_limits.py tests/test_attacks.py \
 		tests/test_budget_first.py tests/test_extraction_pool.py tests/test_retrieval_isolation.py \
-		tests/test_server_process.py tests/test_admission.py \
+		tests/test_server_process.py tests/test_admission.py tests/test_fault_matrix.py tests/test_directory_faults.py \
 		tests/test_admin_and_sessions.py::test_a_logged_out_token_stays_out_whatever_its_spelling \
 		tests/test_gateway.py::test_200_slow_large_uploads_do_not_grow_the_gateways_memory \
 		tests/test_gateway.py::test_connections_beyond_the_per_ip_limit_get_a_429_envelope \
@@ -85,6 +85,12 @@ security: install
 		tests/test_gateway.py::test_one_clients_slow_uploads_leave_its_address_to_the_others \
 		tests/test_gateway.py::test_the_default_per_address_limit_is_not_held_by_100_slow_uploads
 	$(PY) -m bench.attacks --target 2 --out $(or $(TMPDIR),/tmp)/wibot-security-attacks.json
+
+# Each dependency's faults against the stack as production runs it (nginx, the real launcher, uvloop): what other
+# users saw (statuses, p99 during the fault against idle) goes to bench/faults.json.
+faults: install
+	WIBOT_FAULT_FIGURES=$(CURDIR)/bench/faults.json $(PY) -m pytest -q tests/test_fault_matrix.py \
+		tests/test_directory_faults.py
 
 # Mutation testing with cosmic-ray (slow: minutes per module); writes mutation/results.json.
 mutation: install

@@ -61,7 +61,8 @@ async def test_ad_refusals(client):
     assert (await login(client, "b*b", "Bob-pw-2026!"))[0] == 401
 
 
-async def test_ad_sync_follows_a_disabled_account_and_a_group_change(client, db, dc):
+async def test_ad_sync_follows_a_disabled_account_and_a_group_change(client, db, dc, factory):
+    await factory.user("secours", "secours-pw-2026", role="admin")  # another active admin: alice may be demoted
     assert (await login(client, "bob", "Bob-pw-2026!"))[0] == 200
     assert (await login(client, "alice", "Alice-pw-2026!"))[0] == 200
     dc.tool("user", "disable", "bob")

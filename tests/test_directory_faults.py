@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,10 +25,11 @@ import aiohttp
 import psutil
 import pytest
 
-from devtools.stack import free_ports, wait_for_port
+from devtools.stack import free_ports
 from tests import directory as ldap
 from tests import fault_figures
 from tests.faultproxy import FaultProxy
+from tests.test_server_process import running
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGIN = "/webhook/auth/login"
@@ -78,23 +78,12 @@ def auth(database_url: str, proxy: FaultProxy, tmp_path: Path, db: Any) -> Itera
         "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "INFO", "PYTHONFAULTHANDLER": "1",
     }  # fmt: skip
     log_path = tmp_path / "auth.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.auth", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
-        )
-    try:
-        wait_for_port(port, timeout=30)
+    with running([sys.executable, "-m", "services.auth", "--port", str(port)], env, port, log_path) as proc:
         process = AuthProcess(proc, f"http://127.0.0.1:{port}", log_path)
         [starting] = [e for e in process.log() if e["event"] == "service_starting"]
         assert starting["event_loop"] == "uvloop"  # what production runs, and what aborted
         yield process
         assert proc.poll() is None, f"the auth process exited ({proc.returncode}): {log_path.read_text()[-3000:]}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def login(http: aiohttp.ClientSession, url: str, username: str, password: str) -> tuple[int, dict, float, str]:

@@ -284,6 +284,34 @@ async def test_a_stream_cut_mid_reply_ends_with_an_error_event_and_charges_nothi
     await books_balance(db)
 
 
+async def test_a_stream_whose_settlement_meets_a_database_outage_ends_with_a_503_event(stack, http, factory, db):
+    """The reply streamed, then PostgreSQL gone when it is saved: the last event is the 503 DB_UNAVAILABLE envelope
+    the JSON path answers (it was a 500), and the answer is charged once the database is back."""
+    user_id = await factory.user("settler")
+    answered_before = stack.mistral.answered
+    stack.mistral.chunk_delay_s, stack.mistral.reply = 0.1, "Une réponse qui prend son temps. " * 5
+    try:
+        streaming = asyncio.ensure_future(call(http, "POST", stack.url + CHAT, **ask(user_id, stream=True)))
+        await asyncio.sleep(1.0)  # the reply flows; the database goes
+        stack.db.set("refuse")
+        answer = await streaming
+    finally:
+        stack.db.set("pass")
+        stack.mistral.chunk_delay_s, stack.mistral.reply = 0.0, None
+    assert answer.status == 200
+    events = [block for block in answer.body.split("\n\n") if block.startswith("event:")]
+    assert events[0].startswith("event: delta") and events[-1].startswith("event: error"), answer.body[-500:]
+    error = json.loads(events[-1].split("data: ", 1)[1])
+    assert (error["success"], error["code"]) == (False, "DB_UNAVAILABLE"), error
+    await wait_for_settled(db)  # the charge, deferred while the database was gone, is made when it is back
+    stack.mistral.answered -= answered_before
+    try:
+        await books_balance(db, stack.mistral)
+    finally:
+        stack.mistral.answered += answered_before
+    assert await db.fetchval("SELECT count(*) FROM unsaved_charges WHERE user_id = $1", user_id) == 1
+
+
 DB_FAULTS = ["db_restart", "db_hung_connections", "db_max_connections"]
 
 

@@ -347,9 +347,10 @@ async def test_the_retention_purge_and_the_audit_trail_work_through_the_gateway(
 
 
 async def test_a_directory_user_logs_in_through_the_gateway_and_loses_the_admin_role_with_the_group(
-    stack, http, slapd, db
+    stack, http, slapd, db, factory
 ):
     """#29 done: the real login route through nginx; role and level from the directory's groups, then changed."""
+    await factory.user("secours", "secours-pw-2026", role="admin")  # another active admin (#44: the last one stays)
     username, password = f"d{uuid.uuid4().hex[:8]}", "directory-pw-2026"
     dn = slapd.add_person(username, password)
     slapd.add_to_group(ldap.ADMINS, dn)

@@ -49,13 +49,13 @@ def chat_process(database_url, fake_mistral, tmp_path, request):
 
 
 @contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
+def running(command: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A service process, as production starts it, until the block ends; then stopped as an orchestrator does."""
     log = log_path.open("w")
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         wait_for_port(port, timeout=30)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
