@@ -120,7 +120,7 @@ def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(VALUES, min_size=1, max_size=12), spelling=st.sampled_from(["quoted", "single", "export"]))
 def test_generated_values_reach_the_processes_as_the_services_read_them(tmp_path_factory, values, spelling):
     folder = tmp_path_factory.mktemp("env")

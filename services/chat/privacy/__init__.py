@@ -98,6 +98,11 @@ def masked(
     names: bool, memory: list[dict[str, str]], message: str, files: list[ReadFile], passages: list[Passage]
 ) -> Protected:
     pseudonyms = Pseudonyms(names=names)
+    pseudonyms.keep_typed(
+        [item["content"] for item in memory] + [message]
+        + [text for read in files for text in (read.name, read.text)]
+        + [text for passage in passages for text in (passage.source, passage.content)]
+    )  # fmt: skip
     mask = pseudonyms.mask
     return Protected(
         memory=[item | {"content": mask(item["content"])} for item in memory],

@@ -26,7 +26,15 @@ class Pseudonyms:
         self._placeholders: dict[tuple[str, str], str] = {}  # (kind, key) -> placeholder
         self._originals: dict[str, str] = {}  # placeholder -> the value as first written
         self._per_kind: Counter[str] = Counter()
+        self._typed: set[str] = set()  # placeholders written in the texts themselves: never given to a value
         self.masked: Counter[str] = Counter()  # occurrences replaced, per kind (logs and metrics: never values)
+
+    def keep_typed(self, texts: list[str]) -> None:
+        """Placeholders someone typed (`[NIR_1]` in a message, a pasted reply, a document) stay as typed: no value
+        of this turn gets their number, so the reply's `[NIR_1]` is never filled with another text's value."""
+        for text in texts:
+            if "[" in text:
+                self._typed.update(match.group() for match in _PLACEHOLDER.finditer(text))
 
     def mask(self, text: str) -> str:
         found = find_identifiers(text, names=self.names)
@@ -38,6 +46,9 @@ class Pseudonyms:
         if placeholder is None:
             self._per_kind[item.kind] += 1
             placeholder = f"[{item.kind}_{self._per_kind[item.kind]}]"
+            while placeholder in self._typed:
+                self._per_kind[item.kind] += 1
+                placeholder = f"[{item.kind}_{self._per_kind[item.kind]}]"
             self._placeholders[item.kind, item.key] = placeholder
             self._originals[placeholder] = text[item.start : item.end]
         return placeholder
