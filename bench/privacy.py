@@ -69,7 +69,7 @@ def overhead(samples: list[personal_data.Sample]) -> dict[str, dict[str, float]]
     return figures
 
 
-def against(revision: str, samples: list[personal_data.Sample], rounds: int = 3) -> dict[str, float]:
+def against(revision: str, samples: list[personal_data.Sample], rounds: int = 3) -> dict[str, float | str]:
     """find_identifiers of `revision` and of this tree, in turns, over the same 64 KB of tickets."""
     import importlib.util
     import subprocess
