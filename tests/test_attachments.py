@@ -307,8 +307,12 @@ async def test_without_indexing_text_beyond_the_budget_is_cut_and_the_prompt_say
         ("court.txt", 10, False),
         ("long.pdf", 127, True),
     ]
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "attachment_truncated" in line]
-    assert [(e["file"], e["kept_chars"], e["total_chars"], e["page"]) for e in logged] == [("long.pdf", 60, 127, 2)]
+    out = capsys.readouterr().out
+    logged = [json.loads(line) for line in out.splitlines() if "attachment_truncated" in line]
+    assert [(e["file_type"], e["kept_chars"], e["total_chars"], e["page"]) for e in logged] == [
+        ("application/pdf", 60, 127, 2)
+    ]
+    assert "long.pdf" not in out  # a file's name is never logged (#45: a name may hold a resident's identifiers)
 
 
 async def test_the_quota_estimate_counts_the_extracted_text_not_the_base64(

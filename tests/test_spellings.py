@@ -88,8 +88,10 @@ def identifiers(draw: st.DrawFn) -> tuple[str, str, str]:
     return kind, compact, written
 
 
-def digits_of(text: str) -> str:
-    return re.sub(r"\D", "", normalise(text).text)
+def letters_and_digits_of(text: str) -> str:
+    """The text's digits and letters, as one string: a value written in groups, found whatever its separators (a
+    Corsican NIR's 2A, an IBAN's letters)."""
+    return re.sub(r"[\W_]", "", normalise(text).text).upper()
 
 
 @settings(max_examples=600, deadline=None, derandomize=True)
@@ -103,7 +105,7 @@ def test_no_identifier_in_any_spelling_reaches_the_model_and_the_user_gets_it_ba
     if kind == "EMAIL":
         assert compact not in normalise(sent).text.casefold(), (text, sent)
     else:
-        assert compact[-9:] not in digits_of(sent).upper(), (text, sent)  # not even its last nine digits
+        assert compact[-9:] not in letters_and_digits_of(sent).upper(), (text, sent)  # not even its last nine digits
     assert f"[{kind}_1]" in sent, (text, sent)
     assert pseudonyms.restore(sent) == text  # the user's own spelling, whole
 
@@ -154,3 +156,30 @@ def test_an_iban_with_a_wrong_key_keeps_its_middle_digits_even_when_they_pass_lu
     wrong = "Virement vers FR96 4016 2863 0437 0611 9796 768 refusé"
     assert Pseudonyms().mask(wrong) == wrong
     assert Pseudonyms().mask(wrong.replace(" ", "\u00a0")) == wrong.replace(" ", "\u00a0")
+
+
+async def test_a_cut_files_name_reaches_neither_the_model_nor_the_logs(
+    make_client, chat_settings, factory, fake_mistral, capsys
+):
+    """#45: a long file that is cut (not indexed) was named to the model verbatim in the note saying it was cut, and
+    file names appeared in four log events: a NIR in a file name reached the model and the logs."""
+    import base64
+
+    from services.chat.app import create_app
+    from tests.conftest import bearer
+
+    settings = chat_settings.model_copy(update={"chat_files_max_chars": 200, "kb_index_attachments": False})
+    client = await make_client(create_app(settings))
+    user_id = await factory.user()
+    body, key = nir_digits(random.Random(7))
+    name = f"dossier {body[0]} {body[1:3]} {body[3:5]} {body[5:7]} {body[7:10]} {body[10:13]} {key}.txt"
+    content = base64.b64encode(("Compte rendu de la nuit. " * 40).encode()).decode()
+    payload = {"conversation_id": "8f14e45f-ceea-467f-a0e6-0e4b3f1d6c11", "message": "Résume ce dossier",
+               "files": [{"name": name, "content": content}]}  # fmt: skip
+    r = await client.post("/webhook/wibot/chat", json=payload, headers=bearer(user_id))
+    assert r.status == 200, await r.text()
+    sent = fake_mistral.received[-1]["messages"][-1]["content"]
+    assert "Contenu tronqué" in sent and "[NIR_1]" in sent, sent[-400:]
+    assert (body + key).upper() not in letters_and_digits_of(sent), sent[-400:]
+    out = capsys.readouterr().out
+    assert body[7:10] + " " + body[10:13] not in out and name not in out

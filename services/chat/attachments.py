@@ -51,6 +51,11 @@ BASE64_OVERHEAD = 4 / 3
 PAGE_MARKER = re.compile(r"\[Page (\d+)/\d+\]")
 
 
+def suffix_of(name: str) -> str:
+    """What the logs say of a file: its kind, never its name (a name may hold a resident's name or number)."""
+    return PurePosixPath(name.lower()).suffix[:10] or "(none)"
+
+
 @dataclass(frozen=True, slots=True)
 class ReadFile:
     """One attachment as the model will read it."""
@@ -326,7 +331,11 @@ async def extract_one(extractor: Extractor, attachment: FileAttachment, settings
     except FileProblem as problem:
         raise file_refused(attachment.name, problem, settings) from None
     except TimeoutError:
-        log.warning("attachment_extraction_timeout", file=attachment.name, timeout_s=settings.extraction_timeout_s)
+        log.warning(
+            "attachment_extraction_timeout",
+            file_type=suffix_of(attachment.name),
+            timeout_s=settings.extraction_timeout_s,
+        )
         reason = f"extraction interrompue après {settings.extraction_timeout_s:g} s"
         raise FileRefused(attachment.name, "unreadable", reason=reason) from None
     suffix = PurePosixPath(attachment.name.lower()).suffix
@@ -369,7 +378,7 @@ def cut(read: ReadFile, *, keep: int, limit: int) -> ReadFile:
         f"[Contenu tronqué : le fichier {read.name} est coupé {where} "
         f"(limite de {thousands(limit)} caractères de fichiers par message).]"
     )
-    log.warning("attachment_truncated", file=read.name, kept_chars=keep, total_chars=len(read.text), page=page)
+    log.warning("attachment_truncated", file_type=read.type, kept_chars=keep, total_chars=len(read.text), page=page)
     return ReadFile(read.name, read.type, read.size, kept, read.pages, read.chars, cut_note=note)
 
 

@@ -103,7 +103,7 @@ async def place_files(
         try:
             indexed_chars = await index_attachment(kb, scope, read, budget, left=left)
         except NotIndexed as why:
-            log.warning("attachment_not_indexed", file=read.name, reason=why.reason, fallback="cut")
+            log.warning("attachment_not_indexed", file_type=read.type, reason=why.reason, fallback="cut")
             return cut(read, keep=left, limit=left), 0
         note = (
             f"[Fichier de {thousands(read.chars)} caractères, trop long pour être lu en entier : il est indexé pour "
@@ -169,7 +169,7 @@ async def index_attachment(kb: KnowledgeBase, scope: Scope, read: ReadFile, budg
         await write_chunks(conn, document_id, chunks, embedded.vectors)
     complete = len(chunks) == whole
     indexed_chars = read.chars if complete else len(chunks) * (settings.kb_chunk_chars - settings.kb_chunk_overlap)
-    log.info("attachment_indexed", file=read.name, chars=read.chars, chunks=len(chunks), complete=complete)
+    log.info("attachment_indexed", file_type=read.type, chars=read.chars, chunks=len(chunks), complete=complete)
     return indexed_chars
 
 

@@ -107,7 +107,10 @@ def masked(
     return Protected(
         memory=[item | {"content": mask(item["content"])} for item in memory],
         message=mask(message),
-        files=[replace(read, name=mask(read.name), text=mask(read.text)) for read in files],
+        files=[
+            replace(read, name=mask(read.name), text=mask(read.text), cut_note=read.cut_note and mask(read.cut_note))
+            for read in files
+        ],
         passages=[replace(p, source=mask(p.source), content=mask(p.content)) for p in passages],
         pseudonyms=pseudonyms,
         instructions=MODEL_INSTRUCTIONS if pseudonyms.masked else "",
