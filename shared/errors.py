@@ -19,13 +19,21 @@ class ApiError(Exception):
     """An error the client should see: HTTP status, French message, optional machine code."""
 
     def __init__(
-        self, status: int, message: str, code: str | None = None, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        logged: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        # What the log says instead of `message`, when the message holds what the user wrote (a file's name).
+        self.logged = logged if logged is not None else message
 
 
 def error_envelope(message: str, code: str | None = None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def client_failure(exc: BaseException, *, path: str) -> ApiError:
     stream's last event (services/chat/writer.py), whose status line is already sent."""
     if isinstance(exc, ApiError | DomainError):
         failure = exc if isinstance(exc, ApiError) else exc.api_error()
-        log.warning("request_failed", status=failure.status, error=failure.message, code=failure.code, path=path)
+        log.warning("request_failed", status=failure.status, error=failure.logged, code=failure.code, path=path)
         return failure
     if isinstance(exc, DB_UNAVAILABLE_ERRORS):
         DATABASE_ERRORS.inc()

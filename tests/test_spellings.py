@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,3 +184,28 @@ async def test_a_cut_files_name_reaches_neither_the_model_nor_the_logs(
     assert (body + key).upper() not in letters_and_digits_of(sent), sent[-400:]
     out = capsys.readouterr().out
     assert body[7:10] + " " + body[10:13] not in out and name not in out
+
+
+@pytest.mark.parametrize("extension", [".exe", ".docx"])
+async def test_a_refused_files_name_is_told_to_its_user_and_never_logged(
+    make_client, chat_settings, factory, capsys, extension
+):
+    """#45: the envelope of a refused file names it (the user's own file); the log line of the refusal says only its
+    extension. `.exe` is refused for its type, a `.docx` that is not one as unreadable."""
+    import base64
+
+    from services.chat.app import create_app
+    from tests.conftest import bearer
+
+    client = await make_client(create_app(chat_settings))
+    user_id = await factory.user()
+    name = f"Dupont Jeanne 2 48 12 2A 005 123{extension}"
+    payload = {"conversation_id": "8f14e45f-ceea-467f-a0e6-0e4b3f1d6c12", "message": "Lis ceci",
+               "files": [{"name": name, "content": base64.b64encode(b"MZ not a document").decode()}]}  # fmt: skip
+    r = await client.post("/webhook/wibot/chat", json=payload, headers=bearer(user_id))
+    body = await r.json()
+    assert r.status in (415, 422) and name in body["error"], body
+    out = capsys.readouterr().out
+    refusals = [line for line in out.splitlines() if '"request_failed"' in line]
+    assert refusals and f"<fichier {extension}>" in refusals[0], out[-2000:]
+    assert "Dupont" not in out and "2A 005" not in out

@@ -7,6 +7,7 @@ the error middleware (and the stream writer, after the first byte) turns them in
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal
 
 from services.chat.french import human_size, thousands
@@ -104,19 +105,19 @@ class FileRefused(DomainError):
         self.name, self.fault, self.reason, self.limit_bytes = name, fault, reason, limit_bytes
 
     def api_error(self) -> ApiError:
+        """The user is told their file's name; the log only its extension (a name may hold a resident's name or
+        number, #45)."""
         if self.fault == "type":
-            return ApiError(
-                415,
-                f"Type de fichier non pris en charge : {self.name}. Types acceptés : {ACCEPTED_TYPES}.",
-                "FILE_UNSUPPORTED_TYPE",
-            )
+            return self._error(415, "Type de fichier non pris en charge : ", f". Types acceptés : {ACCEPTED_TYPES}.",
+                               "FILE_UNSUPPORTED_TYPE")  # fmt: skip
         if self.fault == "size":
-            return ApiError(
-                413,
-                f"Fichier trop volumineux : {self.name} ({human_size(self.limit_bytes)} au maximum)",
-                "FILES_TOO_LARGE",
-            )
-        return ApiError(422, f"Fichier illisible : {self.name} ({self.reason}).", "FILE_UNREADABLE")
+            limit = human_size(self.limit_bytes)
+            return self._error(413, "Fichier trop volumineux : ", f" ({limit} au maximum)", "FILES_TOO_LARGE")
+        return self._error(422, "Fichier illisible : ", f" ({self.reason}).", "FILE_UNREADABLE")
+
+    def _error(self, status: int, before: str, after: str, code: str) -> ApiError:
+        extension = PurePosixPath(self.name.lower()).suffix[:10] or "sans extension"
+        return ApiError(status, before + self.name + after, code, logged=f"{before}<fichier {extension}>{after}")
 
 
 class ExtractionBusy(DomainError):
